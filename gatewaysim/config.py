@@ -1,0 +1,225 @@
+"""The simulator's behaviour model: one YAML file merged over the shipped defaults."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ttbench.prices import PriceError, PriceSheet, load_price_sheet
+
+DEFAULTS_DIR = Path(__file__).parent / "defaults"
+DEFAULT_CONFIG = DEFAULTS_DIR / "sim.yaml"
+
+FAULT_KINDS = (
+    "server_error",
+    "rate_limited",
+    "reset",
+    "disconnect_midstream",
+    "stream_error",
+    "malformed_chunk",
+    "stall",
+    "fewer_images",
+    "disconnect_after_billing",
+)
+BILLING_ERROR_KINDS = (
+    "double_charge",
+    "missing_charge",
+    "dry_run_billed",
+    "failed_billed",
+    "amount_mismatch",
+    "token_mismatch",
+    "image_count_mismatch",
+    "unknown_request",
+)
+MODEL_KINDS = ("chat", "embedding", "image")
+
+
+class ConfigError(ValueError):
+    """A bad simulator configuration: the message names the file, key and problem."""
+
+
+@dataclass
+class SimConfig:
+    """The resolved simulator configuration."""
+
+    raw: dict[str, Any]
+    prices: PriceSheet
+    source: str
+
+    @property
+    def seed(self) -> int:
+        """The seed every draw derives from."""
+        return int(self.raw["seed"])
+
+    @property
+    def models(self) -> dict[str, dict[str, Any]]:
+        """Per-model settings with the kind defaults filled in."""
+        return self.raw["models"]
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One top-level section (faults, billing_errors, idempotency, ...)."""
+        return self.raw[name]
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "null"
+
+
+def _check_like(where: str, key: str, value: Any, default: Any) -> None:
+    """Raise unless value has the type of the default value."""
+    if default is None:
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{where}: {key}: expected a string or null, got {_type_name(value)}")
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int | float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str) or (key == "prices" and isinstance(value, dict))
+    elif isinstance(default, dict):
+        ok = isinstance(value, dict)
+    elif isinstance(default, list):
+        ok = isinstance(value, list)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{where}: {key}: expected {_type_name(default)}, got {_type_name(value)}")
+    if isinstance(default, int | float) and not isinstance(default, bool) and value < 0:
+        raise ConfigError(f"{where}: {key}: must not be negative, got {value}")
+
+
+def _merge(where: str, path: str, base: dict[str, Any], over: dict[str, Any], free: bool) -> dict[str, Any]:
+    """Merge over into base; unknown keys are errors unless the mapping is free-form."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in base:
+            if free:
+                out[key] = value
+                continue
+            raise ConfigError(f"{where}: {dotted}: unknown key")
+        _check_like(where, dotted, value, base[key])
+        if isinstance(base[key], dict) and isinstance(value, dict) and key not in ("weights", "quota"):
+            out[key] = _merge(where, dotted, base[key], value, free=key in ("models",))
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    if b"\0" in text:
+        raise ConfigError(f"{path}: not a YAML file (binary content)")
+    try:
+        data = yaml.safe_load(text.decode("utf-8", errors="strict"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML file (not UTF-8)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {_type_name(data)}")
+    return data
+
+
+def _check_planting(where: str, name: str, section: dict[str, Any], kinds: tuple[str, ...]) -> None:
+    for sub in ("weights", "quota"):
+        for kind, value in section[sub].items():
+            if kind not in kinds:
+                raise ConfigError(
+                    f"{where}: {name}.{sub}.{kind}: unknown kind (known: {', '.join(kinds)})"
+                )
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{where}: {name}.{sub}.{kind}: expected a non-negative number")
+            if sub == "quota" and int(value) != value:
+                raise ConfigError(f"{where}: {name}.quota.{kind}: expected a whole number, got {value}")
+    if section["rate"] > 1:
+        raise ConfigError(f"{where}: {name}.rate: must be between 0 and 1, got {section['rate']}")
+    if section["rate"] > 0 and not any(w > 0 for w in section["weights"].values()):
+        raise ConfigError(f"{where}: {name}.weights: rate is {section['rate']} but no kind has a weight")
+    total = section["rate"] + section["quota_rate"] * sum(1 for q in section["quota"].values() if q > 0)
+    if total > 1:
+        raise ConfigError(f"{where}: {name}: rate plus quota_rate per quota kind exceeds 1 ({total:g})")
+
+
+def _resolve_models(where: str, raw: dict[str, Any]) -> None:
+    resolved: dict[str, dict[str, Any]] = {}
+    for name, spec in raw["models"].items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: models.{name}: expected a mapping")
+        kind = spec.get("kind", "chat")
+        if kind not in MODEL_KINDS:
+            raise ConfigError(f"{where}: models.{name}.kind: unknown kind {kind!r} (known: chat, embedding, image)")
+        base = dict(raw["defaults"][kind])
+        base["kind"] = kind
+        base["owned_by"] = "tt-gateway"
+        model = _merge(where, f"models.{name}", base, spec, free=False)
+        if model.get("slots", 1) < 1:
+            raise ConfigError(f"{where}: models.{name}.slots: must be at least 1")
+        if kind == "chat":
+            if model["decode_tokens_per_s"] <= 0:
+                raise ConfigError(f"{where}: models.{name}.decode_tokens_per_s: must be positive")
+            if not 0 <= model["slowdown_at_full"] < 1:
+                raise ConfigError(f"{where}: models.{name}.slowdown_at_full: must be in [0, 1)")
+            for rng in ("output_tokens", "reasoning_tokens"):
+                lo, hi = model[rng].get("min"), model[rng].get("max")
+                if not isinstance(lo, int) or not isinstance(hi, int) or not 1 <= lo <= hi:
+                    raise ConfigError(f"{where}: models.{name}.{rng}: expected 1 <= min <= max integers")
+        resolved[name] = model
+    if not resolved:
+        raise ConfigError(f"{where}: models: at least one model is needed")
+    raw["models"] = resolved
+
+
+def load_config(path: str | Path | None = None, seed: int | None = None) -> SimConfig:
+    """Load the defaults, merge the given file over them, validate, and load the price sheet."""
+    defaults = _read_yaml(DEFAULT_CONFIG, "the default config")
+    raw = copy.deepcopy(defaults)
+    where = str(DEFAULT_CONFIG)
+    base_dir = DEFAULTS_DIR
+    if path is not None:
+        where = str(path)
+        user = _read_yaml(Path(path), "the simulator config")
+        raw = _merge(where, "", defaults, user, free=False)
+        if "prices" in user and isinstance(user["prices"], str):
+            base_dir = Path(path).parent
+    if seed is not None:
+        raw["seed"] = seed
+    if not isinstance(raw["seed"], int) or isinstance(raw["seed"], bool):
+        raise ConfigError(f"{where}: seed: expected an integer")
+    _resolve_models(where, raw)
+    _check_planting(where, "faults", raw["faults"], FAULT_KINDS)
+    _check_planting(where, "billing_errors", raw["billing_errors"], BILLING_ERROR_KINDS)
+    prices_spec = raw["prices"]
+    try:
+        if isinstance(prices_spec, str):
+            prices = load_price_sheet(base_dir / prices_spec)
+        else:
+            prices = PriceSheet.from_mapping(prices_spec, where=f"{where}: prices")
+    except PriceError as exc:
+        raise ConfigError(str(exc)) from None
+    for name in raw["models"]:
+        if name not in prices.models:
+            raise ConfigError(f"{where}: models.{name}: no price in the price sheet {prices.source}")
+    return SimConfig(raw=raw, prices=prices, source=where)

@@ -1,0 +1,1 @@
+"""One module per API dialect; each parses requests and renders answers in its own wire format."""

@@ -1,0 +1,129 @@
+"""What every dialect provides, and helpers they share."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..calls import BadRequest, Call, Frame, Plan
+
+#: Error categories the pipeline raises; each dialect maps them to its own shape.
+CATEGORIES = (
+    "invalid_request",
+    "auth_missing",
+    "auth_invalid",
+    "not_found",
+    "unknown_url",
+    "rate_limit",
+    "server_error",
+    "overloaded",
+    "in_flight",
+    "key_reused",
+)
+
+
+def bearer(request: web.Request) -> str | None:
+    """The token of an `Authorization: Bearer` header, if any."""
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
+
+
+def content_key(body: dict[str, Any], model: str) -> str:
+    """A digest of the request minus its streaming switches: same request, same answer."""
+    trimmed = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    blob = json.dumps([model, trimmed], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def texts_of(content: Any) -> list[str]:
+    """Text pieces of a message content: a string, or a list of parts with text."""
+    if isinstance(content, str):
+        return [content]
+    out: list[str] = []
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, dict):
+                for key in ("text", "content", "thinking"):
+                    value = part.get(key)
+                    if isinstance(value, str):
+                        out.append(value)
+                    elif isinstance(value, list):
+                        out.extend(texts_of(value))
+    return out
+
+
+def want_int(body: dict[str, Any], key: str, low: int = 1, high: int | None = None) -> int | None:
+    """An optional integer field within bounds, else BadRequest naming it."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise BadRequest(f"'{key}' must be an integer {bound}", param=key)
+    return value
+
+
+def want_bool(body: dict[str, Any], key: str) -> bool:
+    """An optional boolean field, else BadRequest naming it."""
+    value = body.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"'{key}' must be a boolean", param=key)
+    return value
+
+
+def sse(data: Any, event: str | None = None) -> bytes:
+    """One SSE event: optional `event:` line and one `data:` line."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    if event is not None:
+        return f"event: {event}\ndata: {payload}\n\n".encode()
+    return f"data: {payload}\n\n".encode()
+
+
+class Dialect:
+    """The interface of an API dialect; subclasses override what applies to them."""
+
+    name = "base"
+    endpoint = "base"
+    stream_content_type = "text/event-stream"
+
+    def api_key(self, request: web.Request) -> str | None:
+        """The API key the request presents, or None."""
+        return bearer(request)
+
+    def error(self, status: int, category: str, message: str, param: str | None = None,
+              code: str | None = None) -> dict[str, Any]:
+        """An error body in the dialect's shape."""
+        raise NotImplementedError
+
+    def parse(self, body: Any, request: web.Request) -> Call:
+        """Validate a request body and turn it into a Call."""
+        raise NotImplementedError
+
+    def render(self, call: Call, plan: Plan, ctx: dict[str, Any]) -> dict[str, Any]:
+        """The non-streamed response body."""
+        raise NotImplementedError
+
+    def frames(self, call: Call, plan: Plan, ctx: dict[str, Any]) -> list[Frame]:
+        """The streamed response, frame by frame."""
+        raise NotImplementedError
+
+    def inband_error(self, call: Call, ctx: dict[str, Any]) -> bytes:
+        """An error event sent inside a 200 stream."""
+        raise NotImplementedError
+
+    def malformed(self, call: Call) -> bytes:
+        """A stream frame that does not parse."""
+        return b'data: {"choices": [{"delta": {"content": "\xff\n\n'
+
+    def stream_tail(self, call: Call) -> bytes:
+        """Bytes that close a stream after an in-band error (if the format needs any)."""
+        return b""

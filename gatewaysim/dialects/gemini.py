@@ -1,0 +1,189 @@
+"""Gemini generateContent / streamGenerateContent (SSE with alt=sse, else a streamed JSON array)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..calls import BadRequest, Call, Frame, Plan
+from ..textgen import count_texts
+from .base import Dialect, content_key, texts_of, want_bool, want_int
+
+_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+           409: "ABORTED", 422: "FAILED_PRECONDITION", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+           502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP"}
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+class Gemini(Dialect):
+    """generateContent and streamGenerateContent."""
+
+    name = "gemini"
+    endpoint = "gemini"
+
+    def api_key(self, request: web.Request) -> str | None:
+        """`?key=`, else `x-goog-api-key`."""
+        return request.query.get("key") or request.headers.get("x-goog-api-key")
+
+    def error(self, status: int, category: str, message: str, param: str | None = None,
+              code: str | None = None) -> dict[str, Any]:
+        """{"error": {code, message, status}}; a bad key carries API_KEY_INVALID details."""
+        err: dict[str, Any] = {"code": status, "message": message, "status": _STATUS.get(status, "UNKNOWN")}
+        if category == "auth_invalid":
+            err["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+                               "domain": "googleapis.com",
+                               "metadata": {"service": "generativelanguage.googleapis.com"}}]
+        return {"error": err}
+
+    def parse(self, body: Any, request: web.Request) -> Call:
+        """Validate a generateContent request; the model and method come from the path."""
+        if not isinstance(body, dict):
+            raise BadRequest("Invalid JSON payload received. Expected an object.")
+        model, method = request["gemini"]
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            raise BadRequest("* GenerateContentRequest.contents: contents is not specified", param="contents")
+        texts: list[str] = []
+        sys_inst = body.get("systemInstruction") or body.get("system_instruction")
+        if isinstance(sys_inst, dict):
+            texts.extend(texts_of(sys_inst.get("parts")))
+        for i, c in enumerate(contents):
+            if not isinstance(c, dict) or not isinstance(c.get("parts"), list):
+                raise BadRequest(f"* GenerateContentRequest.contents[{i}].parts: must be a list",
+                                 param=f"contents[{i}]")
+            texts.extend(texts_of(c["parts"]))
+        gen = body.get("generationConfig") or body.get("generation_config") or {}
+        if not isinstance(gen, dict):
+            raise BadRequest("generationConfig must be an object", param="generationConfig")
+        cap = want_int(gen, "maxOutputTokens")
+        if cap is None:
+            cap = want_int(gen, "max_output_tokens")
+        thinking = gen.get("thinkingConfig") or gen.get("thinking_config") or {}
+        budget = thinking.get("thinkingBudget", thinking.get("thinking_budget")) if isinstance(thinking, dict) else None
+        show = bool(thinking.get("includeThoughts", thinking.get("include_thoughts"))) if isinstance(thinking, dict) else False
+        tools: list[str] = []
+        for t in body.get("tools") or []:
+            decls = t.get("functionDeclarations") or t.get("function_declarations") if isinstance(t, dict) else None
+            for d in decls or []:
+                if isinstance(d, dict) and isinstance(d.get("name"), str):
+                    tools.append(d["name"])
+        return Call(
+            endpoint=self.endpoint,
+            model=model,
+            stream=method == "streamGenerateContent",
+            input_tokens=max(1, count_texts(texts)),
+            max_tokens=cap,
+            ignore_eos=want_bool(gen, "ignoreEos"),
+            tools=tools,
+            reasoning=show or (isinstance(budget, int) and budget > 0),
+            reasoning_budget=budget if isinstance(budget, int) and budget > 0 else None,
+            show_reasoning=show,
+            sse=request.query.get("alt") == "sse",
+            content_key=content_key(body, model),
+        )
+
+    def usage(self, plan: Plan, upto: int | None = None) -> dict[str, Any]:
+        """Cumulative usageMetadata over the first `upto` pieces (all when None)."""
+        pieces = plan.pieces if upto is None else plan.pieces[:upto]
+        thoughts = sum(1 for p in pieces if p.kind == "reasoning")
+        cands = len(pieces) - thoughts
+        meta: dict[str, Any] = {
+            "promptTokenCount": plan.input_tokens,
+            "candidatesTokenCount": cands,
+            "totalTokenCount": plan.input_tokens + cands + thoughts,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": plan.input_tokens}],
+        }
+        if thoughts:
+            meta["thoughtsTokenCount"] = thoughts
+        if plan.cached_input_tokens:
+            meta["cachedContentTokenCount"] = plan.cached_input_tokens
+        return meta
+
+    def _parts(self, call: Call, plan: Plan) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        if plan.reasoning_tokens and call.show_reasoning:
+            parts.append({"text": plan.text("reasoning"), "thought": True})
+        if plan.tool_name:
+            parts.append({"functionCall": {"name": plan.tool_name, "args": json.loads(plan.tool_args)}})
+        else:
+            parts.append({"text": plan.text()})
+        return parts
+
+    def _response(self, call: Call, plan: Plan, ctx: dict[str, Any], parts: list[dict[str, Any]],
+                  finish: str | None, upto: int | None) -> dict[str, Any]:
+        cand: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if finish is not None:
+            cand["finishReason"] = finish
+        return {"candidates": [cand], "usageMetadata": self.usage(plan, upto),
+                "modelVersion": call.model, "responseId": ctx["request_id"]}
+
+    def render(self, call: Call, plan: Plan, ctx: dict[str, Any]) -> dict[str, Any]:
+        """A GenerateContentResponse."""
+        return self._response(call, plan, ctx, self._parts(call, plan), FINISH[plan.finish], None)
+
+    def frames(self, call: Call, plan: Plan, ctx: dict[str, Any]) -> list[Frame]:
+        """One full response per chunk with cumulative usage; SSE or a JSON array."""
+        chunks: list[tuple[dict[str, Any], int]] = []
+        done = 0
+        pieces = plan.pieces
+        i = 0
+        while i < len(pieces):
+            p = pieces[i]
+            if p.kind == "reasoning":
+                done += 1
+                i += 1
+                part = {"text": p.text, "thought": True}
+                if not call.show_reasoning:
+                    # Hidden thoughts still take decode time; they ride with the next visible chunk.
+                    continue
+                chunks.append(({"part": part, "upto": done}, 1))
+            elif p.kind == "text":
+                done += 1
+                i += 1
+                chunks.append(({"part": {"text": p.text}, "upto": done}, 1))
+            else:  # a tool call arrives whole, in one chunk
+                n = sum(1 for q in pieces[i:] if q.kind in ("tool_name", "tool_args"))
+                done += n
+                i += n
+                part = {"functionCall": {"name": plan.tool_name, "args": json.loads(plan.tool_args)}}
+                chunks.append(({"part": part, "upto": done}, n))
+        if not chunks:
+            chunks.append(({"part": {"text": ""}, "upto": done}, 0))
+        hidden = plan.reasoning_tokens if not call.show_reasoning else 0
+        out: list[Frame] = []
+        for k, (c, tokens) in enumerate(chunks):
+            last = k == len(chunks) - 1
+            resp = self._response(call, plan, ctx, [c["part"]], FINISH[plan.finish] if last else None,
+                                  None if last else c["upto"])
+            if k == 0:
+                tokens += hidden
+            out.append(Frame(self._wrap(call, resp, k), tokens))
+        if not call.sse:
+            out.append(Frame(b"\n]"))
+        return out
+
+    def _wrap(self, call: Call, resp: dict[str, Any], k: int) -> bytes:
+        if call.sse:
+            return f"data: {_dump(resp)}\r\n\r\n".encode()
+        return (("[" if k == 0 else "\n,\r\n") + _dump(resp)).encode()
+
+    def inband_error(self, call: Call, ctx: dict[str, Any]) -> bytes:
+        """A chunk whose first key is `error`, in the call's stream format."""
+        err = _dump({"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
+                               "status": "UNAVAILABLE"}})
+        return f"data: {err}\r\n\r\n".encode() if call.sse else f"\n,\r\n{err}".encode()
+
+    def stream_tail(self, call: Call) -> bytes:
+        """The JSON array's closing bracket."""
+        return b"" if call.sse else b"\n]"
+
+    def malformed(self, call: Call) -> bytes:
+        """A chunk whose JSON is cut."""
+        cut = b'{"candidates": [{"content": {"parts": [{"text": "'
+        return b"data: " + cut + b"\r\n\r\n" if call.sse else b"\n,\r\n" + cut

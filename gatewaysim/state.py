@@ -1,0 +1,31 @@
+"""The simulator's state: configuration, capacity pools, idempotency store, ledger, truth."""
+
+from __future__ import annotations
+
+from .billing import Biller
+from .capacity import ModelPool
+from .config import FAULT_KINDS, SimConfig
+from .draws import Planter
+from .idempotency import IdempotencyStore
+from .ledger import Ledger
+from .truth import Truth
+
+DEFAULT_API_KEY = "tt-sim-local-key"
+DEFAULT_ADMIN_TOKEN = "tt-sim-admin"
+
+
+class Gateway:
+    """Everything one simulator instance knows."""
+
+    def __init__(self, config: SimConfig, api_key: str = DEFAULT_API_KEY, admin_token: str = DEFAULT_ADMIN_TOKEN,
+                 ledger_path: str | None = None, truth_path: str | None = None) -> None:
+        self.config = config
+        self.api_key = api_key
+        self.admin_token = admin_token
+        self.pools = {name: ModelPool(name, spec) for name, spec in config.models.items()}
+        self.idempotency = IdempotencyStore(float(config.section("idempotency")["ttl_s"]))
+        self.ledger = Ledger(ledger_path or config.section("ledger")["path"])
+        self.truth = Truth(truth_path or config.section("truth")["path"])
+        self.faults = Planter(config.seed, "fault", config.section("faults"), FAULT_KINDS)
+        self.biller = Biller(config.prices, self.ledger, self.truth, config.seed, config.section("billing_errors"))
+        self.served: dict[str, int] = {}

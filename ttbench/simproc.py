@@ -1,0 +1,93 @@
+"""Start the embedded simulator in its own process and talk to its admin API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_API_KEY = "tt-sim-local-key"
+DEFAULT_ADMIN_TOKEN = "tt-sim-admin"
+
+
+class SimProcessError(RuntimeError):
+    """The simulator did not start: the message carries what it printed."""
+
+
+class SimProcess:
+    """A running `ttbench sim` child process."""
+
+    def __init__(self, config: str | Path | None = None, seed: int = 0, api_key: str = DEFAULT_API_KEY,
+                 admin_token: str = DEFAULT_ADMIN_TOKEN, extra_args: list[str] | None = None,
+                 startup_timeout: float = 20.0) -> None:
+        self.api_key = api_key
+        self.admin_token = admin_token
+        cmd = [sys.executable, "-m", "ttbench", "sim", "--port", "0", "--seed", str(seed),
+               "--api-key", api_key, "--admin-token", admin_token]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        cmd += extra_args or []
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.url = self._wait_for_url(startup_timeout)
+        self._stderr: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _wait_for_url(self, timeout: float) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if "listening on " in line:
+                return line.split("listening on ", 1)[1].strip()
+        err = self.proc.stderr.read() if self.proc.stderr else ""
+        self.proc.kill()
+        raise SimProcessError(f"the simulator did not start: {err.strip() or 'no output'}")
+
+    def _drain(self) -> None:
+        if self.proc.stderr is not None:
+            for line in self.proc.stderr:
+                self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        """What the simulator has written to stderr so far."""
+        return "".join(self._stderr)
+
+    def admin(self, path: str, **params: Any) -> httpx.Response:
+        """GET an admin route with the admin token."""
+        with httpx.Client(verify=False, timeout=30) as client:
+            return client.get(self.url + path, params=params, headers={"X-Admin-Token": self.admin_token})
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """The ledger rows."""
+        return [json.loads(line) for line in self.admin("/_sim/ledger").text.splitlines() if line]
+
+    def truth(self) -> list[dict[str, Any]]:
+        """The truth entries."""
+        return [json.loads(line) for line in self.admin("/_sim/truth").text.splitlines() if line]
+
+    def stop(self) -> None:
+        """Terminate the process and wait for it."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> SimProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
