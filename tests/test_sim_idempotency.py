@@ -1,0 +1,109 @@
+"""Idempotency-Key rules: replay, 422, 409, failed attempts store nothing, dry-run fingerprint, expiry."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from .helpers import CHAT, STREAM_CHAT, auth, charges, chat, truth_by_id
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_replay_same_body_is_marked_and_not_charged(sim):
+    first = chat(sim, key="idem-replay-1")
+    second = chat(sim, key="idem-replay-1")
+    assert first.status_code == second.status_code == 200
+    assert "Idempotent-Replayed" not in first.headers
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.headers["X-TT-Original-Request-ID"] == first.headers["X-TT-Request-ID"]
+    assert second.headers["X-TT-Request-ID"] != first.headers["X-TT-Request-ID"]
+    assert second.content == first.content
+    rids = {first.headers["X-TT-Request-ID"], second.headers["X-TT-Request-ID"]}
+    assert len([c for c in charges(sim) if c["request_id"] in rids]) == 1
+    entry = truth_by_id(sim)[second.headers["X-TT-Request-ID"]]
+    assert entry["replay_of"] == first.headers["X-TT-Request-ID"]
+
+
+def test_quoted_key_is_the_same_key(sim):
+    first = chat(sim, key="idem-quoted")
+    second = chat(sim, key='"idem-quoted"')
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    assert second.content == first.content
+
+
+def test_stream_is_replayed_as_its_events(sim):
+    first = chat(sim, STREAM_CHAT, key="idem-stream-1")
+    second = chat(sim, STREAM_CHAT, key="idem-stream-1")
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.headers["content-type"].startswith("text/event-stream")
+    assert second.text.replace(first.headers["X-TT-Request-ID"], "") == first.text.replace(
+        first.headers["X-TT-Request-ID"], "")
+    assert second.text.rstrip().endswith("data: [DONE]")
+
+
+def test_different_body_same_key_is_422(sim):
+    chat(sim, key="idem-mismatch")
+    other = chat(sim, dict(CHAT, max_tokens=5), key="idem-mismatch")
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"
+    assert other.headers["x-should-retry"] == "false"
+
+
+def test_dry_run_flag_is_part_of_the_fingerprint(sim):
+    dry = chat(sim, key="idem-dry", **{"X-TT-Dry-Run": "true"})
+    assert dry.json()["object"] == "billing.estimate"
+    real = chat(sim, key="idem-dry")
+    assert real.status_code == 422
+
+
+def test_in_flight_is_409_with_retry_after(make_sim):
+    sim = make_sim({"defaults": {"chat": {"decode_tokens_per_s": 20, "output_tokens": {"min": 20, "max": 20}}}})
+    results = {}
+
+    def slow():
+        results["first"] = chat(sim, key="idem-flight")
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    second = chat(sim, key="idem-flight")
+    t.join()
+    assert second.status_code == 409
+    assert second.headers["Retry-After"] == "1"
+    assert second.json()["error"]["code"] == "idempotency_key_in_use"
+    assert results["first"].status_code == 200
+    third = chat(sim, key="idem-flight")
+    assert third.headers["Idempotent-Replayed"] == "true"
+
+
+def test_failed_attempt_stores_nothing_and_retry_runs_for_real(make_sim):
+    sim = make_sim({"faults": {"quota": {"server_error": 1}, "quota_rate": 1.0}})
+    failed = chat(sim, key="idem-fail", attempt="a1")
+    assert failed.status_code >= 500
+    retry = chat(sim, key="idem-fail", attempt="a2")
+    assert retry.status_code == 200
+    assert "Idempotent-Replayed" not in retry.headers
+    rows = charges(sim)
+    assert [r["request_id"] for r in rows] == [retry.headers["X-TT-Request-ID"]]
+    assert rows[0]["idempotency_key"] == "idem-fail"
+
+
+def test_keys_expire(make_sim):
+    sim = make_sim({"idempotency": {"ttl_s": 1}})
+    chat(sim, key="idem-ttl")
+    assert chat(sim, key="idem-ttl").headers.get("Idempotent-Replayed") == "true"
+    time.sleep(1.2)
+    again = chat(sim, key="idem-ttl")
+    assert again.status_code == 200 and "Idempotent-Replayed" not in again.headers
+    assert len(charges(sim)) == 2
+
+
+def test_key_scope_includes_the_path(sim):
+    chat(sim, key="idem-scope")
+    body = {"model": "text-embedding-3-small", "input": "x"}
+    r = httpx.post(sim.url + "/v1/embeddings", json=body, headers={**auth(sim), "Idempotency-Key": "idem-scope"})
+    assert r.status_code == 200 and "Idempotent-Replayed" not in r.headers
