@@ -1,14 +1,17 @@
 """How many plain and streamed chat requests/s gatewaysim serves per core, loaded by Locust's FastHttpUser.
 
 The simulator runs with every latency and capacity limit of the model removed (no TTFT, no jitter, an
-almost infinite decode rate, huge slot and queue counts, a fixed 32-token answer), so only CPU limits
+almost infinite decode rate, huge slot and queue counts, a fixed answer length), so only CPU limits
 throughput. The simulator is pinned to CPU 0 and Locust to CPU 1 (with taskset when it is installed).
 For each mode a fresh simulator is started, Locust runs headless for --duration seconds, and the CPU
-time of both processes is sampled once per wall-clock second. Requests/s and CPU are taken over a steady
-window that skips the first --warmup seconds after the first request and the last second.
+time of both processes and of both cores is sampled at every whole wall-clock second. Requests/s and CPU
+are taken over a steady window that skips the first --warmup seconds after the first request and the
+last second. A side "ran out of CPU" when its core was at least 90% busy; the core's busy time counts
+other processes too, since a core shared with other work starves the side pinned to it.
 
 Usage:
-    python benchmarks/sim_throughput.py [--duration 12] [--users 20] [--warmup 3] [--no-pin]
+    python benchmarks/sim_throughput.py [--duration 12] [--users 20] [--warmup 3] [--max-tokens 32]
+                                        [--quiet-wait 10] [--per-second] [--no-pin]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +41,10 @@ LOCUSTFILE = Path(__file__).resolve().parent / "_sim_load_locustfile.py"
 MODEL = "gpt-4o-mini"
 SIM_CPU = 0
 LOCUST_CPU = 1
-SATURATED_PCT = 90.0
-
+FULL_PCT = 90.0  # a core this busy is out of CPU
+OTHER_LOAD_WARN_PCT = 10.0  # other work on a pinned core above this disturbs the figures
 MODES = {"plain": "PlainChat", "stream": "StreamChat"}
+SIDES = ("simulator", "Locust")
 
 
 def sim_config_yaml(output_tokens: int) -> str:
@@ -60,22 +65,42 @@ def sim_config_yaml(output_tokens: int) -> str:
 
 
 @dataclass
+class Sample:
+    """Cumulative CPU seconds read at one whole wall-clock second."""
+
+    second: int
+    own: dict[str, float]  # side -> CPU seconds of its process
+    core: dict[str, float]  # side -> busy seconds of the core it is pinned to
+    sim_rss: int = 0  # bytes
+
+
+@dataclass
+class Second:
+    """One second of a run: requests finished and CPU % of each side and of its core."""
+
+    t: int  # seconds after the second of the first request
+    requests: int
+    own: dict[str, float]
+    core: dict[str, float]
+
+
+@dataclass
 class RunResult:
     """The figures of one Locust run against one simulator."""
 
     mode: str
+    pinned: bool
+    warmup: int = 0  # the window starts this many seconds after the first request's second
     window_s: int = 0
     requests: int = 0
+    own_s: dict[str, float] = field(default_factory=dict)  # CPU seconds in the window
+    core_s: dict[str, float] = field(default_factory=dict)  # core busy seconds in the window
+    seconds: list[Second] = field(default_factory=list)
     failures: int = 0
-    sim_cpu_s: float = 0.0
-    locust_cpu_s: float = 0.0
     p50_ms: float = math.nan
-    sim_first_sat_s: float | None = None
-    locust_first_sat_s: float | None = None
-    sim_peak_pct: float = 0.0
-    locust_peak_pct: float = 0.0
-    sim_served: int | None = None
     locust_total: int = 0
+    sim_served: int | None = None
+    sim_rss_mb: tuple[float, float] = (math.nan, math.nan)  # at the first and the last sample
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -83,45 +108,89 @@ class RunResult:
         """Requests/s in the steady window."""
         return self.requests / self.window_s if self.window_s else math.nan
 
-    @property
-    def sim_pct(self) -> float:
-        """The simulator's CPU, in % of one core, in the steady window."""
-        return 100 * self.sim_cpu_s / self.window_s if self.window_s else math.nan
+    def pct(self, side: str) -> float:
+        """A side's own CPU in % of one core over the window."""
+        return 100 * self.own_s.get(side, math.nan) / self.window_s if self.window_s else math.nan
 
-    @property
-    def locust_pct(self) -> float:
-        """Locust's CPU, in % of one core, in the steady window."""
-        return 100 * self.locust_cpu_s / self.window_s if self.window_s else math.nan
+    def core_pct(self, side: str) -> float:
+        """How busy the side's core was over the window, in %, all work counted (own CPU when unpinned)."""
+        if not self.pinned:
+            return self.pct(side)
+        return 100 * self.core_s.get(side, math.nan) / self.window_s if self.window_s else math.nan
 
-    @property
-    def sim_us_per_req(self) -> float:
-        """Simulator CPU µs per request."""
-        return 1e6 * self.sim_cpu_s / self.requests if self.requests else math.nan
+    def other_pct(self, side: str) -> float:
+        """Work other than the side's own process on its core, in %."""
+        return self.core_pct(side) - self.pct(side) if self.pinned else math.nan
 
-    @property
-    def locust_us_per_req(self) -> float:
-        """Locust CPU µs per request."""
-        return 1e6 * self.locust_cpu_s / self.requests if self.requests else math.nan
+    def us_per_request(self, side: str) -> float:
+        """A side's CPU µs per request over the window."""
+        return 1e6 * self.own_s.get(side, math.nan) / self.requests if self.requests else math.nan
+
+    def peak(self, side: str) -> float:
+        """A side's highest own CPU % in one second of the steady window."""
+        window = range(self.warmup, self.warmup + self.window_s)
+        return max((s.own[side] for s in self.seconds if s.t in window), default=math.nan)
+
+    def first_full(self, side: str) -> int | None:
+        """The first second (after the first request) in which the side's core was at least FULL_PCT busy."""
+        for s in self.seconds:
+            if (s.core[side] if self.pinned else s.own[side]) >= FULL_PCT:
+                return s.t
+        return None
 
     def bottleneck(self) -> str:
         """Which side ran out of CPU first, in words."""
-        sim_sat = self.sim_pct >= SATURATED_PCT
-        loc_sat = self.locust_pct >= SATURATED_PCT
-        if sim_sat and not loc_sat:
-            return "simulator"
-        if loc_sat and not sim_sat:
-            return "locust"
-        if sim_sat and loc_sat:
-            s = self.sim_first_sat_s if self.sim_first_sat_s is not None else math.inf
-            lo = self.locust_first_sat_s if self.locust_first_sat_s is not None else math.inf
-            return "simulator (both saturated)" if s <= lo else "locust (both saturated)"
-        return "neither (both below 90% of a core)"
+        full = [side for side in SIDES if self.core_pct(side) >= FULL_PCT]
+        if not full:
+            return "neither core full"
+        if len(full) == 2:
+            firsts = {side: self.first_full(side) for side in SIDES}
+            full.sort(key=lambda side: (firsts[side] if firsts[side] is not None else 10**9, -self.pct(side)))
+        side = full[0]
+        if self.pinned and self.other_pct(side) > OTHER_LOAD_WARN_PCT:
+            return f"{side} (core shared)"
+        return side
+
+    def explain(self) -> str:
+        """The verdict with the CPU figures behind it."""
+        parts = []
+        for side in SIDES:
+            if self.pinned:
+                parts.append(f"{side} core {self.core_pct(side):.0f}% busy ({side} {self.pct(side):.0f}% + "
+                             f"other {self.other_pct(side):.0f}%)")
+            else:
+                parts.append(f"{side} {self.pct(side):.0f}% of a core")
+        verdict = self.bottleneck()
+        text = f"{self.mode}: bottleneck = {verdict}: " + "; ".join(parts)
+        if verdict == "neither core full":
+            text += ". Neither side is CPU-bound: add --users, or look for other work on the cores."
+        firsts = [f"{side} at +{t} s" for side in SIDES if (t := self.first_full(side)) is not None]
+        if firsts:
+            text += f". First second >= {FULL_PCT:.0f}% busy: " + ", ".join(firsts)
+        return text
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
     """User plus system CPU seconds of a process (all its threads)."""
     t = proc.cpu_times()
     return t.user + t.system
+
+
+def core_busy_seconds(cpu: int) -> float:
+    """Seconds one CPU has not been idle since boot (every process, interrupts and steal included)."""
+    t = psutil.cpu_times(percpu=True)[cpu]
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
+def wait_for_quiet(cpus: tuple[int, ...], limit_s: float) -> float:
+    """Wait up to limit_s for a second in which every given CPU is under 15% busy; return the busiest % seen last."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = [core_busy_seconds(c) for c in cpus]
+        time.sleep(1.0)
+        busiest = max(100 * (core_busy_seconds(c) - b) for c, b in zip(cpus, before, strict=True))
+        if busiest < 15 or time.monotonic() >= deadline:
+            return busiest
 
 
 def pin(pid: int, cpu: int) -> bool:
@@ -136,11 +205,13 @@ def pin(pid: int, cpu: int) -> bool:
     return False
 
 
-def pinned_cmd(cmd: list[str], cpu: int | None) -> list[str]:
-    """The command prefixed with taskset when pinning is asked for and available."""
-    if cpu is not None and shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu), *cmd]
-    return cmd
+def pinned_cmd(cmd: list[str], cpu: int | None) -> tuple[list[str], Callable[[], None] | None]:
+    """The command prefixed with taskset (or a preexec pinning function when taskset is missing)."""
+    if cpu is None:
+        return cmd, None
+    if shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu), *cmd], None
+    return cmd, lambda: os.sched_setaffinity(0, {cpu})
 
 
 def sanity_check(sim: SimProcess, max_tokens: int) -> str:
@@ -157,179 +228,201 @@ def sanity_check(sim: SimProcess, max_tokens: int) -> str:
         events = [ln for ln in streamed.text.split("\n") if ln.startswith("data:")]
     if tokens != max_tokens or len(events) != max_tokens + 4 or events[-1] != "data: [DONE]":
         raise RuntimeError(f"unexpected answer: {tokens} tokens, {len(events)} SSE events")
-    return f"{tokens} completion tokens plain; {len(events)} SSE events streamed"
+    return f"{tokens} completion tokens plain, {len(events)} SSE events streamed"
 
 
-def sleep_to_next_second() -> float:
+def sleep_to_next_second() -> int:
     """Sleep until just after the next whole wall-clock second; return that second."""
     now = time.time()
     target = math.floor(now) + 1
     time.sleep(target - now + 0.002)
-    return float(target)
-
-
-def first_saturated(series: list[tuple[int, float]], start: int) -> float | None:
-    """Seconds after start when a per-second CPU % series first reached the saturation mark."""
-    for second, pct in series:
-        if second >= start and pct >= SATURATED_PCT:
-            return float(second - start)
-    return None
-
-
-def run_mode(mode: str, cfg: Path, workdir: Path, args: argparse.Namespace) -> RunResult:
-    """Start a fresh simulator, load it with one Locust user class, and measure both sides."""
-    result = RunResult(mode=mode)
-    sim = SimProcess(config=cfg, seed=0)
-    locust: subprocess.Popen[bytes] | None = None
-    try:
-        if not args.no_pin and not pin(sim.proc.pid, SIM_CPU):
-            result.notes.append("could not pin the simulator")
-        sanity_calls = 0
-        if mode == "plain":
-            result.notes.append("sanity: " + sanity_check(sim, args.max_tokens))
-            sanity_calls = 2
-        json_base = workdir / f"locust_{mode}"
-        log_path = workdir / f"locust_{mode}.log"
-        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(args.users),
-               "-r", str(args.users), "-t", f"{args.duration}s", "-H", sim.url, "--json-file", str(json_base),
-               "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "0", MODES[mode]]
-        env = dict(os.environ, SIM_API_KEY=sim.api_key, SIM_MODEL=MODEL, SIM_MAX_TOKENS=str(args.max_tokens))
-        with open(log_path, "wb") as log:
-            locust = subprocess.Popen(pinned_cmd(cmd, None if args.no_pin else LOCUST_CPU), stdout=log,
-                                      stderr=subprocess.STDOUT, env=env, cwd=workdir)
-            sim_p, loc_p = psutil.Process(sim.proc.pid), psutil.Process(locust.pid)
-            samples: list[tuple[float, float, float]] = []  # (wall second, sim cpu s, locust cpu s)
-            deadline = time.monotonic() + args.duration + 30
-            while locust.poll() is None and time.monotonic() < deadline:
-                second = sleep_to_next_second()
-                try:
-                    samples.append((second, cpu_seconds(sim_p), cpu_seconds(loc_p)))
-                except psutil.NoSuchProcess:
-                    break
-            if locust.poll() is None:
-                result.notes.append("Locust did not stop in time; killed")
-                locust.kill()
-            locust.wait()
-        stats = json.loads(Path(f"{json_base}.json").read_text())
-        served = sim.admin("/_sim/stats").json()["served"]
-        result.sim_served = served.get("chat", 0) - sanity_calls
-    finally:
-        if locust is not None and locust.poll() is None:
-            locust.kill()
-            locust.wait()
-        sim.stop()
-    if "Traceback" in sim.stderr or "internal error" in sim.stderr:
-        result.notes.append("simulator stderr:\n" + sim.stderr[-4000:])
-    entry = next((e for e in stats if e["name"].startswith("chat")), None)
-    if entry is None:
-        result.notes.append("Locust recorded no requests; its log:\n" + log_path.read_text()[-4000:])
-        return result
-    per_sec = {int(k): v for k, v in entry["num_reqs_per_sec"].items()}
-    result.locust_total = entry["num_requests"]
-    result.failures = entry["num_failures"]
-    if result.failures:
-        result.notes.append("Locust failures; its summary:\n" + log_path.read_text()[-3000:])
-    # per-second CPU series, indexed by the second that just ended
-    sim_series = [(int(b[0]) - 1, 100 * (b[1] - a[1])) for a, b in zip(samples, samples[1:], strict=False)]
-    loc_series = [(int(b[0]) - 1, 100 * (b[2] - a[2])) for a, b in zip(samples, samples[1:], strict=False)]
-    first_req = min(per_sec) if per_sec else int(samples[0][0])
-    last_req = max(per_sec) if per_sec else int(samples[-1][0])
-    start, end = first_req + args.warmup, last_req - 1  # steady window: seconds [start, end)
-    at = {int(s[0]): s for s in samples}
-    if start not in at or end not in at or end <= start:
-        result.notes.append(f"no steady window (first request {first_req}, last {last_req}, "
-                            f"{len(samples)} samples): lengthen --duration")
-        return result
-    result.window_s = end - start
-    result.requests = sum(per_sec.get(s, 0) for s in range(start, end))
-    result.sim_cpu_s = at[end][1] - at[start][1]
-    result.locust_cpu_s = at[end][2] - at[start][2]
-    result.sim_first_sat_s = first_saturated(sim_series, first_req)
-    result.locust_first_sat_s = first_saturated(loc_series, first_req)
-    steady = range(start, end)
-    result.sim_peak_pct = max((p for s, p in sim_series if s in steady), default=0.0)
-    result.locust_peak_pct = max((p for s, p in loc_series if s in steady), default=0.0)
-    times = {int(k): v for k, v in entry["response_times"].items()}
-    result.p50_ms = percentile(times, 0.5)
-    return result
+    return target
 
 
 def percentile(hist: dict[int, int], q: float) -> float:
     """A percentile of Locust's rounded response-time histogram (ms)."""
     total = sum(hist.values())
-    if not total:
-        return math.nan
     seen = 0
     for value in sorted(hist):
         seen += hist[value]
         if seen >= q * total:
             return float(value)
-    return float(max(hist))
+    return math.nan
 
 
-def fmt_sat(first: float | None) -> str:
-    """When a side first reached the saturation mark, in words."""
-    return "never" if first is None else f"+{first:.0f} s"
+def run_locust(mode: str, sim: SimProcess, workdir: Path, args: argparse.Namespace,
+               result: RunResult) -> tuple[list[Sample], dict]:
+    """Run Locust against the simulator, sampling CPU every second; returns the samples and its stats entry."""
+    json_base = workdir / f"locust_{mode}"
+    log_path = workdir / f"locust_{mode}.log"
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(args.users),
+           "-r", str(args.users), "-t", f"{args.duration}s", "-H", sim.url, "--json-file", str(json_base),
+           "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "0", MODES[mode]]
+    cmd, preexec = pinned_cmd(cmd, None if args.no_pin else LOCUST_CPU)
+    env = dict(os.environ, SIM_API_KEY=sim.api_key, SIM_MODEL=MODEL, SIM_MAX_TOKENS=str(args.max_tokens))
+    samples: list[Sample] = []
+    with open(log_path, "wb") as log:
+        locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
+                                  preexec_fn=preexec)
+        try:
+            procs = {"simulator": psutil.Process(sim.proc.pid), "Locust": psutil.Process(locust.pid)}
+            cores = {"simulator": SIM_CPU, "Locust": LOCUST_CPU}
+            deadline = time.monotonic() + args.duration + 30
+            while locust.poll() is None and time.monotonic() < deadline:
+                second = sleep_to_next_second()
+                try:
+                    samples.append(Sample(second, {k: cpu_seconds(p) for k, p in procs.items()},
+                                          {k: core_busy_seconds(c) for k, c in cores.items()},
+                                          procs["simulator"].memory_info().rss))
+                except psutil.NoSuchProcess:
+                    break
+            if locust.poll() is None:
+                result.notes.append("Locust did not stop in time: killed")
+        finally:
+            if locust.poll() is None:
+                locust.kill()
+            locust.wait()
+    log_text = log_path.read_text(errors="replace")
+    try:
+        stats = json.loads(Path(f"{json_base}.json").read_text())
+    except (OSError, ValueError):
+        stats = []
+    entry = next((e for e in stats if e["name"].startswith("chat")), None)
+    if entry is None:
+        raise RuntimeError(f"Locust ({mode}) recorded no requests; its output:\n{log_text[-4000:]}")
+    if entry["num_failures"]:
+        result.notes.append("Locust failures; end of its summary:\n" + log_text[-3000:])
+    return samples, entry
 
 
-def report(results: dict[str, RunResult], args: argparse.Namespace, pinned: bool) -> str:
-    """The side-by-side table with streamed/plain ratios, and the bottleneck verdict."""
+def analyse(result: RunResult, samples: list[Sample], entry: dict, warmup: int) -> None:
+    """Fill the window figures and the per-second series from the samples and Locust's stats entry."""
+    per_sec = {int(k): v for k, v in entry["num_reqs_per_sec"].items()}
+    result.locust_total = entry["num_requests"]
+    result.failures = entry["num_failures"]
+    result.sim_rss_mb = (samples[0].sim_rss / 2**20, samples[-1].sim_rss / 2**20)
+    result.p50_ms = percentile({int(k): v for k, v in entry["response_times"].items()}, 0.5)
+    first, last = min(per_sec), max(per_sec)
+    at = {s.second: s for s in samples}
+    for a, b in zip(samples, samples[1:], strict=False):
+        sec = a.second  # the second [a, b) that just ended
+        if first <= sec <= last and b.second == sec + 1:
+            result.seconds.append(Second(sec - first, per_sec.get(sec, 0),
+                                         {k: 100 * (b.own[k] - a.own[k]) for k in SIDES},
+                                         {k: 100 * (b.core[k] - a.core[k]) for k in SIDES}))
+    start, end = first + warmup, last - 1  # steady window: seconds [start, end)
+    if start not in at or end not in at or end <= start:
+        result.notes.append(f"no steady window ({len(samples)} samples, requests from {first} to {last}): "
+                            "lengthen --duration")
+        return
+    result.warmup = warmup
+    result.window_s = end - start
+    result.requests = sum(per_sec.get(s, 0) for s in range(start, end))
+    result.own_s = {k: at[end].own[k] - at[start].own[k] for k in SIDES}
+    result.core_s = {k: at[end].core[k] - at[start].core[k] for k in SIDES}
+
+
+def run_mode(mode: str, cfg: Path, workdir: Path, args: argparse.Namespace) -> RunResult:
+    """Start a fresh simulator, load it with one Locust user class, and measure both sides."""
+    result = RunResult(mode=mode, pinned=not args.no_pin)
+    sim = SimProcess(config=cfg, seed=0)
+    try:
+        if not args.no_pin and not pin(sim.proc.pid, SIM_CPU):
+            result.notes.append("could not pin the simulator")
+        sanity_calls = 0
+        if mode == "plain":
+            result.notes.append("sanity check: " + sanity_check(sim, args.max_tokens))
+            sanity_calls = 2
+        samples, entry = run_locust(mode, sim, workdir, args, result)
+        result.sim_served = sim.admin("/_sim/stats").json()["served"].get("chat", 0) - sanity_calls
+    finally:
+        sim.stop()
+        if "Traceback" in sim.stderr or "internal error" in sim.stderr:
+            result.notes.append("simulator stderr (end):\n" + sim.stderr[-4000:])
+    analyse(result, samples, entry, args.warmup)
+    return result
+
+
+def report(results: dict[str, RunResult], args: argparse.Namespace) -> str:
+    """The side-by-side table with streamed/plain ratios, and the bottleneck verdicts."""
     p, s = results["plain"], results["stream"]
 
     def ratio(a: float, b: float) -> str:
-        return f"{b / a:.2f}x" if a and not (math.isnan(a) or math.isnan(b)) else "-"
+        return f"{b / a:.2f}x" if a and not (math.isnan(a) or math.isnan(b)) else ""
+
+    def row(label: str, fmt: str, get, with_ratio: bool = False) -> tuple[str, str, str, str]:  # noqa: ANN001
+        a, b = get(p), get(s)
+        return label, format(a, fmt), format(b, fmt), ratio(a, b) if with_ratio else ""
 
     rows = [
-        ("steady window (s)", f"{p.window_s}", f"{s.window_s}", ""),
-        ("requests in window", f"{p.requests}", f"{s.requests}", ""),
-        ("requests/s", f"{p.rps:,.0f}", f"{s.rps:,.0f}", ratio(p.rps, s.rps)),
-        ("median latency (ms)", f"{p.p50_ms:.0f}", f"{s.p50_ms:.0f}", ratio(p.p50_ms, s.p50_ms)),
-        ("simulator CPU (% core)", f"{p.sim_pct:.1f}", f"{s.sim_pct:.1f}", ""),
-        ("simulator CPU/request (µs)", f"{p.sim_us_per_req:,.0f}", f"{s.sim_us_per_req:,.0f}",
-         ratio(p.sim_us_per_req, s.sim_us_per_req)),
-        ("Locust CPU (% core)", f"{p.locust_pct:.1f}", f"{s.locust_pct:.1f}", ""),
-        ("Locust CPU/request (µs)", f"{p.locust_us_per_req:,.0f}", f"{s.locust_us_per_req:,.0f}",
-         ratio(p.locust_us_per_req, s.locust_us_per_req)),
-        ("peak 1-s CPU sim / Locust (%)", f"{p.sim_peak_pct:.0f} / {p.locust_peak_pct:.0f}",
-         f"{s.sim_peak_pct:.0f} / {s.locust_peak_pct:.0f}", ""),
-        (f"first >={SATURATED_PCT:.0f}% sim / Locust", f"{fmt_sat(p.sim_first_sat_s)} / {fmt_sat(p.locust_first_sat_s)}",
-         f"{fmt_sat(s.sim_first_sat_s)} / {fmt_sat(s.locust_first_sat_s)}", ""),
-        ("failures (whole run)", f"{p.failures}", f"{s.failures}", ""),
+        row("steady window (s)", "d", lambda r: r.window_s),
+        row("requests in window", ",d", lambda r: r.requests),
+        row("requests/s", ",.0f", lambda r: r.rps, True),
+        row("median latency (ms)", ".0f", lambda r: r.p50_ms, True),
+        row("simulator CPU (% of core 0)", ".1f", lambda r: r.pct("simulator"), True),
+        row("simulator CPU/request (µs)", ",.0f", lambda r: r.us_per_request("simulator"), True),
+        row("Locust CPU (% of core 1)", ".1f", lambda r: r.pct("Locust"), True),
+        row("Locust CPU/request (µs)", ",.0f", lambda r: r.us_per_request("Locust"), True),
+        row("peak 1-s simulator CPU (%)", ".0f", lambda r: r.peak("simulator")),
+        row("peak 1-s Locust CPU (%)", ".0f", lambda r: r.peak("Locust")),
+    ]
+    if not args.no_pin:
+        rows += [
+            row("other work on core 0 (%)", ".0f", lambda r: r.other_pct("simulator")),
+            row("other work on core 1 (%)", ".0f", lambda r: r.other_pct("Locust")),
+        ]
+    rows += [
+        ("simulator RSS first / last (MB)", f"{p.sim_rss_mb[0]:.0f} / {p.sim_rss_mb[1]:.0f}",
+         f"{s.sim_rss_mb[0]:.0f} / {s.sim_rss_mb[1]:.0f}", ""),
+        row("failures (whole run)", "d", lambda r: r.failures),
         ("requests Locust / sim served", f"{p.locust_total} / {p.sim_served}", f"{s.locust_total} / {s.sim_served}",
          ""),
         ("bottleneck", p.bottleneck(), s.bottleneck(), ""),
     ]
-    widths = [max(len(r[i]) for r in [("", "plain chat", "streamed chat", "stream/plain"), *rows]) for i in range(4)]
     head = ("", "plain chat", "streamed chat", "stream/plain")
-    lines = [
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                               strict=True)))
+
+    out = [
         f"gatewaysim throughput: {args.users} FastHttpUsers, {args.duration} s per mode, model {MODEL}, "
-        f"{args.max_tokens} output tokens, warmup {args.warmup} s skipped",
-        f"pinning: simulator CPU {SIM_CPU}, Locust CPU {LOCUST_CPU}" if pinned else "pinning: off",
+        f"{args.max_tokens} output tokens, first {args.warmup} s and last 1 s skipped",
+        f"simulator pinned to CPU {SIM_CPU}, Locust to CPU {LOCUST_CPU}" if not args.no_pin else "no CPU pinning",
         "",
-        "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))),
+        line(head),
         "  ".join("-" * w for w in widths),
+        *(line(r) for r in rows),
+        "",
+        p.explain(),
+        s.explain(),
     ]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths,
-                                                                                                      strict=True))))
-    lines.append("")
     for res in (p, s):
-        verdict = res.bottleneck()
-        lines.append(f"{res.mode}: bottleneck = {verdict} (simulator {res.sim_pct:.0f}% of its core, "
-                     f"Locust {res.locust_pct:.0f}% of its core)")
+        worst = max(res.other_pct("simulator"), res.other_pct("Locust"))
+        if worst > OTHER_LOAD_WARN_PCT:
+            out.append(f"warning ({res.mode}): other work used {worst:.0f}% of a pinned core during the window; "
+                       "the figures are disturbed, run again on a quiet machine")
+    if args.per_second:
+        for res in (p, s):
+            out.append(f"{res.mode} per second: t, requests, simulator %, core 0 busy %, Locust %, core 1 busy %")
+            out.extend(f"  +{x.t:2d} s {x.requests:6d}  {x.own['simulator']:5.1f} {x.core['simulator']:5.1f}  "
+                       f"{x.own['Locust']:5.1f} {x.core['Locust']:5.1f}" for x in res.seconds)
     for res in (p, s):
-        for note in res.notes:
-            lines.append(f"[{res.mode}] {note}")
-    return "\n".join(lines)
+        out.extend(f"[{res.mode}] {note}" for note in res.notes)
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run both modes and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=12, help="Locust run time per mode, seconds (default 12)")
     parser.add_argument("--users", type=int, default=20, help="concurrent Locust users (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="seconds skipped after the first request (default 3)")
     parser.add_argument("--max-tokens", type=int, default=32, help="fixed answer length (default 32)")
+    parser.add_argument("--quiet-wait", type=float, default=10,
+                        help="before each mode, wait up to this many seconds for idle cores (default 10)")
+    parser.add_argument("--per-second", action="store_true", help="also print the per-second series")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the two processes to CPUs 0 and 1")
     args = parser.parse_args(argv)
     if args.duration < args.warmup + 3:
@@ -343,9 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg.write_text(sim_config_yaml(args.max_tokens))
         results = {}
         for mode in MODES:
+            if args.quiet_wait > 0:
+                busiest = wait_for_quiet((SIM_CPU, LOCUST_CPU), args.quiet_wait)
+                if busiest >= 15:
+                    print(f"the machine is busy ({busiest:.0f}% on a core): measuring anyway", file=sys.stderr)
             print(f"running {mode} chat for {args.duration} s ...", file=sys.stderr, flush=True)
             results[mode] = run_mode(mode, cfg, workdir, args)
-        print(report(results, args, pinned=not args.no_pin))
+        print(report(results, args), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

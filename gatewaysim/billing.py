@@ -60,8 +60,6 @@ class Biller:
         if call.endpoint == "embeddings":
             return Usage(input_tokens=call.input_tokens)
         cap = call.max_tokens if call.max_tokens is not None else int(spec["max_output_default"])
-        if call.reasoning and call.reasoning_budget is not None and call.endpoint == "gemini":
-            cap += call.reasoning_budget
         return Usage(input_tokens=call.input_tokens, output_tokens=cap)
 
     def amount(self, model: str, usage: Usage) -> Decimal:

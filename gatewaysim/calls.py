@@ -28,6 +28,7 @@ class Call:
     max_tokens: int | None = None
     ignore_eos: bool = False
     tools: list[str] = field(default_factory=list)
+    force_tool: str | None = None  # tool_choice forcing a call (to this tool)
     reasoning: bool = False
     reasoning_budget: int | None = None
     show_reasoning: bool = True

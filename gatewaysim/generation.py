@@ -21,15 +21,18 @@ def plan_chat(spec: dict[str, Any], call: Call, seed: int, tool_share: float) ->
     cap = call.max_tokens if call.max_tokens is not None else int(spec["max_output_default"])
     lo, hi = spec["output_tokens"]["min"], spec["output_tokens"]["max"]
     natural = r.randint(lo, hi)
+    n_reason = 0
     if call.reasoning:
         rlo, rhi = spec["reasoning_tokens"]["min"], spec["reasoning_tokens"]["max"]
         n_reason = r.randint(rlo, rhi)
         if call.reasoning_budget is not None:
             n_reason = max(1, min(n_reason, call.reasoning_budget))
+        n_reason = min(n_reason, max(0, cap - 1))  # reasoning counts against the output cap
         for w in output_words(seed, "reason:" + call.content_key, n_reason):
             plan.pieces.append(Piece("reasoning", w))
-    if call.tools and uniform(seed, "tool", call.content_key) < tool_share:
-        plan.tool_name = call.tools[0]
+    cap -= n_reason
+    if call.force_tool or (call.tools and uniform(seed, "tool", call.content_key) < tool_share):
+        plan.tool_name = call.force_tool or call.tools[0]
         plan.tool_call_id = "call_" + format(r.getrandbits(64), "016x")
         words = output_words(seed, "args:" + call.content_key, max(1, min(6, natural)))
         plan.tool_args = json.dumps({"query": "".join(words)})

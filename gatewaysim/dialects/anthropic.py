@@ -69,13 +69,24 @@ class AnthropicMessages(Dialect):
                     raise BadRequest(f"tools.{i}.name: Field required", param=f"tools.{i}")
                 tools.append(t["name"])
         choice = body.get("tool_choice")
+        force = None
         if isinstance(choice, dict) and choice.get("type") == "none":
             tools = []
+        elif tools and isinstance(choice, dict) and choice.get("type") == "any":
+            force = tools[0]
+        elif tools and isinstance(choice, dict) and choice.get("type") == "tool":
+            if choice.get("name") not in tools:
+                raise BadRequest(f"tool_choice.name: unknown tool {choice.get('name')!r}", param="tool_choice")
+            force = choice["name"]
         thinking = body.get("thinking")
         reasoning, budget = False, None
         if isinstance(thinking, dict) and thinking.get("type") == "enabled":
             reasoning = True
-            budget = want_int(thinking, "budget_tokens")
+            budget = want_int(thinking, "budget_tokens", 1024)
+            if budget is None:
+                raise BadRequest("thinking.budget_tokens: Field required", param="thinking")
+            if budget >= cap:
+                raise BadRequest("`max_tokens` must be greater than `thinking.budget_tokens`", param="max_tokens")
         return Call(
             endpoint=self.endpoint,
             model=model,
@@ -84,6 +95,7 @@ class AnthropicMessages(Dialect):
             max_tokens=cap,
             ignore_eos=want_bool(body, "ignore_eos"),
             tools=tools,
+            force_tool=force,
             reasoning=reasoning,
             reasoning_budget=budget,
             content_key=content_key(body, model),

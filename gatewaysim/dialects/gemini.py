@@ -73,9 +73,20 @@ class Gemini(Dialect):
             for d in decls or []:
                 if isinstance(d, dict) and isinstance(d.get("name"), str):
                     tools.append(d["name"])
+        fcc = ((body.get("toolConfig") or body.get("tool_config") or {}).get("functionCallingConfig")
+               or (body.get("toolConfig") or {}).get("function_calling_config") or {})
+        mode = str(fcc.get("mode", "AUTO")).upper() if isinstance(fcc, dict) else "AUTO"
+        force = None
+        if mode == "NONE":
+            tools = []
+        elif mode == "ANY" and tools:
+            allowed = [n for n in (fcc.get("allowedFunctionNames") or fcc.get("allowed_function_names") or [])
+                       if n in tools]
+            force = allowed[0] if allowed else tools[0]
         return Call(
             endpoint=self.endpoint,
             model=model,
+            force_tool=force,
             stream=method == "streamGenerateContent",
             input_tokens=max(1, count_texts(texts)),
             max_tokens=cap,

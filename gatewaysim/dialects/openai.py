@@ -73,8 +73,17 @@ class OpenAIChat(OpenAIBase):
                 if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                     raise BadRequest(f"'tools.{i}.function.name' is required", param=f"tools.{i}")
                 tools.append(fn["name"])
-        if body.get("tool_choice") == "none":
+        choice = body.get("tool_choice")
+        force = None
+        if choice == "none":
             tools = []
+        elif tools and choice == "required":
+            force = tools[0]
+        elif tools and isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name")
+            if name not in tools:
+                raise BadRequest(f"tool_choice names an unknown function {name!r}", param="tool_choice")
+            force = name
         opts = body.get("stream_options") or {}
         if not isinstance(opts, dict):
             raise BadRequest("'stream_options' must be an object", param="stream_options")
@@ -87,6 +96,7 @@ class OpenAIChat(OpenAIBase):
             max_tokens=cap,
             ignore_eos=want_bool(body, "ignore_eos"),
             tools=tools,
+            force_tool=force,
             reasoning=isinstance(effort, str) and effort not in ("none", "minimal"),
             include_usage=bool(opts.get("include_usage")),
             content_key=content_key(body, model),

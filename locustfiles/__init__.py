@@ -1,0 +1,1 @@
+"""ttbench's load generator: Locust users, dialect clients and per-attempt records."""

@@ -1,0 +1,76 @@
+"""What every dialect reader records while a response arrives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+USAGE_KEYS = ("input", "output", "cached_input", "cache_write", "reasoning")
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class Reader:
+    """Accumulates one attempt's answer: content anchors, chunk times, usage, finish, in-band errors.
+
+    Times are perf_counter seconds; the transport turns them into offsets.
+    """
+
+    #: Whether the stream ends with an explicit terminator (OpenAI [DONE], Anthropic message_stop, ...).
+    __slots__ = ("first_event", "first_content", "first_text", "first_tool", "first_reasoning", "chunks",
+                 "usage", "usage_raw", "finish", "done", "error", "chars", "estimate", "images_returned",
+                 "embeddings", "protocol", "stream_format")
+
+    def __init__(self, stream_format: str | None = None) -> None:
+        self.first_event: float | None = None
+        self.first_content: float | None = None
+        self.first_text: float | None = None
+        self.first_tool: float | None = None
+        self.first_reasoning: float | None = None
+        self.chunks: list[float] = []
+        self.usage: dict[str, int] | None = None
+        self.usage_raw: dict[str, Any] | None = None
+        self.finish: str | None = None
+        self.done = False
+        self.error: str | None = None
+        self.chars = 0
+        self.estimate: dict[str, Any] | None = None
+        self.images_returned: int | None = None
+        self.embeddings: dict[str, int] | None = None
+        self.protocol: str | None = None
+        self.stream_format = stream_format
+
+    def content(self, kind: str, t: float, chars: int = 0) -> None:
+        """Note one content event: kind is text, tool or reasoning."""
+        if self.first_content is None:
+            self.first_content = t
+        if kind == "text":
+            if self.first_text is None:
+                self.first_text = t
+        elif kind == "tool":
+            if self.first_tool is None:
+                self.first_tool = t
+        elif self.first_reasoning is None:
+            self.first_reasoning = t
+        self.chunks.append(t)
+        self.chars += chars
+
+    def event(self, name: str | None, data: str, t: float) -> None:
+        """One stream event (SSE data, or a JSON-array element)."""
+        raise NotImplementedError
+
+    def body(self, obj: Any) -> None:
+        """A whole non-streamed JSON answer."""
+        raise NotImplementedError
+
+    @property
+    def has_content(self) -> bool:
+        """Whether any text, tool call or reasoning arrived."""
+        return self.first_content is not None
+
+    def stream_complete(self) -> bool:
+        """Whether the stream ended properly (its dialect's terminator was seen)."""
+        return self.done

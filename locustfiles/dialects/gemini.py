@@ -1,0 +1,92 @@
+"""Gemini generateContent / streamGenerateContent (SSE with alt=sse, or the streamed JSON array)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..calls import CallSpec, WireRequest
+from .base import Reader as BaseReader
+from .base import dumps
+
+TOOL = {"functionDeclarations": [{"name": "lookup", "description": "Look a fact up.",
+                                  "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]}
+
+
+def build(spec: CallSpec, key: str) -> WireRequest:
+    """The request; the key goes in `x-goog-api-key`, never in the URL."""
+    contents = spec.messages or [{"role": "user", "parts": [{"text": spec.prompt}]}]
+    body: dict[str, Any] = {"contents": contents}
+    gen: dict[str, Any] = {}
+    if spec.max_tokens is not None:
+        gen["maxOutputTokens"] = spec.max_tokens
+    if spec.ignore_eos:
+        gen["ignoreEos"] = True
+    if spec.reasoning:
+        gen["thinkingConfig"] = {"includeThoughts": True, "thinkingBudget": 1024}
+    if gen:
+        body["generationConfig"] = gen
+    if spec.tools:
+        body["tools"] = [TOOL]
+    if spec.stream:
+        path = f"/v1beta/models/{spec.model}:streamGenerateContent"
+        if spec.stream_format != "json_array":
+            path += "?alt=sse"
+    else:
+        path = f"/v1beta/models/{spec.model}:generateContent"
+    headers = {"x-goog-api-key": key, "Content-Type": "application/json"}
+    return WireRequest("POST", path, headers, dumps(body))
+
+
+def normalize(u: dict[str, Any]) -> dict[str, int]:
+    """usageMetadata to the record's: output counts thoughts too."""
+    thoughts = int(u.get("thoughtsTokenCount") or 0)
+    return {"input": int(u.get("promptTokenCount") or 0),
+            "output": int(u.get("candidatesTokenCount") or 0) + thoughts,
+            "cached_input": int(u.get("cachedContentTokenCount") or 0), "cache_write": 0, "reasoning": thoughts}
+
+
+class Reader(BaseReader):
+    """Reads GenerateContentResponse chunks; usageMetadata is cumulative (keep the last)."""
+
+    __slots__ = ()
+
+    def _parts(self, obj: dict[str, Any], t: float | None) -> None:
+        for cand in obj.get("candidates") or ():
+            for part in (cand.get("content") or {}).get("parts") or ():
+                if "functionCall" in part:
+                    kind = "tool"
+                elif part.get("text"):
+                    kind = "reasoning" if part.get("thought") else "text"
+                else:
+                    continue
+                if t is None:
+                    setattr(self, {"tool": "first_tool", "text": "first_text", "reasoning": "first_reasoning"}[kind], 0.0)
+                    self.first_content = 0.0
+                    self.chars += len(part.get("text") or "")
+                else:
+                    self.content(kind, t, len(part.get("text") or ""))
+            if cand.get("finishReason"):
+                self.finish = cand["finishReason"]
+        if obj.get("usageMetadata"):
+            self.usage_raw = obj["usageMetadata"]
+            self.usage = normalize(self.usage_raw)
+
+    def event(self, name: str | None, data: str, t: float) -> None:
+        """One chunk (an SSE data line or an array element)."""
+        if self.first_event is None:
+            self.first_event = t
+        obj = json.loads(data)
+        if "error" in obj:
+            err = obj["error"] if isinstance(obj["error"], dict) else {}
+            self.error = str(err.get("status") or err.get("code") or "error")
+            return
+        self._parts(obj, t)
+        if self.finish is not None and self.stream_format == "sse":
+            self.done = True
+
+    def body(self, obj: Any) -> None:
+        """A whole GenerateContentResponse."""
+        if isinstance(obj, list):  # an error wrapped in a one-element list
+            obj = obj[0] if obj else {}
+        self._parts(obj, None)

@@ -1,0 +1,95 @@
+"""OpenAI chat completions: POST /v1/chat/completions, plain and SSE (`data: [DONE]`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..calls import CallSpec, WireRequest
+from .base import Reader as BaseReader
+from .base import dumps
+
+PATH = "/v1/chat/completions"
+TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look a fact up.",
+                                         "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
+                                                        "required": ["query"]}}}
+
+
+def build(spec: CallSpec, key: str) -> WireRequest:
+    """The request for a chat call."""
+    body: dict[str, Any] = {"model": spec.model,
+                            "messages": spec.messages or [{"role": "user", "content": spec.prompt}]}
+    if spec.max_tokens is not None:
+        body["max_tokens"] = spec.max_tokens
+    if spec.ignore_eos:
+        body["ignore_eos"] = True
+    if spec.stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if spec.tools:
+        body["tools"] = [TOOL]
+    if spec.reasoning:
+        body["reasoning_effort"] = "low"
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if spec.stream:
+        headers["Accept"] = "text/event-stream"
+    return WireRequest("POST", PATH, headers, dumps(body))
+
+
+def normalize(u: dict[str, Any]) -> dict[str, int]:
+    """OpenAI usage to the record's normalised usage."""
+    pd = u.get("prompt_tokens_details") or {}
+    cd = u.get("completion_tokens_details") or {}
+    return {"input": int(u.get("prompt_tokens") or 0), "output": int(u.get("completion_tokens") or 0),
+            "cached_input": int(pd.get("cached_tokens") or 0), "cache_write": 0,
+            "reasoning": int(cd.get("reasoning_tokens") or 0)}
+
+
+class Reader(BaseReader):
+    """Reads chat chunks: role chunk, deltas, finish chunk, usage chunk, [DONE]."""
+
+    __slots__ = ()
+
+    def event(self, name: str | None, data: str, t: float) -> None:
+        """One `data:` line."""
+        if self.first_event is None:
+            self.first_event = t
+        if data.startswith("[DONE]"):
+            self.done = True
+            return
+        obj = json.loads(data)
+        if obj.get("error"):
+            err = obj["error"]
+            self.error = str(err.get("type") or err.get("message") or "error") if isinstance(err, dict) else str(err)
+            return
+        usage = obj.get("usage")
+        if usage:
+            self.usage_raw = usage
+            self.usage = normalize(usage)
+        for choice in obj.get("choices") or ():
+            delta = choice.get("delta") or {}
+            text = delta.get("content")
+            if text:
+                self.content("text", t, len(text))
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if reasoning:
+                self.content("reasoning", t, len(reasoning))
+            if delta.get("tool_calls"):
+                self.content("tool", t)
+            if choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+
+    def body(self, obj: Any) -> None:
+        """A chat.completion object."""
+        if obj.get("usage"):
+            self.usage_raw = obj["usage"]
+            self.usage = normalize(obj["usage"])
+        for choice in obj.get("choices") or ():
+            msg = choice.get("message") or {}
+            if msg.get("content"):
+                self.chars += len(msg["content"])
+                self.first_content = self.first_text = 0.0
+            if msg.get("tool_calls"):
+                self.first_content = 0.0 if self.first_content is None else self.first_content
+                self.first_tool = 0.0
+            self.finish = choice.get("finish_reason")

@@ -1,0 +1,148 @@
+"""Reading a response body as bytes arrive, and framing it as SSE events or JSON-array elements."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+
+class BodyReader:
+    """Yields raw body bytes from a geventhttpclient response as soon as they arrive, with perf_counter times.
+
+    geventhttpclient's own `read(n)` and `iter_content` wait until n bytes are buffered,
+    which delays small SSE events; this reads whatever one recv() returns.
+    """
+
+    def __init__(self, resp: Any, block_size: int = 65536) -> None:
+        self.resp = resp
+        self.block_size = block_size
+        self.nbytes = 0
+
+    def __iter__(self) -> Iterator[tuple[bytes, float]]:
+        resp = self.resp
+        buf = resp._body_buffer
+        while True:
+            if buf:
+                data = bytes(buf)
+                del buf[:]
+                self.nbytes += len(data)
+                yield data, time.perf_counter()
+                continue
+            if resp.message_complete:
+                return
+            sock = resp._sock
+            if sock is None:
+                raise ConnectionResetError("connection closed before the end of the body")
+            data = sock.recv(self.block_size)
+            if not data:
+                resp.feed(data)  # lets the parser notice a close-delimited end
+                if resp.message_complete:
+                    continue
+                raise ConnectionResetError("connection closed before the end of the body")
+            resp.feed(data)
+
+
+class SSEFramer:
+    """Splits bytes into SSE events: (event name or None, data string)."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._event: str | None = None
+        self._data: list[str] = []
+        self.comments = 0
+
+    def feed(self, data: bytes) -> list[tuple[str | None, str]]:
+        """Feed bytes; returns the events completed by them."""
+        out: list[tuple[str | None, str]] = []
+        lines = (self._tail + data).split(b"\n")
+        self._tail = lines.pop()
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:
+                if self._data:
+                    out.append((self._event, "\n".join(self._data)))
+                self._event, self._data = None, []
+                continue
+            if line.startswith(b"data:"):
+                value = line[5:]
+                self._data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8"))
+            elif line.startswith(b"event:"):
+                self._event = line[6:].strip().decode("utf-8")
+            elif line.startswith(b":"):
+                self.comments += 1
+        return out
+
+    def finish(self) -> list[tuple[str | None, str]]:
+        """Events left when the body ends without a final blank line."""
+        out = self.feed(b"\n\n") if (self._tail or self._data) else []
+        return out
+
+    @property
+    def pending(self) -> bool:
+        """Whether an event was cut off by the end of the body."""
+        return bool(self._tail.strip()) or bool(self._data)
+
+
+class JsonArrayFramer:
+    """Splits a streamed JSON array into its elements with a string-aware brace-depth scanner."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._depth = 0
+        self._in_str = False
+        self._escape = False
+        self._start = -1
+        self.opened = False
+        self.closed = False
+        self.garbage = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Feed bytes; returns the elements completed by them (raw JSON bytes)."""
+        out: list[bytes] = []
+        buf = self._buf
+        buf += data
+        i = self._pos
+        n = len(buf)
+        while i < n:
+            c = buf[i]
+            if self._in_str:
+                if self._escape:
+                    self._escape = False
+                elif c == 0x5C:  # backslash
+                    self._escape = True
+                elif c == 0x22:
+                    self._in_str = False
+            elif c == 0x22:
+                self._in_str = True
+            elif c == 0x7B:  # {
+                if self._depth == 0:
+                    self._start = i
+                self._depth += 1
+            elif c == 0x7D:  # }
+                self._depth -= 1
+                if self._depth == 0 and self._start >= 0:
+                    out.append(bytes(buf[self._start : i + 1]))
+                    self._start = -1
+                elif self._depth < 0:
+                    self.garbage = True
+                    self._depth = 0
+            elif self._depth == 0:
+                if c == 0x5B and not self.opened:  # [
+                    self.opened = True
+                elif c == 0x5D:  # ]
+                    self.closed = True
+                elif c not in b" \t\r\n,":
+                    self.garbage = True
+            i += 1
+        if self._depth == 0 and self._start < 0:
+            del buf[:i]
+            i = 0
+        self._pos = i
+        return out
+
+    @property
+    def pending(self) -> bool:
+        """Whether an element was cut off."""
+        return self._depth > 0
