@@ -120,7 +120,7 @@ class RunResult:
 
     def other_pct(self, side: str) -> float:
         """Work other than the side's own process on its core, in %."""
-        return self.core_pct(side) - self.pct(side) if self.pinned else math.nan
+        return max(0.0, self.core_pct(side) - self.pct(side)) if self.pinned else math.nan
 
     def us_per_request(self, side: str) -> float:
         """A side's CPU µs per request over the window."""
@@ -359,9 +359,9 @@ def report(results: dict[str, RunResult], args: argparse.Namespace) -> str:
         row("requests in window", ",d", lambda r: r.requests),
         row("requests/s", ",.0f", lambda r: r.rps, True),
         row("median latency (ms)", ".0f", lambda r: r.p50_ms, True),
-        row("simulator CPU (% of core 0)", ".1f", lambda r: r.pct("simulator"), True),
+        row("simulator CPU (% of a core)", ".1f", lambda r: r.pct("simulator"), True),
         row("simulator CPU/request (µs)", ",.0f", lambda r: r.us_per_request("simulator"), True),
-        row("Locust CPU (% of core 1)", ".1f", lambda r: r.pct("Locust"), True),
+        row("Locust CPU (% of a core)", ".1f", lambda r: r.pct("Locust"), True),
         row("Locust CPU/request (µs)", ",.0f", lambda r: r.us_per_request("Locust"), True),
         row("peak 1-s simulator CPU (%)", ".0f", lambda r: r.peak("simulator")),
         row("peak 1-s Locust CPU (%)", ".0f", lambda r: r.peak("Locust")),

@@ -1,0 +1,139 @@
+"""One logical call: attempts with one Idempotency-Key, records for each, one Locust sample at the end."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+
+from .calls import CallSpec
+from .dialects import DIALECTS
+from .records import RECORD_VERSION, encode_chunks
+from .retry import RetryBudget, RetryPolicy
+from .transport import Outcome, Transport
+
+
+def stats_name(spec: CallSpec) -> str:
+    """The Locust stats name of a call: endpoint, mode, model; never a secret."""
+    if spec.endpoint == "models":
+        return "models list"
+    mode = "stream" if spec.stream else "plain"
+    if spec.endpoint == "gemini" and spec.stream:
+        mode = "stream-array" if spec.stream_format == "json_array" else "stream"
+    name = f"{spec.endpoint} {mode} {spec.model}"
+    return name + " dry-run" if spec.dry_run else name
+
+
+def _ms(t: float | None, t0: float) -> float | None:
+    return None if t is None else round((t - t0) * 1000.0, 3)
+
+
+class Caller:
+    """Runs logical calls for one process and hands their records to a sink."""
+
+    def __init__(self, run_id: str, worker: int, api_key: str, retry: RetryPolicy, budget: RetryBudget,
+                 emit: Callable[[dict[str, Any]], None], rng: Any,
+                 on_call: Callable[[CallSpec, list[dict[str, Any]]], None] | None = None) -> None:
+        self.run_id = run_id
+        self.worker = worker
+        self.api_key = api_key
+        self.retry = retry
+        self.budget = budget
+        self.emit = emit
+        self.rng = rng
+        self.on_call = on_call
+        self.seq = 0
+        self.in_flight = 0
+        self.retries = 0
+
+    def next_call_id(self) -> str:
+        """run id, worker index and a sequence number: any charge traces back to its worker."""
+        self.seq += 1
+        return f"{self.run_id}-w{self.worker}-{self.seq}"
+
+    def run(self, transport: Transport, spec: CallSpec, scheduled: float | None = None,
+            stage: int | None = None) -> list[dict[str, Any]]:
+        """Make the call, retrying idempotently; returns its records (the last one is final)."""
+        dialect = DIALECTS[spec.endpoint]
+        call_id = self.next_call_id()
+        records: list[dict[str, Any]] = []
+        attempt = 0
+        self.in_flight += 1
+        try:
+            while True:
+                attempt += 1
+                wire = dialect.build(spec, self.api_key)
+                attempt_id = f"{call_id}-a{attempt}"
+                wire.headers["Idempotency-Key"] = call_id
+                wire.headers["X-Client-Attempt-ID"] = attempt_id
+                if spec.dry_run:
+                    wire.headers["X-TT-Dry-Run"] = "true"
+                stream_format = (spec.stream_format or "sse") if spec.stream else None
+                reader = dialect.Reader(stream_format)
+                epoch0 = time.time()
+                t0 = time.perf_counter()
+                rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage)
+                try:
+                    out = transport.send(wire, reader, spec.stream, expect_json_body=spec.dry_run)
+                except gevent.GreenletExit:
+                    out = Outcome(error_kind="cancelled", error="the harness stopped the attempt",
+                                  t_end=time.perf_counter())
+                    self._fill(rec, spec, out, reader, t0)
+                    rec["final"] = True
+                    records.append(rec)
+                    self.emit(rec)
+                    raise
+                self._fill(rec, spec, out, reader, t0)
+                retry = (out.error_kind is not None and self.retry.should_retry(out.error_kind, out.status, attempt))
+                if retry and not self.budget.take():
+                    retry = False
+                rec["final"] = not retry
+                records.append(rec)
+                self.emit(rec)
+                if not retry:
+                    break
+                self.retries += 1
+                gevent.sleep(self.retry.delay(attempt, out.retry_after_s, self.rng))
+        finally:
+            self.in_flight -= 1
+            if self.on_call is not None and records:
+                self.on_call(spec, records)
+        return records
+
+    def _record(self, spec: CallSpec, call_id: str, attempt_id: str, attempt: int, epoch0: float,
+                scheduled: float | None, stage: int | None) -> dict[str, Any]:
+        return {
+            "v": RECORD_VERSION, "run_id": self.run_id, "worker": self.worker, "attempt_id": attempt_id,
+            "call_id": call_id, "attempt": attempt, "final": True, "idempotency_key": call_id,
+            "request_id": None, "original_request_id": None, "replayed": False,
+            "endpoint": spec.endpoint, "model": spec.model, "stream": spec.stream,
+            "stream_format": (spec.stream_format or "sse") if spec.stream else None,
+            "dry_run": spec.dry_run, "pair_id": spec.pair_id, "session_id": spec.session_id, "turn": spec.turn,
+            "name": stats_name(spec), "t_start": epoch0, "scheduled": scheduled,
+            "schedule_lag_ms": None if scheduled is None or attempt > 1 else round((epoch0 - scheduled) * 1000, 3),
+            "stage": stage,
+            "prompt_tokens_target": spec.prompt_tokens_target, "max_tokens": spec.max_tokens,
+            "images_requested": spec.images_n if spec.endpoint == "images" else None,
+            "image_size": spec.image_size if spec.endpoint == "images" else None,
+            "image_quality": spec.image_quality if spec.endpoint == "images" else None,
+        }
+
+    def _fill(self, rec: dict[str, Any], spec: CallSpec, out: Outcome, reader: Any, t0: float) -> None:
+        streamed = spec.stream and not spec.dry_run
+        rec.update(
+            request_id=out.request_id, original_request_id=out.original_request_id, replayed=out.replayed,
+            status=out.status, ok=out.error_kind is None, error_kind=out.error_kind, error=out.error,
+            retry_after_s=out.retry_after_s, headers_ms=_ms(out.t_headers, t0), end_ms=_ms(out.t_end, t0) or 0.0,
+            first_event_ms=_ms(reader.first_event, t0) if streamed else None,
+            first_content_ms=_ms(reader.first_content, t0) if streamed else None,
+            first_text_ms=_ms(reader.first_text, t0) if streamed else None,
+            first_tool_ms=_ms(reader.first_tool, t0) if streamed else None,
+            first_reasoning_ms=_ms(reader.first_reasoning, t0) if streamed else None,
+            chunks=encode_chunks(reader.chunks, t0) if streamed else None,
+            usage=reader.usage, usage_raw=reader.usage_raw, finish_reason=reader.finish,
+            output_chars=reader.chars if not spec.dry_run else None,
+            estimate=out.body if spec.dry_run and isinstance(out.body, dict) else None,
+            images_returned=reader.images_returned, embeddings=reader.embeddings,
+        )

@@ -1,0 +1,84 @@
+"""Per-attempt records: building them, and getting them to disk at least once a second."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from array import array
+from collections.abc import Callable
+from typing import IO, Any
+
+RECORD_VERSION = 1
+FLUSH_INTERVAL_S = 0.5
+
+
+def encode_chunks(times: list[float], t0: float) -> dict[str, Any]:
+    """Chunk arrival times as base64 little-endian uint32 microsecond deltas (the first from t0)."""
+    deltas = array("I")
+    prev = t0
+    for t in times:
+        d = round((t - prev) * 1e6)
+        deltas.append(d if d > 0 else 0)
+        prev = t
+    if deltas.itemsize != 4:  # pragma: no cover - every CPython platform ttbench targets has 4-byte 'I'
+        raise RuntimeError("array('I') is not 32-bit here")
+    if os.sys.byteorder != "little":  # pragma: no cover
+        deltas.byteswap()
+    return {"n": len(deltas), "us": base64.b64encode(deltas.tobytes()).decode("ascii")}
+
+
+def decode_chunks(chunks: dict[str, Any] | None) -> list[float]:
+    """Chunk arrival times in milliseconds from the attempt's start."""
+    if not chunks or not chunks.get("n"):
+        return []
+    deltas = array("I")
+    deltas.frombytes(base64.b64decode(chunks["us"]))
+    if os.sys.byteorder != "little":  # pragma: no cover
+        deltas.byteswap()
+    out = []
+    acc = 0
+    for d in deltas:
+        acc += d
+        out.append(acc / 1000.0)
+    return out
+
+
+class RecordSink:
+    """Buffers records; a flusher writes them to a file and/or ships them, at least once a second."""
+
+    def __init__(self, path: str | None = None, ship: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        self.path = path
+        self.ship = ship
+        self._buffer: list[dict[str, Any]] = []
+        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.written = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Queue one record."""
+        self._buffer.append(record)
+
+    def write_lines(self, records: list[dict[str, Any]]) -> None:
+        """Append records to the file now (the master uses this for shipped batches)."""
+        if self._file is None or not records:
+            return
+        self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        self._file.flush()
+        self.written += len(records)
+
+    def flush(self) -> None:
+        """Write or ship what is buffered."""
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        if self.ship is not None:
+            self.ship(batch)
+        else:
+            self.write_lines(batch)
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None

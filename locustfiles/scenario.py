@@ -1,0 +1,365 @@
+"""Scenario files: YAML validated into a Scenario, with one-line errors naming file, key path and reason."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .retry import RetryPolicy
+from .transport import Timeouts
+
+ENDPOINTS = ("chat", "messages", "gemini", "embeddings", "images", "models")
+DEFAULT_MODELS = {"chat": "gpt-4o-mini", "messages": "claude-3-5-sonnet", "gemini": "gemini-1.5-pro",
+                  "embeddings": "text-embedding-3-small", "images": "gpt-image-1", "models": "-"}
+ARRIVALS = ("closed", "constant", "poisson")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+class ScenarioError(ValueError):
+    """A bad scenario: the message is one line naming the file, the key path and the reason."""
+
+
+@dataclass(slots=True)
+class Dist:
+    """An integer distribution (at least 1): fixed, uniform, normal or lognormal."""
+
+    kind: str
+    a: float
+    b: float = 0.0
+
+    def sample(self, rng: random.Random) -> int:
+        """Draw one value."""
+        if self.kind == "fixed":
+            v = self.a
+        elif self.kind == "uniform":
+            return rng.randint(int(self.a), int(self.b))
+        elif self.kind == "normal":
+            v = rng.gauss(self.a, self.b)
+        else:
+            v = rng.lognormvariate(math.log(self.a) - self.b**2 / 2, self.b)
+        return max(1, round(v))
+
+    @property
+    def mean(self) -> float:
+        """The distribution's mean (before rounding and the floor at 1)."""
+        return (self.a + self.b) / 2 if self.kind == "uniform" else self.a
+
+
+@dataclass(slots=True)
+class MixEntry:
+    """One line of the mix: an endpoint, its weight, models and shares."""
+
+    endpoint: str
+    weight: float
+    models: list[tuple[str, float]]
+    stream: float = 0.0
+    json_array: float = 0.0
+    dry_run: float = 0.0
+    pair: float = 0.0
+    tools: float = 0.0
+    reasoning: float = 0.0
+    prompt_tokens: Dist = field(default_factory=lambda: Dist("uniform", 32, 128))
+    output_tokens: Dist = field(default_factory=lambda: Dist("uniform", 16, 64))
+    ignore_eos: bool = False
+    images_n: list[int] = field(default_factory=lambda: [1])
+    image_size: str = "1024x1024"
+    image_quality: str = "low"
+    inputs: Dist = field(default_factory=lambda: Dist("fixed", 1))
+    dims: int | None = None
+
+
+@dataclass(slots=True)
+class Stage:
+    """One load stage: a duration and an open-loop rate or a user count."""
+
+    duration_s: float
+    rate: float | None = None
+    users: int | None = None
+
+
+@dataclass
+class Scenario:
+    """A validated scenario."""
+
+    path: str
+    name: str
+    description: str
+    seed: int
+    target: str
+    api_key_env: str
+    sim_config: Any
+    users: int
+    spawn_rate: float
+    duration_s: float
+    stop_timeout_s: float
+    arrivals: str
+    rate: float
+    stages: list[Stage]
+    think_min_s: float
+    think_max_s: float
+    timeouts: Timeouts
+    retry: RetryPolicy
+    mix: list[MixEntry]
+    spend_max: float | None
+    spend_max_tokens: int | None
+    spend_max_images: int | None
+    ca_file: str | None
+    insecure: bool
+    raw: dict[str, Any]
+    gates: dict[str, Any] = field(default_factory=dict)
+    ledger: dict[str, Any] = field(default_factory=dict)
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def open_loop(self) -> bool:
+        """Whether arrivals come from a rate rather than from users' loops."""
+        return self.arrivals != "closed"
+
+    @property
+    def total_duration_s(self) -> float:
+        """The run's length: the sum of the stages, or the duration."""
+        return sum(s.duration_s for s in self.stages) if self.stages else self.duration_s
+
+
+class _V:
+    """Validation helpers bound to one file."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, path: str, reason: str) -> ScenarioError:
+        return ScenarioError(f"{self.file}: {path}: {reason}")
+
+    def mapping(self, path: str, v: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise self.fail(path, f"expected a mapping, got {type(v).__name__}")
+        for k in v:
+            if k not in allowed:
+                raise self.fail(f"{path}.{k}" if path else str(k), f"unknown key (known: {', '.join(allowed)})")
+        return v
+
+    def num(self, path: str, v: Any, lo: float = 0.0, hi: float | None = None, integer: bool = False,
+            positive: bool = False) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise self.fail(path, f"expected a number, got {v!r}")
+        if integer and int(v) != v:
+            raise self.fail(path, f"expected a whole number, got {v!r}")
+        if v < lo or (positive and v <= 0) or (hi is not None and v > hi):
+            bound = f"between {lo:g} and {hi:g}" if hi is not None else ("positive" if positive else f">= {lo:g}")
+            raise self.fail(path, f"must be {bound}, got {v!r}")
+        return v
+
+    def share(self, path: str, v: Any) -> float:
+        return float(self.num(path, v, 0.0, 1.0))
+
+    def text(self, path: str, v: Any) -> str:
+        if not isinstance(v, str) or not v:
+            raise self.fail(path, f"expected a non-empty string, got {v!r}")
+        return v
+
+    def duration(self, path: str, v: Any, positive: bool = True) -> float:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            seconds = float(v)
+        elif isinstance(v, str) and (m := _DURATION.match(v)):
+            seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+        else:
+            raise self.fail(path, f"expected a duration like 30s, 2m or 1h, got {v!r}")
+        if seconds < 0 or (positive and seconds <= 0):
+            raise self.fail(path, f"must be {'positive' if positive else 'non-negative'}, got {v!r}")
+        return seconds
+
+    def dist(self, path: str, v: Any) -> Dist:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return Dist("fixed", self.num(path, v, positive=True))
+        d = self.mapping(path, v, ("dist", "value", "min", "max", "mean", "sd"))
+        kind = d.get("dist", "uniform" if "min" in d else "fixed")
+        if kind == "fixed":
+            return Dist("fixed", self.num(f"{path}.value", d.get("value"), positive=True))
+        if kind == "uniform":
+            lo = self.num(f"{path}.min", d.get("min"), 1, integer=True)
+            hi = self.num(f"{path}.max", d.get("max"), 1, integer=True)
+            if hi < lo:
+                raise self.fail(f"{path}.max", f"must be >= min ({lo:g}), got {hi:g}")
+            return Dist("uniform", lo, hi)
+        if kind in ("normal", "lognormal"):
+            return Dist(kind, self.num(f"{path}.mean", d.get("mean"), positive=True),
+                        self.num(f"{path}.sd", d.get("sd", 0), 0))
+        raise self.fail(f"{path}.dist", f"unknown distribution {kind!r} (known: fixed, uniform, normal, lognormal)")
+
+
+MIX_KEYS = ("endpoint", "weight", "models", "stream", "json_array", "dry_run", "pair", "tools", "reasoning",
+            "prompt_tokens", "output_tokens", "ignore_eos", "images", "inputs", "dims")
+TOP_KEYS = ("name", "description", "seed", "target", "api_key_env", "sim", "users", "spawn_rate", "duration",
+            "stop_timeout", "arrivals", "stages", "think_time", "timeouts", "retry", "defaults", "mix", "spend",
+            "tls", "gates", "ledger", "analysis")
+
+
+def _mix_entry(v: _V, i: int, raw: Any, defaults: dict[str, Any]) -> MixEntry:
+    path = f"mix[{i}]"
+    d = v.mapping(path, raw, MIX_KEYS)
+    endpoint = d.get("endpoint")
+    if endpoint not in ENDPOINTS:
+        raise v.fail(f"{path}.endpoint", f"unknown endpoint {endpoint!r} (known: {', '.join(ENDPOINTS)})")
+    models_raw = d.get("models", [DEFAULT_MODELS[endpoint]])
+    if isinstance(models_raw, str):
+        models_raw = [models_raw]
+    if isinstance(models_raw, list) and models_raw:
+        models = [(v.text(f"{path}.models[{j}]", m), 1.0) for j, m in enumerate(models_raw)]
+    elif isinstance(models_raw, dict) and models_raw:
+        models = [(str(m), float(v.num(f"{path}.models.{m}", w))) for m, w in models_raw.items()]
+        if sum(w for _, w in models) <= 0:
+            raise v.fail(f"{path}.models", "weights sum to zero")
+    else:
+        raise v.fail(f"{path}.models", "expected a model name, a list of names or a mapping of names to weights")
+    e = MixEntry(endpoint=endpoint, weight=float(v.num(f"{path}.weight", d.get("weight", 1))), models=models)
+    for key in ("stream", "json_array", "dry_run", "pair", "tools", "reasoning"):
+        if key in d:
+            setattr(e, key, v.share(f"{path}.{key}", d[key]))
+    if e.dry_run + e.pair > 1:
+        raise v.fail(f"{path}.pair", "dry_run plus pair exceed 1")
+    for key in ("prompt_tokens", "output_tokens"):
+        src = d.get(key, defaults.get(key))
+        if src is not None:
+            setattr(e, key, v.dist(f"{path}.{key}" if key in d else f"defaults.{key}", src))
+    ignore = d.get("ignore_eos", defaults.get("ignore_eos", False))
+    if not isinstance(ignore, bool):
+        raise v.fail(f"{path}.ignore_eos", f"expected true or false, got {ignore!r}")
+    e.ignore_eos = ignore
+    if "images" in d:
+        img = v.mapping(f"{path}.images", d["images"], ("n", "size", "quality"))
+        n = img.get("n", 1)
+        ns = n if isinstance(n, list) else [n]
+        e.images_n = [int(v.num(f"{path}.images.n", x, 1, 10, integer=True)) for x in ns]
+        if not e.images_n:
+            raise v.fail(f"{path}.images.n", "expected a count or a non-empty list of counts")
+        e.image_size = v.text(f"{path}.images.size", img.get("size", e.image_size))
+        e.image_quality = v.text(f"{path}.images.quality", img.get("quality", e.image_quality))
+    if "inputs" in d:
+        e.inputs = v.dist(f"{path}.inputs", d["inputs"])
+    if "dims" in d:
+        e.dims = int(v.num(f"{path}.dims", d["dims"], 1, integer=True))
+    return e
+
+
+def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenario:
+    """Validate a parsed scenario mapping."""
+    v = _V(file)
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{file}: expected a mapping at the top level")
+    d = v.mapping("", data, TOP_KEYS)
+    name = v.text("name", d.get("name", Path(file).stem))
+    seed = d.get("seed", 1)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise v.fail("seed", f"expected an integer, got {seed!r}")
+    target = d.get("target", "sim")
+    if not isinstance(target, str) or not (target == "sim" or re.match(r"^https?://[^\s/]+", target)):
+        raise v.fail("target", f"expected 'sim' or an http(s) URL, got {target!r}")
+    api_key_env = d.get("api_key_env", "TT_API_KEY")
+    if not isinstance(api_key_env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", api_key_env):
+        raise v.fail("api_key_env", f"expected an environment variable name, got {api_key_env!r}")
+    sim_cfg = v.mapping("sim", d.get("sim"), ("config",)).get("config")
+    if isinstance(sim_cfg, str) and base_dir is not None:
+        p = (base_dir / sim_cfg).resolve()
+        if not p.is_file():
+            raise v.fail("sim.config", f"no such file: {sim_cfg}")
+        sim_cfg = str(p)
+    elif sim_cfg is not None and not isinstance(sim_cfg, dict):
+        raise v.fail("sim.config", "expected a path or a mapping")
+    users = int(v.num("users", d.get("users", 4), 1, integer=True))
+    spawn_rate = float(v.num("spawn_rate", d.get("spawn_rate", users), positive=True))
+    duration_s = v.duration("duration", d.get("duration", "30s"))
+    stop_timeout_s = v.duration("stop_timeout", d.get("stop_timeout", "30s"), positive=False)
+    arr = v.mapping("arrivals", d.get("arrivals"), ("process", "rate"))
+    process = arr.get("process", "closed")
+    if process not in ARRIVALS:
+        raise v.fail("arrivals.process", f"unknown arrival process {process!r} (known: {', '.join(ARRIVALS)})")
+    rate = float(v.num("arrivals.rate", arr.get("rate", 0)))
+    stages: list[Stage] = []
+    raw_stages = d.get("stages") or []
+    if not isinstance(raw_stages, list):
+        raise v.fail("stages", "expected a list of {duration, rate} or {duration, users}")
+    for i, s in enumerate(raw_stages):
+        sd = v.mapping(f"stages[{i}]", s, ("duration", "rate", "users"))
+        st = Stage(duration_s=v.duration(f"stages[{i}].duration", sd.get("duration")))
+        if "rate" in sd:
+            st.rate = float(v.num(f"stages[{i}].rate", sd["rate"]))
+        if "users" in sd:
+            st.users = int(v.num(f"stages[{i}].users", sd["users"], 0, integer=True))
+        if st.rate is None and st.users is None:
+            raise v.fail(f"stages[{i}]", "needs a rate (open loop) or a users count")
+        stages.append(st)
+    if process != "closed" and rate <= 0 and not any(s.rate for s in stages):
+        raise v.fail("arrivals.rate", f"an open-loop process ({process}) needs a positive rate")
+    think = v.mapping("think_time", d.get("think_time"), ("min_s", "max_s"))
+    think_min = float(v.num("think_time.min_s", think.get("min_s", 0)))
+    think_max = float(v.num("think_time.max_s", think.get("max_s", think_min)))
+    if think_max < think_min:
+        raise v.fail("think_time.max_s", f"must be >= min_s ({think_min:g})")
+    to = v.mapping("timeouts", d.get("timeouts"), ("connect_s", "first_byte_s", "idle_s", "total_s"))
+    timeouts = Timeouts(**{k: float(v.num(f"timeouts.{k}", val, positive=True)) for k, val in to.items()})
+    rt = v.mapping("retry", d.get("retry"), ("max_attempts", "base_s", "cap_s", "budget"))
+    retry = RetryPolicy()
+    if "max_attempts" in rt:
+        retry.max_attempts = int(v.num("retry.max_attempts", rt["max_attempts"], 1, integer=True))
+    if "base_s" in rt:
+        retry.base_s = float(v.num("retry.base_s", rt["base_s"]))
+    if "cap_s" in rt:
+        retry.cap_s = float(v.num("retry.cap_s", rt["cap_s"]))
+    if "budget" in rt:
+        retry.budget = int(v.num("retry.budget", rt["budget"], 0, integer=True))
+    defaults = v.mapping("defaults", d.get("defaults"), ("prompt_tokens", "output_tokens", "ignore_eos"))
+    raw_mix = d.get("mix")
+    if not isinstance(raw_mix, list) or not raw_mix:
+        raise v.fail("mix", "expected a non-empty list of endpoints")
+    mix = [_mix_entry(v, i, m, defaults) for i, m in enumerate(raw_mix)]
+    if sum(m.weight for m in mix) <= 0:
+        raise v.fail("mix", "weights sum to zero")
+    spend = v.mapping("spend", d.get("spend"), ("max", "max_tokens", "max_images"))
+    tls = v.mapping("tls", d.get("tls"), ("ca_file", "insecure"))
+    ca_file = tls.get("ca_file")
+    if ca_file is not None:
+        ca_file = str((base_dir / ca_file) if base_dir else Path(ca_file))
+    insecure = tls.get("insecure", False)
+    if not isinstance(insecure, bool):
+        raise v.fail("tls.insecure", f"expected true or false, got {insecure!r}")
+    return Scenario(
+        path=file, name=name, description=str(d.get("description", "")), seed=seed, target=target,
+        api_key_env=api_key_env, sim_config=sim_cfg, users=users, spawn_rate=spawn_rate, duration_s=duration_s,
+        stop_timeout_s=stop_timeout_s, arrivals=process, rate=rate, stages=stages, think_min_s=think_min,
+        think_max_s=think_max, timeouts=timeouts, retry=retry, mix=mix,
+        spend_max=float(v.num("spend.max", spend["max"], positive=True)) if "max" in spend else None,
+        spend_max_tokens=int(v.num("spend.max_tokens", spend["max_tokens"], 1)) if "max_tokens" in spend else None,
+        spend_max_images=int(v.num("spend.max_images", spend["max_images"], 1)) if "max_images" in spend else None,
+        ca_file=ca_file, insecure=insecure, raw=data,
+        gates=v.mapping("gates", d.get("gates"), tuple(d.get("gates") or {})),
+        ledger=v.mapping("ledger", d.get("ledger"), tuple(d.get("ledger") or {})),
+        analysis=v.mapping("analysis", d.get("analysis"), tuple(d.get("analysis") or {})),
+    )
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file."""
+    p = Path(path)
+    try:
+        blob = p.read_bytes()
+    except OSError as exc:
+        raise ScenarioError(f"{p}: cannot read the scenario: {exc.strerror or exc}") from None
+    if b"\0" in blob:
+        raise ScenarioError(f"{p}: not a YAML file (binary content)")
+    try:
+        data = yaml.safe_load(blob.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{p}: not a YAML file (not UTF-8)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ScenarioError(f"{p}:{where} invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    return parse_scenario(data, str(p), p.parent)

@@ -1,0 +1,52 @@
+"""The spend cap: money, tokens and images estimated from the price sheet and the usage returned."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from ttbench.prices import PriceSheet, Usage
+
+
+class SpendCap:
+    """Tracks this process's estimated spend; `exceeded` turns true once any cap is reached."""
+
+    def __init__(self, prices: PriceSheet | None, max_money: float | None, max_tokens: int | None,
+                 max_images: int | None, share: float = 1.0) -> None:
+        self.prices = prices
+        self.max_money = Decimal(str(max_money * share)) if max_money is not None else None
+        self.max_tokens = max_tokens * share if max_tokens is not None else None
+        self.max_images = max_images * share if max_images is not None else None
+        self.money = Decimal(0)
+        self.tokens = 0
+        self.images = 0
+        self.reason: str | None = None
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Account one attempt's usage (dry runs and failures cost nothing)."""
+        if not record.get("ok") or record.get("dry_run") or record.get("replayed"):
+            return
+        usage = record.get("usage") or {}
+        images = record.get("images_returned") or 0
+        self.tokens += int(usage.get("input") or 0) + int(usage.get("output") or 0)
+        self.images += images
+        if self.prices is not None:
+            self.money += self.prices.cost(record["model"], Usage(
+                input_tokens=int(usage.get("input") or 0), output_tokens=int(usage.get("output") or 0),
+                cached_input_tokens=int(usage.get("cached_input") or 0),
+                cache_write_tokens=int(usage.get("cache_write") or 0), images=images,
+                image_size=record.get("image_size") or "auto", image_quality=record.get("image_quality") or "auto"))
+        self._check()
+
+    def _check(self) -> None:
+        if self.max_money is not None and self.money >= self.max_money:
+            self.reason = f"spend cap reached: {self.money:.6f} >= {self.max_money}"
+        elif self.max_tokens is not None and self.tokens >= self.max_tokens:
+            self.reason = f"token cap reached: {self.tokens} >= {self.max_tokens:g}"
+        elif self.max_images is not None and self.images >= self.max_images:
+            self.reason = f"image cap reached: {self.images} >= {self.max_images:g}"
+
+    @property
+    def exceeded(self) -> bool:
+        """Whether a cap has been reached."""
+        return self.reason is not None
