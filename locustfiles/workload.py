@@ -6,8 +6,8 @@ import itertools
 import random
 from bisect import bisect
 
-from .calls import CallSpec
 from .caller import stats_name
+from .calls import CallSpec
 from .dialects import FAMILIES
 from .prompts import Calibrator, make_prompt
 from .scenario import MixEntry, Scenario

@@ -40,6 +40,15 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .run import RunError, run
+
+    try:
+        return run(args)
+    except RunError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _tour(args: argparse.Namespace) -> int:
     from .tour import run_tour
 
@@ -63,6 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls-cert", default=None)
     sim.add_argument("--tls-key", default=None)
     sim.set_defaults(func=_sim)
+
+    run = sub.add_parser("run", help="run a scenario (against the embedded simulator by default)")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("--target", default=None, help="'sim' (default: the scenario's) or the gateway's base URL")
+    run.add_argument("-u", "--users", type=int, default=None)
+    run.add_argument("-r", "--spawn-rate", type=float, default=None)
+    run.add_argument("-t", "--duration", default=None, help="e.g. 30s, 5m")
+    run.add_argument("--processes", type=int, default=None, help="Locust worker processes")
+    run.add_argument("--out", default=None, help="run folder (default results/<timestamp>-<scenario>)")
+    run.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    run.add_argument("--max-spend", type=float, default=None, help="stop once this much is spent")
+    run.add_argument("--prices", default=None, help="price sheet for a URL target")
+    run.set_defaults(func=_run)
 
     tour = sub.add_parser("tour", help="start the simulator and call every endpoint once")
     tour.add_argument("--config", default=None)

@@ -25,8 +25,9 @@ def build(spec: CallSpec, key: str) -> WireRequest:
         body["stream"] = True
     if spec.tools:
         body["tools"] = [TOOL]
-    if spec.reasoning:
+    if spec.reasoning:  # the API wants 1024 <= budget_tokens < max_tokens
         body["thinking"] = {"type": "enabled", "budget_tokens": 1024}
+        body["max_tokens"] += 1024
     headers = {"x-api-key": key, "anthropic-version": VERSION, "Content-Type": "application/json"}
     return WireRequest("POST", PATH, headers, dumps(body))
 

@@ -1,0 +1,330 @@
+"""Per-process state of a ttbench Locust run, wired to Locust through its events and messages."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import events
+from locust.runners import WORKER_REPORT_INTERVAL, LocalRunner, MasterRunner, WorkerRunner
+
+from ttbench.prices import PriceError, PriceSheet, load_price_sheet
+
+from .caller import Caller
+from .calls import CallSpec
+from .live import Live
+from .prompts import Calibrator
+from .records import FLUSH_INTERVAL_S, RecordSink
+from .retry import RetryBudget
+from .scenario import Scenario, ScenarioError, load_scenario
+from .spend import SpendCap
+from .workload import Workload
+
+SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"
+MSG_RECORDS = "ttbench_records"
+MSG_WORKERS = "ttbench_workers"
+MSG_STOP = "ttbench_stop"
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2."""
+    print(f"ttbench: error: {message}", file=sys.stderr, flush=True)
+    os._exit(2)
+
+
+def add_arguments(parser: Any) -> None:
+    """ttbench's options on Locust's command line (also fields in the web UI's start form)."""
+    group = parser.add_argument_group("ttbench")
+    group.add_argument("--scenario", default=os.environ.get("TTBENCH_SCENARIO"), help="scenario YAML file")
+    group.add_argument("--ttbench-out", default=None, help="run folder for records.jsonl (default results/<ts>-<name>)")
+    group.add_argument("--run-id", default=None, help="run id used in idempotency keys")
+    group.add_argument("--max-spend", type=float, default=None, help="spend cap in the price sheet's currency")
+    group.add_argument("--prices", default=None, help="price sheet YAML (default: the simulator's)")
+    group.add_argument("--insecure", action="store_true", default=False, help="do not verify TLS certificates")
+    group.add_argument("--ttbench-duration", type=float, default=None,
+                       help="run length in seconds (default: the scenario's); ends with a graceful drain")
+    group.add_argument("--ttbench-progress", type=float, default=None, help="seconds between progress lines")
+
+
+class Runtime:
+    """Everything one Locust process of a ttbench run shares between its users."""
+
+    _instance: Runtime | None = None
+
+    @classmethod
+    def get(cls) -> Runtime:
+        """The process's runtime (created in Locust's init event)."""
+        if cls._instance is None:
+            raise RuntimeError("ttbench runtime not initialised: run through locustfiles/gateway.py")
+        return cls._instance
+
+    def __init__(self, environment: Any, scenario: Scenario) -> None:
+        self.environment = environment
+        self.scenario = scenario
+        opts = environment.parsed_options
+        runner = environment.runner
+        self.role = ("master" if isinstance(runner, MasterRunner) else
+                     "worker" if isinstance(runner, WorkerRunner) else "local")
+        self.worker = int(getattr(runner, "worker_index", 0) or 0) if self.role == "worker" else 0
+        self.run_id = opts.run_id or f"{scenario.name}-{int(time.time())}"
+        self.insecure = bool(opts.insecure or scenario.insecure)
+        self.target = environment.host or (scenario.target if scenario.target != "sim" else "")
+        self.stopping = False
+        self.stop_reason: str | None = None
+        self.live = Live()
+        self.out_dir: Path | None = None
+        self.sink: RecordSink | None = None
+        self.arrivals: Any = None
+        self.rng = random.Random(f"{scenario.seed}:{self.worker}")
+        self.calibrator = Calibrator()
+        self.workload = Workload(scenario, self.rng, self.calibrator)
+        self.workers = 1
+        prices_path = opts.prices or str(SHIPPED_PRICES)
+        try:
+            self.prices: PriceSheet | None = load_price_sheet(prices_path)
+        except PriceError as exc:
+            fail(str(exc))
+        max_spend = opts.max_spend if opts.max_spend is not None else scenario.spend_max
+        if max_spend is None and scenario.target != "sim" and not self._is_local_sim():
+            max_spend = 1.0  # a small default against anything but the simulator
+        self.spend = SpendCap(self.prices, max_spend, scenario.spend_max_tokens, scenario.spend_max_images)
+        if self.role in ("local", "master"):
+            self.out_dir = Path(opts.ttbench_out or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario.name}")
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.sink = RecordSink(str(self.out_dir / "records.jsonl"))
+        else:
+            self.sink = RecordSink(ship=self._ship)
+        self.api_key = ""
+        if self.role != "master":
+            key = os.environ.get(scenario.api_key_env)
+            if not key:
+                fail(f"{scenario.path}: api_key_env: environment variable {scenario.api_key_env} is not set")
+            self.api_key = key
+        budget = RetryBudget(scenario.retry.budget)
+        self.budget = budget
+        self.caller = Caller(self.run_id, self.worker, self.api_key, scenario.retry, budget, self._emit, self.rng,
+                             on_call=self._on_call)
+
+    def _is_local_sim(self) -> bool:
+        return os.environ.get("TTBENCH_TARGET_IS_SIM") == "1"
+
+    # records -------------------------------------------------------------------------------
+    def _emit(self, rec: dict[str, Any]) -> None:
+        assert self.sink is not None
+        self.sink.add(rec)
+        if self.role == "local":
+            self.live.add(rec)
+        self.spend.add(rec)
+        if self.spend.exceeded and not self.stopping:
+            self.request_stop(self.spend.reason or "spend cap reached")
+
+    def _ship(self, batch: list[dict[str, Any]]) -> None:
+        self.environment.runner.send_message(MSG_RECORDS, batch)
+
+    def on_shipped(self, batch: list[dict[str, Any]]) -> None:
+        """Master: a worker's batch of records."""
+        assert self.sink is not None
+        self.sink.write_lines(batch)
+        for rec in batch:
+            self.live.add(rec)
+
+    def _on_call(self, spec: CallSpec, records: list[dict[str, Any]]) -> None:
+        last = records[-1]
+        if last.get("error_kind") == "cancelled":
+            return  # cut by the harness: kept out of Locust's stats and error rates
+        first = records[0]
+        e2e = (last["t_start"] - first["t_start"]) * 1000.0 + last["end_ms"]
+        exc = None if last["ok"] else RuntimeError(f"{last['error_kind']}: {last.get('error') or ''}")
+        method = "GET" if spec.endpoint == "models" else "POST"
+        env = self.environment
+        env.events.request.fire(request_type=method, name=last["name"], response_time=e2e,
+                                response_length=last.get("output_chars") or 0, exception=exc,
+                                context={"call_id": last["call_id"]}, start_time=first["t_start"])
+        if last["ok"] and last.get("first_content_ms") is not None:
+            ttft = (last["t_start"] - first["t_start"]) * 1000.0 + last["first_content_ms"]
+            env.stats.get(last["name"], "TTFT").log(ttft, 0)
+        usage = last.get("usage") or {}
+        if last["ok"] and spec.prompt_words and usage.get("input") and spec.messages is None \
+                and spec.endpoint in ("chat", "messages", "gemini"):
+            self.calibrator.update(spec.prompt_words, int(usage["input"]))
+
+    # lifecycle -------------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Stop the run cleanly (spend cap, fatal target trouble)."""
+        self.stopping = True
+        self.stop_reason = reason
+        print(f"ttbench: stopping: {reason}", file=sys.stderr, flush=True)
+        runner = self.environment.runner
+        if self.role == "worker":
+            runner.send_message(MSG_STOP, reason)
+        else:
+            gevent.spawn(runner.quit)
+
+    def start(self) -> None:
+        """test_start: flusher, arrivals, progress and the run's clock."""
+        from .arrivals import Arrivals
+
+        if self.role != "master":
+            gevent.spawn(self._flusher)
+            if self.scenario.open_loop:
+                self.arrivals = Arrivals(self.scenario, self.scenario.seed, self.worker, self.workers)
+                self.arrivals.start()
+        if self.role in ("local", "master"):
+            gevent.spawn(self._clock)
+            gevent.spawn(self._progress)
+            if self.role == "master":
+                gevent.spawn(self._announce_workers)
+
+    def _flusher(self) -> None:
+        assert self.sink is not None
+        while True:
+            gevent.sleep(FLUSH_INTERVAL_S)
+            try:
+                self.sink.flush()
+            except Exception as exc:  # noqa: BLE001 - never let the flusher die silently
+                print(f"ttbench: warning: record flush failed: {exc}", file=sys.stderr, flush=True)
+
+    def _announce_workers(self) -> None:
+        runner = self.environment.runner
+        last = -1
+        while True:
+            n = max(1, len(runner.clients.ready) + len(runner.clients.running) + len(runner.clients.spawning))
+            if n != last:
+                runner.send_message(MSG_WORKERS, n)
+                last = n
+            gevent.sleep(1.0)
+
+    def _duration(self) -> float:
+        opt = self.environment.parsed_options.ttbench_duration
+        return float(opt) if opt else self.scenario.total_duration_s
+
+    def _clock(self) -> None:
+        """Run the user stages, then drain: ramp to zero users, wait for the last records, quit."""
+        runner = self.environment.runner
+        sc = self.scenario
+        if sc.stages and any(s.users is not None for s in sc.stages):
+            for st in sc.stages:
+                if st.users is not None:
+                    runner.start(st.users, sc.spawn_rate)
+                gevent.sleep(st.duration_s)
+        else:
+            gevent.sleep(self._duration())
+        self.stopping = True
+        if self.arrivals is not None:
+            self.arrivals.stop()
+        runner.start(0, 10_000)  # in-flight calls finish (up to --stop-timeout), no new ones start
+        deadline = time.time() + sc.stop_timeout_s + 5
+        while runner.user_count > 0 and time.time() < deadline:
+            gevent.sleep(0.2)
+        if self.role == "master":
+            gevent.sleep(WORKER_REPORT_INTERVAL + 1)
+        runner.quit()
+
+    def _progress(self) -> None:
+        opt = self.environment.parsed_options.ttbench_progress
+        tty = sys.stderr.isatty()
+        every = float(opt) if opt else (2.0 if tty else 10.0)
+        total = self._duration()
+        start = time.time()
+        while True:
+            gevent.sleep(every)
+            s = self.live.snapshot()
+            users = self.environment.runner.user_count
+
+            def ms(v: float | None) -> str:
+                return "-" if v is None else f"{v:.0f}ms"
+
+            line = (f"[ttbench] {time.time() - start:5.1f}/{total:.0f}s users {users} calls {s['calls']} "
+                    f"req/s {s['rps']:.1f} TTFT p50 {ms(s['ttft_p50'])} p95 {ms(s['ttft_p95'])} "
+                    f"errors {s['failed']} retries {s['retries']}")
+            if self.arrivals is not None:
+                line += f" dropped {self.arrivals.dropped}"
+            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        """quitting: last flush, final stats CSV, a summary file."""
+        if self.sink is not None:
+            self.sink.close()
+        if self.role == "worker" or self.out_dir is None:
+            return
+        opts = self.environment.parsed_options
+        if getattr(opts, "csv_prefix", None):
+            from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+            with open(f"{opts.csv_prefix}_stats.csv", "w", newline="") as f:
+                StatsCSV(self.environment, PERCENTILES_TO_REPORT).requests_csv(csv.writer(f))
+        harness = {
+            "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,
+            "stop_reason": self.stop_reason, "live": self.live.snapshot(),
+            "arrivals": None if self.arrivals is None else {"offered": self.arrivals.offered,
+                                                             "dropped": self.arrivals.dropped},
+            "retry_budget": {"spent": self.budget.spent, "denied": self.budget.denied},
+            "spend": {"money": str(self.spend.money), "tokens": self.spend.tokens, "images": self.spend.images},
+        }
+        (self.out_dir / "harness.json").write_text(json.dumps(harness, indent=2, default=str))
+        self.environment.process_exit_code = 0
+
+
+def install() -> None:
+    """Register ttbench with Locust's events (called once by the locustfile)."""
+
+    @events.init_command_line_parser.add_listener
+    def _args(parser: Any, **_kw: Any) -> None:
+        add_arguments(parser)
+
+    @events.init.add_listener
+    def _init(environment: Any, **_kw: Any) -> None:
+        opts = environment.parsed_options
+        if opts is None:
+            return
+        if not opts.scenario:
+            fail("no scenario: pass --scenario FILE (or set TTBENCH_SCENARIO)")
+        try:
+            scenario = load_scenario(opts.scenario)
+        except ScenarioError as exc:
+            fail(str(exc))
+        rt = Runtime(environment, scenario)
+        Runtime._instance = rt
+        if not opts.stop_timeout:
+            environment.stop_timeout = scenario.stop_timeout_s
+            opts.stop_timeout = scenario.stop_timeout_s
+        weights = rt.workload.family_weights()
+        for cls in environment.user_classes:
+            fam = getattr(cls, "family", None)
+            if fam in weights:
+                cls.weight = weights[fam]
+        environment.user_classes = [c for c in environment.user_classes if getattr(c, "weight", 1) > 0]
+        environment.available_user_classes = {c.__name__: c for c in environment.user_classes}
+        if rt.role != "master" and not (environment.host or rt.target):
+            fail(f"{scenario.path}: target: 'sim' needs `ttbench run` (which starts the simulator) or --host URL")
+        runner = environment.runner
+        if rt.role == "master":
+            runner.register_message(MSG_RECORDS, lambda env, msg, **k: rt.on_shipped(msg.data))
+            runner.register_message(MSG_STOP, lambda env, msg, **k: rt.request_stop(str(msg.data)))
+        elif rt.role == "worker":
+            def _workers(env: Any, msg: Any, **_k: Any) -> None:
+                rt.workers = int(msg.data)
+                if rt.arrivals is not None:
+                    rt.arrivals.set_workers(rt.workers)
+
+            runner.register_message(MSG_WORKERS, _workers)
+
+    @events.test_start.add_listener
+    def _start(environment: Any, **_kw: Any) -> None:
+        if Runtime._instance is not None:
+            Runtime._instance.start()
+
+    @events.quitting.add_listener
+    def _quit(environment: Any, **_kw: Any) -> None:
+        if Runtime._instance is not None:
+            Runtime._instance.finish()
+
+
+__all__ = ["LocalRunner", "Runtime", "install"]

@@ -1,0 +1,175 @@
+"""`ttbench run`: start the target (the simulator by default), run Locust headless, collect the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from locustfiles.scenario import Scenario, ScenarioError, load_scenario
+
+from .simproc import DEFAULT_API_KEY, SimProcess, SimProcessError
+
+GATEWAY = Path(__file__).resolve().parent.parent / "locustfiles" / "gateway.py"
+
+
+class RunError(Exception):
+    """Bad input or a target that cannot be used: one line, exit code 2."""
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent.parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("ttbench", "locust", "geventhttpclient", "aiohttp"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def check_target(url: str, key: str, timeout: float = 5.0, verify: Any = True) -> None:
+    """A clear error within `timeout` seconds when the target does not answer or refuses the key."""
+    try:
+        r = httpx.get(url.rstrip("/") + "/v1/models", headers={"Authorization": f"Bearer {key}", "x-api-key": key},
+                      timeout=timeout, verify=verify)
+    except httpx.HTTPError as exc:
+        raise RunError(f"target {url} does not answer: {type(exc).__name__}") from None
+    if r.status_code in (401, 403):
+        raise RunError(f"target {url} refused the API key (HTTP {r.status_code})")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def prepare(scenario: Scenario, args: Any) -> tuple[Path, str]:
+    """The run folder and run id."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("results") / f"{stamp}-{_slug(scenario.name)}"
+    if out.exists() and any(out.iterdir()):
+        raise RunError(f"{out}: the run folder exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, f"{_slug(scenario.name)}-{stamp}"
+
+
+def run(args: Any) -> int:
+    """Run a scenario end to end; returns the exit code (0 ok, 1 gates breached, 2 bad input)."""
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        raise RunError(str(exc)) from None
+    target = args.target or scenario.target
+    if target != "sim" and not target.startswith(("http://", "https://")):
+        raise RunError(f"--target: expected 'sim' or an http(s) URL, got {target!r}")
+    for flag, value in (("-u", args.users), ("-r", args.spawn_rate), ("--processes", args.processes)):
+        if value is not None and value <= 0:
+            raise RunError(f"{flag}: must be positive, got {value}")
+    duration = scenario.total_duration_s
+    if args.duration:
+        from locustfiles.scenario import _V
+
+        try:
+            duration = _V("--duration").duration("-t", args.duration)
+        except ScenarioError as exc:
+            raise RunError(str(exc).replace("--duration: ", "")) from None
+    out, run_id = prepare(scenario, args)
+    started = time.time()
+    sim: SimProcess | None = None
+    env = dict(os.environ)
+    try:
+        if target == "sim":
+            cfg = scenario.sim_config
+            if isinstance(cfg, dict):
+                cfg_path = out / "sim-config.yaml"
+                cfg_path.write_text(yaml.safe_dump(cfg))
+                cfg = str(cfg_path)
+            key = env.get(scenario.api_key_env) or DEFAULT_API_KEY
+            env[scenario.api_key_env] = key
+            try:
+                sim = SimProcess(config=cfg, seed=scenario.seed, api_key=key)
+            except SimProcessError as exc:
+                raise RunError(str(exc)) from None
+            url = sim.url
+            env["TTBENCH_TARGET_IS_SIM"] = "1"
+            prices = sim.admin("/_sim/config").json()["prices"]
+            (out / "prices.yaml").write_text(yaml.safe_dump(prices, sort_keys=False))
+            (out / "sim-config.resolved.json").write_text(json.dumps(sim.admin("/_sim/config").json()["config"],
+                                                                      indent=2))
+        else:
+            url = target
+            key = env.get(scenario.api_key_env)
+            if not key:
+                raise RunError(f"{scenario.path}: api_key_env: environment variable {scenario.api_key_env} is not set")
+            check_target(url, key, verify=not (args.insecure or scenario.insecure))
+            prices_src = Path(args.prices) if args.prices else GATEWAY.parent.parent / "gatewaysim/defaults/prices.yaml"
+            try:
+                (out / "prices.yaml").write_text(prices_src.read_text())
+            except OSError as exc:
+                raise RunError(f"{prices_src}: cannot read the price sheet: {exc.strerror}") from None
+        resolved = dict(scenario.raw)
+        resolved["_resolved"] = {"target": "sim" if target == "sim" else url, "users": args.users or scenario.users,
+                                 "duration_s": duration, "processes": args.processes or 1}
+        (out / "scenario.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        users = args.users or scenario.users
+        cmd = [sys.executable, "-m", "locust", "-f", str(GATEWAY), "--headless", "-u", str(users),
+               "-r", str(args.spawn_rate or scenario.spawn_rate), "-H", url, "--scenario", str(args.scenario),
+               "--ttbench-out", str(out), "--run-id", run_id, "--csv", str(out / "locust"),
+               "--html", str(out / "locust.html"), "--only-summary", "--prices", str(out / "prices.yaml"),
+               "--stop-timeout", str(math.ceil(scenario.stop_timeout_s)), "--ttbench-duration", str(duration),
+               "--loglevel", "WARNING"]
+        if args.insecure:
+            cmd.append("--insecure")
+        if args.max_spend is not None:
+            cmd += ["--max-spend", str(args.max_spend)]
+        if args.processes:
+            cmd += ["--processes", str(args.processes)]
+        proc = subprocess.Popen(cmd, env=env)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait()
+        if rc == 2:
+            return 2
+        if sim is not None:
+            (out / "ledger.jsonl").write_text(sim.admin("/_sim/ledger").text)
+            (out / "truth.jsonl").write_text(sim.admin("/_sim/truth").text)
+    finally:
+        if sim is not None:
+            sim.stop()
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run_info = {
+        "run_id": run_id, "scenario": scenario.name, "scenario_file": str(args.scenario), "seed": scenario.seed,
+        "target": "sim" if target == "sim" else url, "start": started, "end": time.time(),
+        "host": platform.node(), "platform": platform.platform(), "cpus": os.cpu_count(),
+        "versions": _versions(), "git_commit": _git_commit(), "locust_exit_code": rc,
+        "users": users, "processes": args.processes or 1, "duration_s": duration,
+        "insecure": bool(args.insecure or scenario.insecure),
+        "child_cpu_s": {"user": usage.ru_utime, "system": usage.ru_stime},
+    }
+    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    n = sum(1 for _ in open(out / "records.jsonl")) if (out / "records.jsonl").exists() else 0
+    print(f"ttbench: run folder {out} ({n} attempt records)")
+    return 0
