@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/ttbench tour
+	$(VENV)/bin/ttbench run scenarios/smoke.yaml
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -154,6 +154,9 @@ def _check_planting(where: str, name: str, section: dict[str, Any], kinds: tuple
                 raise ConfigError(f"{where}: {name}.{sub}.{kind}: expected a non-negative number")
             if sub == "quota" and int(value) != value:
                 raise ConfigError(f"{where}: {name}.quota.{kind}: expected a whole number, got {value}")
+    statuses = section.get("server_error_statuses")
+    if statuses is not None and (not statuses or not all(isinstance(s, int) and 500 <= s <= 599 for s in statuses)):
+        raise ConfigError(f"{where}: {name}.server_error_statuses: expected a non-empty list of 5xx statuses")
     if section["rate"] > 1:
         raise ConfigError(f"{where}: {name}.rate: must be between 0 and 1, got {section['rate']}")
     if section["rate"] > 0 and not any(w > 0 for w in section["weights"].values()):

@@ -190,16 +190,17 @@ class Exchange:
             await asyncio.sleep(float(cfg["stall_ms"]) / 1000.0)
             return None
         if fault == "server_error":
-            if self.dialect.name == "anthropic":
-                statuses = (500, 529)
-            else:
-                statuses = (500, 502, 503)
+            statuses = list(cfg["server_error_statuses"])
             status = statuses[rng(self.gw.config.seed, "status", self.ctx["attempt_key"]).randrange(len(statuses))]
+            if self.dialect.name == "anthropic" and status in (502, 503):
+                status = 529
             self.entry["fault_detail"] = {"status": status}
             if on_fail is not None:
                 on_fail()
             category = "overloaded" if status == 529 else "server_error"
-            return await self.error(status, category, "The server had an error while processing your request.")
+            headers = {"Retry-After": str(cfg["retry_after_s"])} if status in (503, 529) else None
+            return await self.error(status, category, "The server had an error while processing your request.",
+                                    headers=headers)
         if fault == "rate_limited":
             return await self.error(429, "rate_limit", "Rate limit reached for requests.",
                                     headers={"Retry-After": str(cfg["retry_after_s"])})

@@ -219,7 +219,7 @@ class Runtime:
         self.stopping = True
         if self.arrivals is not None:
             self.arrivals.stop()
-        runner.start(0, 10_000)  # in-flight calls finish (up to --stop-timeout), no new ones start
+        runner.start(0, max(50, runner.user_count))  # in-flight calls finish (up to --stop-timeout), no new ones start
         deadline = time.time() + sc.stop_timeout_s + 5
         while runner.user_count > 0 and time.time() < deadline:
             gevent.sleep(0.2)
@@ -306,10 +306,10 @@ def install() -> None:
             fail(f"{scenario.path}: target: 'sim' needs `ttbench run` (which starts the simulator) or --host URL")
         runner = environment.runner
         if rt.role == "master":
-            runner.register_message(MSG_RECORDS, lambda env, msg, **k: rt.on_shipped(msg.data))
-            runner.register_message(MSG_STOP, lambda env, msg, **k: rt.request_stop(str(msg.data)))
+            runner.register_message(MSG_RECORDS, lambda environment, msg, **k: rt.on_shipped(msg.data))
+            runner.register_message(MSG_STOP, lambda environment, msg, **k: rt.request_stop(str(msg.data)))
         elif rt.role == "worker":
-            def _workers(env: Any, msg: Any, **_k: Any) -> None:
+            def _workers(environment: Any, msg: Any, **_k: Any) -> None:
                 rt.workers = int(msg.data)
                 if rt.arrivals is not None:
                     rt.arrivals.set_workers(rt.workers)

@@ -1,0 +1,105 @@
+"""End to end: `ttbench run` of the smoke scenario against the simulator, checked against its truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from .runs import ROOT, jsonl, locust_rows, records, ttbench
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    res = ttbench("run", "scenarios/smoke.yaml", "--out", str(out), "-t", "6s")
+    assert res.returncode == 0, res.stderr[-2000:]
+    return out
+
+
+def test_run_folder_has_every_artifact(smoke):
+    for name in ("records.jsonl", "locust_stats.csv", "locust.html", "scenario.yaml", "prices.yaml", "run.json",
+                 "ledger.jsonl", "truth.jsonl", "harness.json"):
+        assert (smoke / name).is_file(), name
+    run = json.loads((smoke / "run.json").read_text())
+    assert run["seed"] == 1 and run["target"] == "sim" and run["versions"]["locust"]
+    assert run["end"] > run["start"] and run["git_commit"]
+
+
+def test_records_follow_the_schema(smoke):
+    schema = json.loads((ROOT / "locustfiles" / "record.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for rec in records(smoke):
+        validator.validate(rec)
+
+
+def test_every_endpoint_and_both_stream_modes(smoke):
+    recs = [r for r in records(smoke) if r["ok"]]
+    seen = {(r["endpoint"], r["stream"]) for r in recs}
+    for endpoint in ("chat", "messages", "gemini"):
+        assert (endpoint, True) in seen and (endpoint, False) in seen, endpoint
+    for endpoint in ("embeddings", "images", "models"):
+        assert (endpoint, False) in seen, endpoint
+    assert {r["stream_format"] for r in recs if r["endpoint"] == "gemini" and r["stream"]} == {"sse", "json_array"}
+    assert any(r["dry_run"] and r["estimate"]["object"] == "billing.estimate" for r in recs)
+    assert any(r["first_tool_ms"] is not None for r in recs)
+    assert any(r["first_reasoning_ms"] is not None for r in recs)
+
+
+def test_records_and_truth_join_both_ways(smoke):
+    recs = records(smoke)
+    truth = jsonl(smoke / "truth.jsonl")
+    by_rid = {r["request_id"]: r for r in recs if r["request_id"]}
+    by_attempt = {r["attempt_id"]: r for r in recs}
+    for entry in truth:
+        if entry["outcome"] == "never_sent":
+            continue
+        assert entry["request_id"] in by_rid or entry["client_attempt_id"] in by_attempt, entry
+    truth_ids = {e["request_id"] for e in truth}
+    assert set(by_rid) <= truth_ids
+    assert len({r["attempt_id"] for r in recs}) == len(recs)  # nothing duplicated
+
+
+def test_usage_matches_the_truth(smoke):
+    truth = {e["request_id"]: e for e in jsonl(smoke / "truth.jsonl")}
+    checked = 0
+    for r in records(smoke):
+        if not r["ok"] or r["dry_run"] or r["endpoint"] in ("models", "images"):
+            continue
+        usage = truth[r["request_id"]]["usage"]
+        assert r["usage"]["input"] == usage["input_tokens"]
+        assert r["usage"]["output"] == usage["output_tokens"]
+        checked += 1
+    assert checked > 20
+
+
+def test_logical_calls_equal_locusts_request_count(smoke):
+    recs = records(smoke)
+    calls = {r["call_id"] for r in recs if r["final"] and r["error_kind"] != "cancelled"}
+    rows = locust_rows(smoke)
+    aggregated = next(row for row in rows if row["Name"] == "Aggregated")
+    assert int(aggregated["Request Count"]) == len(calls)
+    per_type = {}
+    for row in rows:
+        if row["Name"] != "Aggregated":
+            per_type[row["Type"]] = per_type.get(row["Type"], 0) + int(row["Request Count"])
+    assert per_type["TTFT"] > 0  # TTFT rows exist ...
+    assert per_type["POST"] + per_type.get("GET", 0) == len(calls)  # ... and do not inflate the request counts
+    assert not any("key" in row["Name"].lower() for row in rows)
+
+
+def test_stream_timings_are_ordered(smoke):
+    for r in records(smoke):
+        if r["ok"] and r["stream"] and not r["dry_run"]:
+            assert r["headers_ms"] <= r["first_event_ms"] <= r["first_content_ms"] <= r["end_ms"]
+            assert r["chunks"]["n"] >= 1
+            assert r["finish_reason"]
+
+
+def test_the_api_key_is_nowhere_in_the_run_folder(smoke):
+    for path in smoke.iterdir():
+        assert b"tt-sim-local-key" not in path.read_bytes(), path.name
