@@ -4,7 +4,7 @@ For each concurrency level (--users, default 10 50 200) a fresh simulator is sta
 with a config that spaces tokens 50 ms apart (decode 20 tokens/s, no slowdown, no jitter, TTFT 50 ms,
 20 output tokens, slots and queue far above the load), and ttbench's users run headless (pinned to CPU 1)
 for --duration seconds with a scenario of streamed chat, Messages and Gemini (half SSE, half streamed JSON
-array), no think time, no retries. Each record is joined by request id to the simulator's truth; the
+array), no think time (--think-max), no retries. Each record is joined by request id to the simulator's truth; the
 record's content chunk times (t_start + decoded offset) are zipped with the truth's content-frame write
 times (frames with tokens > 0), both epoch seconds on the same clock: error = client - server.
 
@@ -39,6 +39,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT))
 
 from sim_throughput import (  # noqa: E402
+    core_busy_seconds,
     cpu_seconds,
     pin,
     pinned_cmd,
@@ -74,8 +75,8 @@ def sim_config_yaml() -> str:
     )
 
 
-def scenario_yaml(url: str, users: int, duration: int) -> str:
-    """Streamed chat, Messages and Gemini (SSE and JSON array), closed loop without think time."""
+def scenario_yaml(url: str, users: int, duration: int, think_max_s: float = 0.0) -> str:
+    """Streamed chat, Messages and Gemini (SSE and JSON array), closed loop, think time 0..think_max_s."""
     return (
         "# written by benchmarks/timing_under_load.py\n"
         "name: timing-under-load\n"
@@ -84,7 +85,7 @@ def scenario_yaml(url: str, users: int, duration: int) -> str:
         f"users: {users}\n"
         f"duration: {duration}s\n"
         "stop_timeout: 10s\n"
-        "think_time: {min_s: 0, max_s: 0}\n"
+        f"think_time: {{min_s: 0, max_s: {think_max_s}}}\n"
         "retry: {max_attempts: 1, budget: 0}\n"
         f"defaults: {{output_tokens: {OUTPUT_TOKENS}, prompt_tokens: 24}}\n"
         "mix:\n"
@@ -116,6 +117,7 @@ class Level:
     by_format: dict[str, list[float]] = field(default_factory=dict)
     locust_pct: float = math.nan
     sim_pct: float = math.nan
+    locust_core_pct: float = math.nan  # the Locust core's busy time, all processes
     records: int = 0
     failed: dict[str, int] = field(default_factory=dict)
     unjoined: int = 0
@@ -168,14 +170,14 @@ def run_level(users: int, cfg: Path, workdir: Path, args: argparse.Namespace) ->
         if not args.no_pin and not pin(sim.proc.pid, SIM_CPU):
             level.notes.append("could not pin the simulator")
         scenario = ldir / "scenario.yaml"
-        scenario.write_text(scenario_yaml(sim.url, users, args.duration))
+        scenario.write_text(scenario_yaml(sim.url, users, args.duration, args.think_max))
         out = ldir / "out"
         cmd = [sys.executable, "-m", "locust", "-f", str(GATEWAY), "--headless", "-u", str(users), "-r", str(users),
                "--scenario", str(scenario), "--ttbench-out", str(out), "-H", sim.url, "--only-summary",
                "--ttbench-duration", str(args.duration), "--run-id", f"timing-u{users}", "--loglevel", "WARNING"]
         cmd, preexec = pinned_cmd(cmd, None if args.no_pin else LOCUST_CPU)
         env = dict(os.environ, TT_API_KEY=sim.api_key, TTBENCH_TARGET_IS_SIM="1")
-        samples: list[tuple[int, float, float]] = []  # second, Locust CPU s, simulator CPU s
+        samples: list[tuple[int, float, float, float]] = []  # second, Locust CPU s, simulator CPU s, core busy s
         log_path = ldir / "locust.log"
         with open(log_path, "wb") as log:
             locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ldir,
@@ -186,7 +188,7 @@ def run_level(users: int, cfg: Path, workdir: Path, args: argparse.Namespace) ->
                 while locust.poll() is None and time.monotonic() < deadline:
                     second = sleep_to_next_second()
                     try:
-                        samples.append((second, cpu_seconds(lp), cpu_seconds(sp)))
+                        samples.append((second, cpu_seconds(lp), cpu_seconds(sp), core_busy_seconds(LOCUST_CPU)))
                     except psutil.NoSuchProcess:
                         break
                 if locust.poll() is None:
@@ -220,6 +222,7 @@ def run_level(users: int, cfg: Path, workdir: Path, args: argparse.Namespace) ->
     if a in at and b in at and b > a:
         level.locust_pct = 100 * (at[b][1] - at[a][1]) / (b - a)
         level.sim_pct = 100 * (at[b][2] - at[a][2]) / (b - a)
+        level.locust_core_pct = 100 * (at[b][3] - at[a][3]) / (b - a)
     else:
         level.notes.append("no CPU samples over the window")
     return level
@@ -246,7 +249,7 @@ def report(levels: list[Level], args: argparse.Namespace) -> str:
         f"{args.duration} s per level, window from +{args.warmup} s after the first request to the end of the run",
         f"simulator: TTFT {BASE_MS} ms, {DECODE_TOKENS_PER_S} tokens/s (a chunk every "
         f"{1000 // DECODE_TOKENS_PER_S} ms), {OUTPUT_TOKENS} tokens; mix: chat, messages, gemini (sse / json_array) "
-        "streams, no think time; " + (f"simulator pinned to CPU {SIM_CPU}, Locust to CPU {LOCUST_CPU}"
+        f"streams, think time 0-{args.think_max:g} s; " + (f"simulator pinned to CPU {SIM_CPU}, Locust to CPU {LOCUST_CPU}"
                                      if not args.no_pin else "no CPU pinning"),
         "",
         line(head),
@@ -268,6 +271,10 @@ def report(levels: list[Level], args: argparse.Namespace) -> str:
         out.append(f"{tag} {lv.records:,} records{failed}, {lv.unjoined} streams without a truth entry, "
                    f"{len(lv.mismatched)} with a chunk count unlike the truth's")
         out.extend(f"{tag}   {m}" for m in lv.mismatched[:5])
+        other = lv.locust_core_pct - lv.locust_pct
+        if not args.no_pin and other > 10:
+            out.append(f"{tag} warning: other work used {other:.0f}% of the Locust core during the window: "
+                       "its tail figures are disturbed")
         out.extend(f"{tag} {note}" for note in lv.notes)
     return "\n".join(out)
 
@@ -279,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="concurrency levels (default 10 50 200)")
     parser.add_argument("--duration", type=int, default=12, help="run time per level, seconds (default 12)")
     parser.add_argument("--warmup", type=int, default=3, help="seconds skipped after the first request (default 3)")
+    parser.add_argument("--think-max", type=float, default=0.0,
+                        help="think time drawn from 0..this many seconds between calls (default 0)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the simulator and Locust to CPUs 0 and 1")
     args = parser.parse_args(argv)
     if args.duration < args.warmup + 3:

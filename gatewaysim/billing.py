@@ -68,8 +68,10 @@ class Biller:
 
     def _row(self, kind: str, ctx: dict[str, Any], call: Call, usage: Usage, amount: Decimal,
              request_id: str | None = None) -> None:
-        self.ledger.add(kind, request_id or ctx["request_id"], ctx.get("idempotency_key"), call.endpoint,
-                        call.model, usage, amount, self.currency)
+        # a charge under a request id nobody sent (unknown_request) carries no idempotency key either
+        key = ctx.get("idempotency_key") if request_id is None else None
+        self.ledger.add(kind, request_id or ctx["request_id"], key, call.endpoint, call.model, usage, amount,
+                        self.currency)
 
     def hold(self, ctx: dict[str, Any], call: Call, usage: Usage) -> Decimal:
         """Place a hold for the estimate; returns its amount."""

@@ -53,10 +53,16 @@ class RecordSink:
         self._buffer: list[dict[str, Any]] = []
         self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
         self.written = 0
+        self.closed = False
 
     def add(self, record: dict[str, Any]) -> None:
-        """Queue one record."""
+        """Queue one record (after close, a record is appended to the file at once)."""
         self._buffer.append(record)
+        if self.closed and self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self._buffer))
+            self.written += len(self._buffer)
+            self._buffer = []
 
     def write_lines(self, records: list[dict[str, Any]]) -> None:
         """Append records to the file now (the master uses this for shipped batches)."""
@@ -82,3 +88,4 @@ class RecordSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self.closed = True

@@ -78,6 +78,8 @@ class Runtime:
         self.target = environment.host or (scenario.target if scenario.target != "sim" else "")
         self.stopping = False
         self.stop_reason: str | None = None
+        self.finished_calls = 0
+        self.refused_calls = 0
         self.live = Live()
         self.out_dir: Path | None = None
         self.sink: RecordSink | None = None
@@ -135,10 +137,19 @@ class Runtime:
         for rec in batch:
             self.live.add(rec)
 
+    def _refused(self, rec: dict[str, Any]) -> bool:
+        status = rec.get("status")
+        return status in (401, 403) or (status == 400 and "INVALID_ARGUMENT" in (rec.get("error") or ""))
+
     def _on_call(self, spec: CallSpec, records: list[dict[str, Any]]) -> None:
         last = records[-1]
         if last.get("error_kind") == "cancelled":
             return  # cut by the harness: kept out of Locust's stats and error rates
+        self.finished_calls += 1
+        if self.finished_calls <= 3:
+            self.refused_calls += self._refused(last)
+            if self.refused_calls == 3 and not self.stopping:
+                self.request_stop(f"the target refused the API key on the first calls (HTTP {last['status']})")
         first = records[0]
         e2e = (last["t_start"] - first["t_start"]) * 1000.0 + last["end_ms"]
         exc = None if last["ok"] else RuntimeError(f"{last['error_kind']}: {last.get('error') or ''}")
@@ -249,7 +260,10 @@ class Runtime:
             print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
-        """quitting: last flush, final stats CSV, a summary file."""
+        """quitting: let killed calls record themselves, last flush, final stats CSV, a summary file."""
+        deadline = time.time() + 2.0
+        while self.caller.in_flight > 0 and time.time() < deadline:
+            gevent.sleep(0.02)
         if self.sink is not None:
             self.sink.close()
         if self.role == "worker" or self.out_dir is None:

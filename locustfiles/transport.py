@@ -61,14 +61,17 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _short(body: bytes) -> str:
-    """A short, key-free description of an error body."""
+    """A short, key-free description of an error body: its code, type and status fields only."""
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return "non-JSON error body"
     err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        err = obj[0].get("error")
     if isinstance(err, dict):
-        return str(err.get("code") or err.get("type") or err.get("status") or "error")[:80]
+        parts = [str(err[k]) for k in ("status", "type", "code") if err.get(k) is not None]
+        return " ".join(parts)[:80] or "error"
     return "error"
 
 

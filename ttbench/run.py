@@ -146,11 +146,16 @@ def run(args: Any) -> int:
         if args.processes:
             cmd += ["--processes", str(args.processes)]
         proc = subprocess.Popen(cmd, env=env)
+
+        def _forward(signum: int, _frame: Any) -> None:
+            proc.send_signal(signum)  # Locust drains and writes what it has; we then collect as usual
+
+        old = {s: signal.signal(s, _forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             rc = proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            rc = proc.wait()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
         if rc == 2:
             return 2
         if sim is not None:
