@@ -249,7 +249,7 @@ def report(levels: list[Level], args: argparse.Namespace) -> str:
         f"{args.duration} s per level, window from +{args.warmup} s after the first request to the end of the run",
         f"simulator: TTFT {BASE_MS} ms, {DECODE_TOKENS_PER_S} tokens/s (a chunk every "
         f"{1000 // DECODE_TOKENS_PER_S} ms), {OUTPUT_TOKENS} tokens; mix: chat, messages, gemini (sse / json_array) "
-        f"streams, think time 0-{args.think_max:g} s; " + (f"simulator pinned to CPU {SIM_CPU}, Locust to CPU {LOCUST_CPU}"
+        "streams, " + (f"think time 0-{args.think_max:g} s; " if args.think_max else "no think time; ") + (f"simulator pinned to CPU {SIM_CPU}, Locust to CPU {LOCUST_CPU}"
                                      if not args.no_pin else "no CPU pinning"),
         "",
         line(head),

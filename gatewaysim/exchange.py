@@ -356,9 +356,9 @@ class Exchange:
                 entry["outcome"] = "failed"
                 abort_connection(self.request)
                 raise Aborted
-            await resp.write(frame.data)
-            times.append(time.time())
+            times.append(time.time())  # stamped as the frame is handed to the socket
             counts.append(frame.tokens)
+            await resp.write(frame.data)
         await resp.write_eof()
         entry["last_byte"] = time.time()
         entry["outcome"] = "ok"

@@ -49,6 +49,58 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
 
+def _report(args: argparse.Namespace) -> int:
+    from analysis.load import InputError
+    from analysis.report import analyze
+
+    try:
+        summary, rc = analyze(args.run_dir, ledger=args.ledger, prices=args.prices, ledger_token=args.ledger_token)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    print_summary(summary, args.run_dir)
+    return rc
+
+
+def print_summary(summary: dict, run_dir: str) -> None:
+    """A few headline lines on stdout, warnings and breached gates on stderr."""
+    for w in summary.get("warnings", []):
+        print(f"ttbench: warning: {w}", file=sys.stderr)
+    h = summary.get("harness") or {}
+    if h.get("bottleneck_warning"):
+        print(f"ttbench: {h['bottleneck_warning']}", file=sys.stderr)
+    o = (summary.get("metrics") or {}).get("overall")
+    if o:
+        t = o["ttft_ms"]
+        ttft = "-" if t["p50"] is None else f"{t['p50']:.0f}/{t['p95']:.0f} ms"
+        print(f"calls {o['calls']}  ok {o['successes']}  error rate {o['error_rate']:.3f}  "
+              f"req/s {o['requests_per_s']:.2f}  TTFT p50/p95 {ttft}  goodput share {o['goodput_share']:.3f}")
+    b = summary.get("billing")
+    if b and b.get("accuracy") is not None:
+        found = ", ".join(f"{k} {v}" for k, v in b["counts"].items() if v) or "none"
+        print(f"billing accuracy {b['accuracy']:.4f}  findings: {found}")
+    c = summary.get("capacity")
+    if c:
+        print(f"max sustainable throughput {c['max_sustainable_rps']} req/s")
+    for g in summary.get("gates", []):
+        if not g["ok"]:
+            print(f"ttbench: gate breached: {g['gate']} = {g['value']} ({g['sense']} {g['threshold']})",
+                  file=sys.stderr)
+    print(f"report: {run_dir}/report.html, {run_dir}/summary.json")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from analysis.compare import Thresholds, compare, render
+    from analysis.load import InputError
+
+    try:
+        result = compare(args.base, args.new, Thresholds(latency_rel=args.latency_threshold,
+                                                         error_rate_abs=args.error_rate_threshold))
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    print(render(result))
+    return 1 if result["regressions"] else 0
+
+
 def _tour(args: argparse.Namespace) -> int:
     from .tour import run_tour
 
@@ -85,6 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-spend", type=float, default=None, help="stop once this much is spent")
     run.add_argument("--prices", default=None, help="price sheet for a URL target")
     run.set_defaults(func=_run)
+
+    rep = sub.add_parser("report", help="(re)analyse a run folder: summary.json, report.md, report.html")
+    rep.add_argument("run_dir")
+    rep.add_argument("--ledger", default=None, help="ledger file (JSONL or CSV) or URL (e.g. .../_sim/ledger)")
+    rep.add_argument("--ledger-token", default=None, help="admin token for a ledger URL")
+    rep.add_argument("--prices", default=None, help="price sheet (default: the run folder's prices.yaml)")
+    rep.set_defaults(func=_report)
+
+    cmp_ = sub.add_parser("compare", help="compare two runs; exit 1 on a regression")
+    cmp_.add_argument("base")
+    cmp_.add_argument("new")
+    cmp_.add_argument("--latency-threshold", type=float, default=0.10, help="relative increase (default 0.10)")
+    cmp_.add_argument("--error-rate-threshold", type=float, default=0.01, help="absolute increase (default 0.01)")
+    cmp_.set_defaults(func=_compare)
 
     tour = sub.add_parser("tour", help="start the simulator and call every endpoint once")
     tour.add_argument("--config", default=None)

@@ -177,4 +177,14 @@ def run(args: Any) -> int:
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
     n = sum(1 for _ in open(out / "records.jsonl")) if (out / "records.jsonl").exists() else 0
     print(f"ttbench: run folder {out} ({n} attempt records)")
-    return 0
+    from analysis.load import InputError
+    from analysis.report import analyze
+
+    from .cli import print_summary
+
+    try:
+        summary, code = analyze(out)
+    except InputError as exc:
+        raise RunError(str(exc)) from None
+    print_summary(summary, str(out))
+    return code

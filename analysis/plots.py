@@ -1,0 +1,112 @@
+"""Plots as PNG bytes (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def ttft_cdf(calls: pd.DataFrame) -> bytes | None:
+    """CDF of TTFT per endpoint (successful streamed calls)."""
+    okc = calls[calls["ok"] & calls["ttft_ms"].notna()]
+    if okc.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for endpoint, sub in okc.groupby("endpoint"):
+        v = np.sort(sub["ttft_ms"].to_numpy())
+        ax.plot(v, np.arange(1, v.size + 1) / v.size, label=f"{endpoint} (n={v.size})")
+    ax.set_xlabel("time to first token (ms)")
+    ax.set_ylabel("share of calls")
+    ax.set_title("TTFT CDF per endpoint")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def over_time(ts: list[dict[str, Any]]) -> bytes | None:
+    """Latency and throughput per second, with the arrival rate."""
+    if not ts:
+        return None
+    df = pd.DataFrame(ts)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    for col, label in (("ttft_p50_ms", "TTFT p50"), ("ttft_p95_ms", "TTFT p95"), ("e2e_p50_ms", "E2E p50")):
+        if df[col].notna().any():
+            a1.plot(df["second"], df[col], label=label)
+    a1.set_ylabel("ms")
+    a1.set_title("Latency and throughput over time")
+    a1.grid(alpha=0.3)
+    a1.legend()
+    a2.plot(df["second"], df["calls"], label="calls started/s (arrivals)")
+    a2.plot(df["second"], df["ok"], label="successful calls/s")
+    a2.plot(df["second"], df["failed"], label="failed calls/s")
+    a2.set_xlabel("second of the run")
+    a2.set_ylabel("calls/s")
+    a2.grid(alpha=0.3)
+    ax3 = a2.twinx()
+    ax3.plot(df["second"], df["output_tokens"], color="grey", alpha=0.5, label="output tokens/s")
+    ax3.set_ylabel("output tokens/s")
+    a2.legend(loc="upper left")
+    return _png(fig)
+
+
+def tps_hist(calls: pd.DataFrame) -> bytes | None:
+    """Histogram of output tokens/s per request."""
+    v = calls.loc[calls["ok"], "out_tps"].dropna().to_numpy()
+    if v.size == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(v, bins=40)
+    ax.set_xlabel("output tokens/s per request")
+    ax.set_ylabel("calls")
+    ax.set_title("Output tokens/s per request")
+    return _png(fig)
+
+
+def capacity_curve(cap: dict[str, Any] | None) -> bytes | None:
+    """Offered vs achieved rate per stage, with p95 TTFT."""
+    if not cap:
+        return None
+    df = pd.DataFrame(cap["stages"])
+    x = df["offered_rps"].where(df["offered_rps"].notna(), df["users"]).astype(float)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, df["achieved_rps"], "o-", label="achieved req/s")
+    ax.plot(x, x if df["offered_rps"].notna().all() else df["achieved_rps"], ":", color="grey", label="offered")
+    ax.set_xlabel("offered req/s" if df["offered_rps"].notna().all() else "users")
+    ax.set_ylabel("req/s")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(x, df["ttft_p95_ms"], "s--", color="tab:red", label="TTFT p95 (ms)")
+    ax2.set_ylabel("TTFT p95 (ms)")
+    if cap.get("max_sustainable_rps"):
+        ax.axvline(cap["max_sustainable_rps"], color="tab:green", alpha=0.5, label="max sustainable")
+    ax.set_title("Capacity curve")
+    ax.legend(loc="upper left")
+    ax2.legend(loc="lower right")
+    return _png(fig)
+
+
+def billing_findings(counts: dict[str, int] | None) -> bytes | None:
+    """Billing findings per kind."""
+    if not counts:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    kinds = list(counts)
+    ax.barh(kinds, [counts[k] for k in kinds])
+    ax.set_xlabel("findings")
+    ax.set_title("Billing findings by kind")
+    return _png(fig)

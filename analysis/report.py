@@ -1,0 +1,328 @@
+"""A run folder in, summary.json, report.md and a self-contained report.html out."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ttbench.prices import PriceError, PriceSheet, load_price_sheet
+
+from . import plots
+from .billing import Policy, audit
+from .capacity import analyse as capacity_analyse
+from .gates import check_names, evaluate
+from .load import InputError, LoadReport, decode_chunk_column, load_jsonl, load_ledger, load_records
+from .metrics import SLO, Options, compute, finite
+
+SUMMARY_VERSION = 1
+BOTTLENECK_CPU_PCT = 90.0
+BOTTLENECK_LAG_P99_MS = 100.0
+BOTTLENECK_TIMING_P99_MS = 10.0
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _ledger(run_dir: Path, source: str | None, scenario: dict[str, Any], token: str | None) -> pd.DataFrame | None:
+    cfg = scenario.get("ledger") or {}
+    src = source or cfg.get("file")
+    fmt = cfg.get("format")
+    columns = cfg.get("columns")
+    charge_type = str(cfg.get("charge_type", "charge"))
+    if src is None:
+        default = run_dir / "ledger.jsonl"
+        if not default.exists():
+            return None
+        src, columns, fmt = str(default), None, "jsonl"
+    if str(src).startswith(("http://", "https://")):
+        import httpx
+
+        headers = {"X-Admin-Token": token} if token else {}
+        try:
+            resp = httpx.get(str(src), headers=headers, timeout=30)
+        except httpx.HTTPError as exc:
+            raise InputError(f"{src}: cannot fetch the ledger: {type(exc).__name__}") from None
+        if resp.status_code != 200:
+            raise InputError(f"{src}: cannot fetch the ledger: HTTP {resp.status_code}")
+        fmt = fmt or ("csv" if "csv" in resp.headers.get("content-type", "") else "jsonl")
+        return load_ledger(str(src), fmt, columns, charge_type, text=resp.text)
+    path = Path(src)
+    if not path.is_absolute() and not path.exists():
+        path = run_dir / src
+    return load_ledger(path, fmt, columns, charge_type)
+
+
+def _timing_error(att: pd.DataFrame, truth: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """First content chunk: client receive time minus the simulator's write time (ms)."""
+    if not truth:
+        return None
+    by_rid = {e["request_id"]: e for e in truth}
+    sel = att[att["ok"] & att["stream"] & ~att["dry_run"] & ~att["replayed"] & (att["chunks_n"] > 0)]
+    errs = []
+    for row, times in zip(sel.itertuples(index=False), decode_chunk_column(sel["chunks_us"]), strict=True):
+        e = by_rid.get(row.request_id)
+        if not e or not times.size:
+            continue
+        written = [t for t, n in zip(e.get("chunk_times") or [], e.get("chunk_tokens") or [], strict=False) if n]
+        if written:
+            errs.append((row.t_start + times[0] / 1000.0 - written[0]) * 1000.0)
+    if not errs:
+        return None
+    a = np.array(errs)
+    return {"n": int(a.size), "p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)),
+            "max_ms": float(a.max())}
+
+
+def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], metrics: dict[str, Any],
+                   truth: list[dict[str, Any]]) -> dict[str, Any]:
+    """The load generator's own figures, and a loud warning when it was the bottleneck."""
+    h = _read_json(run_dir / "harness.json")
+    lag = att["schedule_lag_ms"].dropna()
+    cpu_pct = None
+    if h.get("cpu_s") is not None and h.get("wall_s"):
+        cpu_pct = 100.0 * h["cpu_s"] / h["wall_s"]
+    arrivals = h.get("arrivals") or {}
+    target_rate = None
+    arr = scenario.get("arrivals") or {}
+    if arr.get("process") in ("constant", "poisson") and not scenario.get("stages"):
+        target_rate = float(arr.get("rate") or 0)
+    duration = metrics.get("duration_s") or 0
+    achieved = (att[att["attempt"] == 1]["call_id"].nunique() / duration) if duration else None
+    timing = _timing_error(att, truth)
+    reasons = []
+    if cpu_pct is not None and cpu_pct >= BOTTLENECK_CPU_PCT:
+        reasons.append(f"client CPU {cpu_pct:.0f}% of a core")
+    if h.get("cpu_warning"):
+        reasons.append("Locust reported high CPU on a worker")
+    if len(lag) and float(np.percentile(lag, 99)) > BOTTLENECK_LAG_P99_MS:
+        reasons.append(f"schedule lag p99 {float(np.percentile(lag, 99)):.0f} ms")
+    if timing and timing["p99_ms"] > BOTTLENECK_TIMING_P99_MS:
+        reasons.append(f"TTFT timing error p99 {timing['p99_ms']:.1f} ms against the simulator's truth")
+    return {
+        "client_cpu_percent": cpu_pct,
+        "schedule_lag_ms": {"p50": float(lag.median()), "p99": float(np.percentile(lag, 99)),
+                            "max": float(lag.max())} if len(lag) else None,
+        "arrivals_offered": arrivals.get("offered"),
+        "dropped_arrivals": arrivals.get("dropped", 0),
+        "target_rate_rps": target_rate,
+        "achieved_rate_rps": achieved,
+        "ttft_timing_error": timing,
+        "retry_budget": h.get("retry_budget"),
+        "stop_reason": h.get("stop_reason"),
+        "insecure_tls": _read_json(run_dir / "run.json").get("insecure", False),
+        "bottleneck_warning": ("WARNING: the load generator, not the gateway, was the bottleneck: " +
+                               "; ".join(reasons)) if reasons else None,
+    }
+
+
+def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None = None,
+            ledger_token: str | None = None) -> tuple[dict[str, Any], int]:
+    """Analyse a run folder; writes summary.json, report.md, report.html; returns (summary, exit code)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a run folder")
+    scenario_path = run_dir / "scenario.yaml"
+    try:
+        scenario = yaml.safe_load(scenario_path.read_text()) if scenario_path.exists() else {}
+    except yaml.YAMLError:
+        raise InputError(f"{scenario_path}: invalid YAML") from None
+    scenario = scenario if isinstance(scenario, dict) else {}
+    gates_cfg = scenario.get("gates") or {}
+    check_names(gates_cfg, str(scenario_path))
+    an = scenario.get("analysis") or {}
+    opts = Options(warmup_s=float(an.get("warmup_s", 0)), slo=SLO.from_mapping(an.get("slo")))
+    lr = LoadReport()
+    att = load_records(run_dir / "records.jsonl", lr) if (run_dir / "records.jsonl").exists() else None
+    if att is None:
+        lr.warnings.append(f"{run_dir}: no records.jsonl")
+        from .load import COLUMNS
+
+        att = pd.DataFrame(columns=list(COLUMNS))
+    harness = _read_json(run_dir / "harness.json")
+    m = compute(att, opts, dropped=(harness.get("arrivals") or {}).get("dropped", 0))
+    calls = m.pop("calls_frame", None)
+    summary: dict[str, Any] = {
+        "schema": "ttbench.summary", "version": SUMMARY_VERSION, "run": _read_json(run_dir / "run.json"),
+        "scenario": scenario.get("name"), "empty": m["empty"], "warnings": list(lr.warnings),
+        "metrics": m, "billing": None, "capacity": None,
+    }
+    if m["empty"]:
+        summary["warnings"].append("the run has no completed calls: nothing to measure")
+    price_path = Path(prices) if prices else run_dir / "prices.yaml"
+    try:
+        sheet: PriceSheet | None = load_price_sheet(price_path) if price_path.exists() else None
+    except PriceError as exc:
+        raise InputError(str(exc)) from None
+    ledger_df = _ledger(run_dir, ledger, scenario, ledger_token)
+    if ledger_df is not None:
+        if sheet is None:
+            raise InputError(f"{price_path}: a ledger needs a price sheet (--prices)")
+        bill = audit(att, ledger_df, sheet, Policy.from_mapping(an.get("billing")))
+        bill["findings_total"] = len(bill["findings"])
+        summary["billing"] = bill
+    if calls is not None and not calls.empty:
+        dropped_by_stage: dict[int, int] = {}
+        summary["capacity"] = capacity_analyse(calls, scenario, opts.slo, dropped_by_stage,
+                                               float(an.get("slo_share", 0.95)))
+    truth = load_jsonl(run_dir / "truth.jsonl")
+    summary["harness"] = harness_health(att, run_dir, scenario, m, truth) if not att.empty else None
+    summary["gates"] = evaluate(gates_cfg, summary)
+    summary["gates_ok"] = all(g["ok"] for g in summary["gates"])
+    summary = finite(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    figs = _figures(calls, m, summary) if calls is not None else {}
+    (run_dir / "report.md").write_text(render_md(summary, figs))
+    (run_dir / "report.html").write_text(render_html(summary, figs))
+    return summary, (0 if summary["gates_ok"] else 1)
+
+
+def _figures(calls: pd.DataFrame, m: dict[str, Any], summary: dict[str, Any]) -> dict[str, bytes]:
+    out = {}
+    for name, png in (("ttft_cdf", plots.ttft_cdf(calls)), ("over_time", plots.over_time(m.get("timeseries", []))),
+                      ("tokens_per_s", plots.tps_hist(calls)), ("capacity", plots.capacity_curve(summary["capacity"])),
+                      ("billing", plots.billing_findings((summary["billing"] or {}).get("counts")))):
+        if png:
+            out[name] = png
+    return out
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.1f}{unit}" if abs(v) >= 10 else f"{v:,.3g}{unit}"
+    return f"{v}{unit}"
+
+
+def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for every table of the report."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    m = summary["metrics"]
+    if not summary["empty"]:
+        o = m["overall"]
+        out.append(("Overall", ["metric", "value"], [
+            ["duration", _fmt(m["duration_s"], " s")], ["logical calls", _fmt(o["calls"])],
+            ["attempts", _fmt(o["attempts"])], ["successes", _fmt(o["successes"])],
+            ["error rate", _fmt(o["error_rate"])], ["retries", _fmt(o["retries"])], ["replays", _fmt(o["replays"])],
+            ["dropped arrivals", _fmt(o["dropped_arrivals"])], ["requests/s", _fmt(o["requests_per_s"])],
+            ["TTFT p50 / p95 / p99", " / ".join(_fmt(o["ttft_ms"][k], " ms") for k in ("p50", "p95", "p99"))],
+            ["ITL p50 / p95 (pooled)", " / ".join(_fmt(o["itl_ms"][k], " ms") for k in ("p50", "p95"))],
+            ["TPOT p50 / p95", " / ".join(_fmt(o["tpot_ms"][k], " ms") for k in ("p50", "p95"))],
+            ["E2E p50 / p95 / p99", " / ".join(_fmt(o["e2e_ms"][k], " ms") for k in ("p50", "p95", "p99"))],
+            ["output tokens/s (aggregate)", _fmt(o["output_tokens_per_s"])],
+            ["input tokens/s (aggregate)", _fmt(o["input_tokens_per_s"])],
+            ["goodput (calls/s meeting every SLO)", _fmt(o["goodput_per_s"])],
+            ["goodput share", _fmt(o["goodput_share"])],
+        ]))
+        rows = []
+        for key, g in m["groups"].items():
+            rows.append([key, _fmt(g["calls"]), _fmt(g["error_rate"]), _fmt(g["ttft_ms"]["p50"]),
+                         _fmt(g["ttft_ms"]["p95"]), _fmt(g["itl_ms"]["p50"]), _fmt(g["e2e_ms"]["p50"]),
+                         _fmt(g["e2e_ms"]["p95"]), _fmt(g["output_tokens_per_s_per_request"]["p50"]),
+                         ", ".join(f"{k} {v}" for k, v in g["errors"].items()) or "–"])
+        out.append(("Per endpoint, model and stream mode",
+                    ["group", "calls", "error rate", "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms", "E2E p50 ms",
+                     "E2E p95 ms", "out tok/s p50", "errors"], rows))
+    b = summary.get("billing")
+    if b:
+        out.append(("Billing accuracy", ["metric", "value"], [
+            ["logical calls", _fmt(b["calls"])], ["correctly billed", _fmt(b["correct_calls"])],
+            ["billing accuracy", _fmt(b["accuracy"])], ["charges", _fmt(b["charges"])],
+            ["charged in total", f"{b['charged_total']} {b['currency']}"],
+            ["overcharged", f"{b['overcharged']} {b['currency']}"],
+            ["undercharged", f"{b['undercharged']} {b['currency']}"],
+            ["dry-run pairs (hold covers charge)", f"{b['dry_run_pairs']['pairs']} "
+                                                   f"({_fmt(b['dry_run_pairs']['hold_covers_share'])})"],
+        ] + [[f"findings: {k}", str(v)] for k, v in b["counts"].items()]))
+    c = summary.get("capacity")
+    if c:
+        rows = [[str(r["stage"]), _fmt(r["offered_rps"]), _fmt(r["users"]), _fmt(r["achieved_rps"]),
+                 _fmt(r["served_share"]), _fmt(r["error_rate"]), str(r["rate_limited"]), _fmt(r["ttft_p95_ms"]),
+                 _fmt(r["e2e_p95_ms"]), _fmt(r["goodput_share"])] for r in c["stages"]]
+        out.append(("Capacity per stage", ["stage", "offered req/s", "users", "achieved req/s", "served share",
+                                           "error rate", "429s", "TTFT p95 ms", "E2E p95 ms", "goodput share"], rows))
+        out.append(("Capacity", ["figure", "value"], [
+            ["maximum sustainable throughput", _fmt(c["max_sustainable_rps"], " req/s")],
+            ["latency knee (stage, offered)", _fmt((c["knee"] or {}).get("offered_rps"))],
+            ["highest stage meeting the SLOs", json.dumps(c["at_slo"])]]))
+    h = summary.get("harness")
+    if h:
+        out.append(("Harness health", ["figure", "value"], [
+            ["client CPU", _fmt(h["client_cpu_percent"], " %")],
+            ["schedule lag p50 / p99", " / ".join(_fmt((h["schedule_lag_ms"] or {}).get(k), " ms")
+                                                  for k in ("p50", "p99"))],
+            ["dropped arrivals", _fmt(h["dropped_arrivals"])],
+            ["target / achieved rate", f"{_fmt(h['target_rate_rps'])} / {_fmt(h['achieved_rate_rps'])} req/s"],
+            ["TTFT timing error vs truth p50 / p99 / max", " / ".join(
+                _fmt((h["ttft_timing_error"] or {}).get(k), " ms") for k in ("p50_ms", "p99_ms", "max_ms"))],
+            ["TLS verification", "OFF (--insecure)" if h["insecure_tls"] else "on"],
+        ]))
+    if summary["gates"]:
+        out.append(("Gates", ["gate", "threshold", "value", "result"],
+                    [[g["gate"], f"{g['sense']} {g['threshold']}", _fmt(g["value"]), "pass" if g["ok"] else "FAIL"]
+                     for g in summary["gates"]]))
+    return out
+
+
+def render_md(summary: dict[str, Any], figs: dict[str, bytes]) -> str:
+    """The report as Markdown (plots are in report.html)."""
+    lines = [f"# ttbench report: {summary.get('scenario') or 'run'}", ""]
+    for w in summary["warnings"]:
+        lines += [f"> **warning:** {w}", ""]
+    h = summary.get("harness") or {}
+    if h.get("bottleneck_warning"):
+        lines += [f"> **{h['bottleneck_warning']}**", ""]
+    if summary["empty"]:
+        lines += ["The run has no completed calls: nothing to measure.", ""]
+    for title, header, rows in _tables(summary):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+    if summary["gates"]:
+        lines.append("All gates passed." if summary["gates_ok"] else "**Gates breached.**")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(summary: dict[str, Any], figs: dict[str, bytes]) -> str:
+    """The report as one self-contained HTML page with embedded plots."""
+    e = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>ttbench report: {e(str(summary.get('scenario') or 'run'))}</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:left;font-size:14px}th{background:#f3f3f3}.warn{background:#fff3cd;padding:8px;"
+             "border:1px solid #e0c060}.bad{background:#f8d7da;padding:8px;border:1px solid #d08080}"
+             "img{max-width:100%}</style></head><body>",
+             f"<h1>ttbench report: {e(str(summary.get('scenario') or 'run'))}</h1>"]
+    for w in summary["warnings"]:
+        parts.append(f"<p class='warn'>warning: {e(w)}</p>")
+    h = summary.get("harness") or {}
+    if h.get("bottleneck_warning"):
+        parts.append(f"<p class='bad'><b>{e(h['bottleneck_warning'])}</b></p>")
+    if summary["empty"]:
+        parts.append("<p>The run has no completed calls: nothing to measure.</p>")
+    for title, header, rows in _tables(summary):
+        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    titles = {"ttft_cdf": "TTFT CDF per endpoint", "over_time": "Latency and throughput over time",
+              "tokens_per_s": "Output tokens/s per request", "capacity": "Capacity curve",
+              "billing": "Billing findings"}
+    for name, png in figs.items():
+        parts.append(f"<h2>{titles[name]}</h2><img alt='{name}' src='data:image/png;base64,"
+                     f"{base64.b64encode(png).decode()}'>")
+    if summary["gates"]:
+        parts.append("<p><b>" + ("All gates passed." if summary["gates_ok"] else "Gates breached.") + "</b></p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
