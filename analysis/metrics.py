@@ -76,7 +76,8 @@ def build_calls(att: pd.DataFrame, warmup_s: float = 0.0) -> pd.DataFrame:
     out_tok = calls["u_output"]
     calls["tpot_ms"] = np.where(streamed & (out_tok > 1),
                                 (calls["end_ms"] - calls["first_content_ms"]) / (out_tok - 1), np.nan)
-    calls["out_tps"] = np.where(calls["ok"] & (out_tok > 0) & (calls["end_ms"] > 0),
+    textual = calls["endpoint"].isin(("chat", "messages", "gemini"))
+    calls["out_tps"] = np.where(calls["ok"] & textual & (out_tok > 0) & (calls["end_ms"] > 0),
                                 out_tok / (calls["end_ms"] / 1000.0), np.nan)
     calls["end_time"] = calls["t_start"] + calls["end_ms"] / 1000.0
     if warmup_s > 0 and len(calls):
@@ -120,7 +121,7 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
     errors = att[att["error_kind"].notna() & att["error_kind"].ne("cancelled")]["error_kind"].value_counts()
     good = good_mask(live, slo) if len(live) else live["ok"]
     d = max(duration_s, 1e-9)
-    out_tokens = float(real["u_output"].fillna(0).sum())
+    out_tokens = float(real.loc[real["endpoint"].isin(("chat", "messages", "gemini")), "u_output"].fillna(0).sum())
     in_tokens = float(real["u_input"].fillna(0).sum())
     return {
         "attempts": int(len(att)),
@@ -173,8 +174,9 @@ def compute(att: pd.DataFrame, opts: Options, dropped: int = 0) -> dict[str, Any
     overall = group_metrics(calls, att, duration, opts.slo)
     overall["dropped_arrivals"] = dropped
     groups: dict[str, Any] = {}
-    calls = calls.assign(group=calls["endpoint"] + " " + calls["model"] + " " +
-                         np.where(calls["stream"], "stream", "plain"))
+    label = np.where(calls["model"].eq("-"), calls["endpoint"],
+                     calls["endpoint"] + " " + calls["model"] + " " + np.where(calls["stream"], "stream", "plain"))
+    calls = calls.assign(group=label)
     att_group = att["call_id"].map(calls["group"])
     for key, sub in calls.groupby("group", sort=True):
         groups[str(key)] = group_metrics(sub, att[att_group == key], duration, opts.slo)

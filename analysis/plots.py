@@ -60,7 +60,11 @@ def over_time(ts: list[dict[str, Any]]) -> bytes | None:
     ax3 = a2.twinx()
     ax3.plot(df["second"], df["output_tokens"], color="grey", alpha=0.5, label="output tokens/s")
     ax3.set_ylabel("output tokens/s")
-    a2.legend(loc="upper left")
+    ax3.set_ylim(bottom=0)
+    a2.set_ylim(bottom=0)
+    h1, l1 = a2.get_legend_handles_labels()
+    h2, l2 = ax3.get_legend_handles_labels()
+    a2.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=8)
     return _png(fig)
 
 
@@ -102,7 +106,7 @@ def capacity_curve(cap: dict[str, Any] | None) -> bytes | None:
 
 def billing_findings(counts: dict[str, int] | None) -> bytes | None:
     """Billing findings per kind."""
-    if not counts:
+    if not counts or not any(counts.values()):
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
     kinds = list(counts)

@@ -34,17 +34,24 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _ledger(run_dir: Path, source: str | None, scenario: dict[str, Any], token: str | None) -> pd.DataFrame | None:
+def _ledger(run_dir: Path, source: str | None, scenario: dict[str, Any], token: str | None,
+            warnings: list[str]) -> pd.DataFrame | None:
     cfg = scenario.get("ledger") or {}
     src = source or cfg.get("file")
     fmt = cfg.get("format")
     columns = cfg.get("columns")
     charge_type = str(cfg.get("charge_type", "charge"))
+    if source is None and src is not None and not str(src).startswith(("http://", "https://")):
+        path = Path(src) if Path(src).is_absolute() else run_dir / src
+        if not path.exists():
+            warnings.append(f"ledger file {src} not found (yet): billing checked against the run's own "
+                            "ledger.jsonl if any; `ttbench report RUN --ledger FILE` once you have it")
+            src = None
     if src is None:
         default = run_dir / "ledger.jsonl"
         if not default.exists():
             return None
-        src, columns, fmt = str(default), None, "jsonl"
+        src, columns, fmt, charge_type = str(default), None, "jsonl", "charge"
     if str(src).startswith(("http://", "https://")):
         import httpx
 
@@ -92,6 +99,8 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
     cpu_pct = None
     if h.get("cpu_s") is not None and h.get("wall_s"):
         cpu_pct = 100.0 * h["cpu_s"] / h["wall_s"]
+    if h.get("peak_worker_cpu_percent") is not None:
+        cpu_pct = max(cpu_pct or 0.0, float(h["peak_worker_cpu_percent"]))
     arrivals = h.get("arrivals") or {}
     target_rate = None
     arr = scenario.get("arrivals") or {}
@@ -164,7 +173,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
         sheet: PriceSheet | None = load_price_sheet(price_path) if price_path.exists() else None
     except PriceError as exc:
         raise InputError(str(exc)) from None
-    ledger_df = _ledger(run_dir, ledger, scenario, ledger_token)
+    ledger_df = _ledger(run_dir, ledger, scenario, ledger_token, summary["warnings"])
     if ledger_df is not None:
         if sheet is None:
             raise InputError(f"{price_path}: a ledger needs a price sheet (--prices)")

@@ -99,7 +99,9 @@ class Biller:
         entry = ctx["entry"]
         fair = self.amount(call.model, usage)
         entry["fair_amount"] = format_amount(fair)
-        apply = ["missing_charge", "token_mismatch", "unknown_request"]
+        apply = ["missing_charge", "unknown_request"]
+        if call.endpoint != "images":  # images are billed per image, not per token
+            apply.append("token_mismatch")
         if fair > 0:
             apply.append("amount_mismatch")
         if requested_images is not None and usage.images < requested_images:

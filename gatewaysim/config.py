@@ -161,9 +161,8 @@ def _check_planting(where: str, name: str, section: dict[str, Any], kinds: tuple
         raise ConfigError(f"{where}: {name}.rate: must be between 0 and 1, got {section['rate']}")
     if section["rate"] > 0 and not any(w > 0 for w in section["weights"].values()):
         raise ConfigError(f"{where}: {name}.weights: rate is {section['rate']} but no kind has a weight")
-    total = section["rate"] + section["quota_rate"] * sum(1 for q in section["quota"].values() if q > 0)
-    if total > 1:
-        raise ConfigError(f"{where}: {name}: rate plus quota_rate per quota kind exceeds 1 ({total:g})")
+    if section["quota_rate"] > 1:
+        raise ConfigError(f"{where}: {name}.quota_rate: must be between 0 and 1, got {section['quota_rate']}")
 
 
 def _resolve_models(where: str, raw: dict[str, Any]) -> None:

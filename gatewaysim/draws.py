@@ -23,9 +23,10 @@ def rng(seed: int, stream: str, key: str) -> random.Random:
 class Planter:
     """Chooses at most one kind (a fault or a planted billing error) per attempt.
 
-    The unit interval is cut into one slice per kind: weighted kinds share `rate`
-    among the kinds that apply to the attempt; each quota kind gets `quota_rate`
-    and is chosen only while its quota lasts. The attempt's draw picks the slice.
+    Quota kinds come first: with probability `quota_rate` an attempt gets one of the
+    quota kinds that apply to it and still have quota left (picked by a second draw).
+    Otherwise, with probability `rate`, it gets one of the weighted kinds that apply to
+    it, chosen by weight. Every draw is a function of (seed, stream, key).
     """
 
     def __init__(self, seed: int, stream: str, section: dict[str, Any], kinds: tuple[str, ...]) -> None:
@@ -41,34 +42,31 @@ class Planter:
     @property
     def active(self) -> bool:
         """Whether anything can be planted at all."""
-        return bool(self.remaining) or (self.rate > 0 and bool(self.weights))
+        return any(v > 0 for v in self.remaining.values()) or (self.rate > 0 and bool(self.weights))
 
     def choose(self, key: str, applicable: Iterable[str]) -> str | None:
         """The kind planted on the attempt with this key, or None."""
         if not self.active:
             return None
-        apply = [k for k in self.kinds if k in set(applicable)]
-        u = uniform(self.seed, self.stream, key)
-        edge = 0.0
-        for kind in self.kinds:  # quota kinds first, in a fixed order
-            if kind in self.remaining:
-                edge += self.quota_rate
-                if u < edge:
-                    if kind in apply and self.remaining[kind] > 0:
-                        self.remaining[kind] -= 1
-                        return self._count(kind)
-                    return None
-        total_w = sum(w for k, w in self.weights.items() if k in apply and k not in self.remaining)
-        if total_w <= 0:
+        apply = set(applicable)
+        quota = [k for k in self.kinds if self.remaining.get(k, 0) > 0 and k in apply]
+        if quota and uniform(self.seed, self.stream + ":quota", key) < self.quota_rate:
+            kind = quota[int(uniform(self.seed, self.stream + ":pick", key) * len(quota))]
+            self.remaining[kind] -= 1
+            return self._count(kind)
+        weighted = [(k, self.weights[k]) for k in self.kinds if k in apply and k in self.weights]
+        total = sum(w for _, w in weighted)
+        if total <= 0 or self.rate <= 0:
             return None
-        for kind in apply:
-            w = self.weights.get(kind, 0.0)
-            if w <= 0 or kind in self.remaining:
-                continue
-            edge += self.rate * w / total_w
+        u = uniform(self.seed, self.stream, key)
+        if u >= self.rate:
+            return None
+        edge = 0.0
+        for kind, w in weighted:
+            edge += self.rate * w / total
             if u < edge:
                 return self._count(kind)
-        return None
+        return self._count(weighted[-1][0])
 
     def _count(self, kind: str) -> str:
         self.planted[kind] = self.planted.get(kind, 0) + 1

@@ -223,7 +223,8 @@ class Exchange:
         plan = self._plan(call, spec, fault)
 
         def failed_bill() -> None:
-            gw.biller.settle_failure(self.ctx, call, gw.biller.usage(call, plan), fault)
+            if not dry:  # a dry run never reaches the model: a charge on one is dry_run_billed
+                gw.biller.settle_failure(self.ctx, call, gw.biller.usage(call, plan), fault)
 
         early = await self.pre_faults(fault, failed_bill)
         if early is not None:

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,7 @@ class Runtime:
         self.stop_reason: str | None = None
         self.finished_calls = 0
         self.refused_calls = 0
+        self.peak_worker_cpu: float | None = None
         self.live = Live()
         self.out_dir: Path | None = None
         self.sink: RecordSink | None = None
@@ -248,6 +250,11 @@ class Runtime:
             gevent.sleep(every)
             s = self.live.snapshot()
             users = self.environment.runner.user_count
+            clients = getattr(self.environment.runner, "clients", None)
+            if clients:
+                cpus = [c.cpu_usage for c in clients.values() if getattr(c, "cpu_usage", None) is not None]
+                if cpus:
+                    self.peak_worker_cpu = max(self.peak_worker_cpu or 0.0, max(cpus))
 
             def ms(v: float | None) -> str:
                 return "-" if v is None else f"{v:.0f}ms"
@@ -274,7 +281,13 @@ class Runtime:
 
             with open(f"{opts.csv_prefix}_stats.csv", "w", newline="") as f:
                 StatsCSV(self.environment, PERCENTILES_TO_REPORT).requests_csv(csv.writer(f))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        runner = self.environment.runner
         harness = {
+            "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.time() - self.live.started,
+            "cpu_warning": bool(getattr(runner, "cpu_warning_emitted", False)
+                                or getattr(runner, "worker_cpu_warning_emitted", False)),
+            "peak_worker_cpu_percent": self.peak_worker_cpu,
             "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,
             "stop_reason": self.stop_reason, "live": self.live.snapshot(),
             "arrivals": None if self.arrivals is None else {"offered": self.arrivals.offered,

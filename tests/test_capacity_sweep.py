@@ -1,0 +1,46 @@
+"""A constant-rate sweep on a x1.1 grid finds the simulator's maximum sustainable throughput within 15%."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ttbench.simproc import SimProcess
+
+from .conftest import write_config
+from .runs import ttbench, write_scenario
+
+pytestmark = pytest.mark.timeout(240)
+
+MODEL = {"defaults": {"chat": {"slots": 4, "queue": 8, "base_ms": 20, "prefill_ms_per_token": 0, "ttft_jitter_ms": 0,
+                               "decode_tokens_per_s": 200, "slowdown_at_full": 0.2,
+                               "output_tokens": {"min": 20, "max": 20}}}}
+
+
+def test_sweep_finds_the_maximum_sustainable_throughput(tmp_path):
+    grid = [round(18 * 1.1**i, 2) for i in range(9)]
+    scenario = write_scenario(tmp_path / "sweep.yaml", {
+        "name": "sweep", "seed": 21, "sim": {"config": MODEL}, "users": 48, "spawn_rate": 48,
+        "arrivals": {"process": "constant", "rate": grid[0]}, "stop_timeout": "10s",
+        "retry": {"max_attempts": 1, "budget": 0}, "timeouts": {"first_byte_s": 20},
+        "defaults": {"prompt_tokens": 20, "output_tokens": 20, "ignore_eos": True},
+        "mix": [{"endpoint": "chat", "stream": 1.0}],
+        "stages": [{"duration": "4s", "rate": r} for r in grid],
+        "gates": {"max_sustainable_rps": 1.0}})
+    out = tmp_path / "run"
+    res = ttbench("run", str(scenario), "--out", str(out), timeout=200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    cap = summary["capacity"]
+    assert [s["offered_rps"] for s in cap["stages"]] == grid
+    with SimProcess(config=write_config(tmp_path / "m.yaml", MODEL, fast=False)) as sim:
+        truth = sim.admin("/_sim/capacity", model="gpt-4o-mini", input_tokens=20, output_tokens=20).json()
+    found = cap["max_sustainable_rps"]
+    assert abs(found - truth["max_sustainable_rps"]) / truth["max_sustainable_rps"] <= 0.15, (found, truth)
+    top = cap["stages"][-1]
+    assert top["rate_limited"] > 0 and top["served_share"] < 0.95  # past the knee the model refuses work
+    assert cap["knee"] is not None and cap["stages"][0]["ttft_p95_ms"] is not None
+    assert summary["gates"][0]["gate"] == "max_sustainable_rps" and summary["gates"][0]["ok"]
+    html = (out / "report.html").read_text()
+    assert "alt='capacity'" in html
