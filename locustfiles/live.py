@@ -1,4 +1,4 @@
-"""Live LLM figures computed from records as they come in (local process, or the master)."""
+"""Live LLM figures computed from records as they come in (in a local process, or on the master)."""
 
 from __future__ import annotations
 
@@ -20,71 +20,116 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-class Live:
-    """Rolling aggregates over the records seen so far."""
+class Bucket:
+    """Aggregates for one stats name (or for all of them)."""
 
-    def __init__(self, window: int = 20000) -> None:
-        self.started = time.time()
+    def __init__(self, window: int) -> None:
         self.calls = 0
-        self.attempts = 0
-        self.ok_calls = 0
-        self.failed_calls = 0
-        self.cancelled = 0
+        self.ok = 0
+        self.failed = 0
         self.retries = 0
-        self.errors: Counter[tuple[str, str]] = Counter()
+        self.cancelled = 0
+        self.errors: Counter[str] = Counter()
         self.ttft: deque[float] = deque(maxlen=window)
-        self.itl: deque[float] = deque(maxlen=window)
+        self.itl: deque[float] = deque(maxlen=window * 4)
         self.tokens_out = 0
         self.estimate_total = 0.0
-        self.recent: deque[float] = deque(maxlen=window)  # end times of finished calls
+        self.first_start: float | None = None
+        self.last_end: float | None = None
+        self.recent: deque[float] = deque(maxlen=window)
 
     def add(self, rec: dict[str, Any]) -> None:
         """Fold one attempt record in."""
-        self.attempts += 1
         if rec["attempt"] > 1:
             self.retries += 1
         kind = rec.get("error_kind")
         if kind == "cancelled":
             self.cancelled += 1
         elif kind:
-            self.errors[(rec["endpoint"], kind)] += 1
-        if not rec.get("final"):
+            self.errors[kind] += 1
+        if not rec.get("final") or kind == "cancelled":
             return
-        if kind == "cancelled":
-            return
+        end = rec["t_start"] + rec["end_ms"] / 1000.0
+        self.first_start = rec["t_start"] if self.first_start is None else min(self.first_start, rec["t_start"])
+        self.last_end = end if self.last_end is None else max(self.last_end, end)
         self.calls += 1
-        self.recent.append(rec["t_start"] + rec["end_ms"] / 1000.0)
+        self.recent.append(end)
         if not rec.get("ok"):
-            self.failed_calls += 1
+            self.failed += 1
             return
-        self.ok_calls += 1
-        if rec.get("estimate"):
-            amount = (rec["estimate"].get("estimate") or {}).get("amount")
+        self.ok += 1
+        est = rec.get("estimate")
+        if est:
             try:
-                self.estimate_total += float(amount)
+                self.estimate_total += float((est.get("estimate") or {}).get("amount"))
             except (TypeError, ValueError):
                 pass
-        if rec.get("stream") and rec.get("first_content_ms") is not None:
+        if rec.get("stream") and rec.get("first_content_ms") is not None and not rec.get("replayed"):
             self.ttft.append(rec["first_content_ms"])
             times = decode_chunks(rec.get("chunks"))
             self.itl.extend(b - a for a, b in zip(times, times[1:], strict=False))
-        usage = rec.get("usage") or {}
-        self.tokens_out += int(usage.get("output") or 0)
+        if rec.get("endpoint") in ("chat", "messages", "gemini"):
+            self.tokens_out += int((rec.get("usage") or {}).get("output") or 0)
 
-    def rate(self, seconds: float = 10.0) -> float:
-        """Calls finished per second over the last `seconds`."""
-        now = time.time()
-        n = sum(1 for t in self.recent if now - t <= seconds)
-        return n / min(seconds, max(0.001, now - self.started))
+    def snapshot(self, now: float, started: float) -> dict[str, Any]:
+        """The figures shown for this bucket."""
+        ttft = list(self.ttft)
+        span = max(1e-3, now - started)
+        recent = sum(1 for t in self.recent if now - t <= 10.0) / min(10.0, span)
+        return {
+            "calls": self.calls, "ok": self.ok, "failed": self.failed, "retries": self.retries,
+            "cancelled": self.cancelled, "rps": recent, "ttft_p50": percentile(ttft, 50),
+            "ttft_p95": percentile(ttft, 95), "itl_p50": percentile(list(self.itl), 50),
+            "tokens_out": self.tokens_out, "tokens_per_s": self.tokens_out / span,
+            "errors": dict(sorted(self.errors.items())), "estimate_total": self.estimate_total,
+        }
+
+
+class Live:
+    """Rolling aggregates over the records seen so far, overall and per stats name."""
+
+    def __init__(self, window: int = 20000) -> None:
+        self.started = time.time()
+        self.window = window
+        self.overall = Bucket(window)
+        self.by_name: dict[str, Bucket] = {}
+        self.attempts = 0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        """Fold one attempt record in."""
+        self.attempts += 1
+        self.overall.add(rec)
+        bucket = self.by_name.get(rec["name"])
+        if bucket is None:
+            bucket = self.by_name[rec["name"]] = Bucket(self.window)
+        bucket.add(rec)
+
+    def reset(self) -> None:
+        """Start over (a new run from the web UI)."""
+        self.__init__(self.window)  # type: ignore[misc]
 
     def snapshot(self) -> dict[str, Any]:
-        """The figures the progress line and the web UI show."""
-        ttft = list(self.ttft)
-        return {
-            "calls": self.calls, "ok": self.ok_calls, "failed": self.failed_calls, "retries": self.retries,
-            "cancelled": self.cancelled, "rps": self.rate(), "ttft_p50": percentile(ttft, 50),
-            "ttft_p95": percentile(ttft, 95), "itl_p50": percentile(list(self.itl), 50),
-            "tokens_out": self.tokens_out, "tokens_per_s": self.tokens_out / max(0.001, time.time() - self.started),
-            "errors": {f"{e} {k}": n for (e, k), n in sorted(self.errors.items())},
-            "estimate_total": self.estimate_total,
-        }
+        """Overall figures (the progress line uses these)."""
+        snap = self.overall.snapshot(time.time(), self.started)
+        snap["errors"] = dict(snap["errors"])
+        return snap
+
+    def rows(self, in_flight: int | None = None) -> list[dict[str, Any]]:
+        """One row per stats name plus an overall row, formatted for the web UI's LLM table."""
+        now = time.time()
+
+        def fmt(v: float | None, digits: int = 1) -> str:
+            return "" if v is None else f"{v:.{digits}f}"
+
+        out = []
+        for name, b in [("All", self.overall), *sorted(self.by_name.items())]:
+            s = b.snapshot(now, self.started)
+            out.append({
+                "name": name, "calls": s["calls"], "failed": s["failed"], "retries": s["retries"],
+                "errors": ", ".join(f"{k} {v}" for k, v in s["errors"].items()),
+                "ttft_p50": fmt(s["ttft_p50"]), "ttft_p95": fmt(s["ttft_p95"]), "itl_p50": fmt(s["itl_p50"]),
+                "tokens_per_s": fmt(s["tokens_per_s"]), "rps": fmt(s["rps"], 2),
+                "estimate_total": f"{s['estimate_total']:.6f}" if s["estimate_total"] else "",
+                "in_flight": "" if name != "All" or in_flight is None else str(in_flight),
+            })
+        return out

@@ -32,6 +32,8 @@ SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaul
 MSG_RECORDS = "ttbench_records"
 MSG_WORKERS = "ttbench_workers"
 MSG_STOP = "ttbench_stop"
+#: Locust's own TTFT rows: its bucketed histogram (exact figures are in the LLM tab and the report).
+TTFT_TYPE = "TTFT (bucketed)"
 
 
 def fail(message: str) -> None:
@@ -82,6 +84,13 @@ class Runtime:
         self.finished_calls = 0
         self.refused_calls = 0
         self.peak_worker_cpu: float | None = None
+        self.worker_in_flight: dict[str, int] = {}
+        self.report_running = False
+        self._report_at = 0.0
+        self._started_once = False
+        self._clock_greenlet: Any = None
+        opts_ = environment.parsed_options
+        self.interactive = environment.web_ui is not None and not getattr(opts_, "headless", False)
         self.live = Live()
         self.out_dir: Path | None = None
         self.sink: RecordSink | None = None
@@ -143,6 +152,39 @@ class Runtime:
         status = rec.get("status")
         return status in (401, 403) or (status == 400 and "INVALID_ARGUMENT" in (rec.get("error") or ""))
 
+    def in_flight(self) -> int:
+        """Calls in flight: this process's, or on the master the sum of the workers' last reports."""
+        if self.role == "master":
+            return sum(self.worker_in_flight.values())
+        return self.caller.in_flight
+
+    def report_ready(self) -> bool:
+        """Whether the report of the last stopped run is written."""
+        return (not self.report_running and self.out_dir is not None and (self.out_dir / "report.html").exists()
+                and (self.out_dir / "report.html").stat().st_mtime >= self._report_at)
+
+    def write_report(self) -> None:
+        """After a run stops in the web UI: analyse the run folder in a child process (keeps gevent free)."""
+        if self.out_dir is None or self.report_running:
+            return
+        import subprocess
+
+        self.report_running = True
+        self._report_at = time.time()
+
+        def _run() -> None:
+            try:
+                assert self.sink is not None
+                self.sink.flush()
+                proc = subprocess.Popen([sys.executable, "-m", "ttbench", "report", str(self.out_dir)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                while proc.poll() is None:
+                    gevent.sleep(0.2)
+            finally:
+                self.report_running = False
+
+        gevent.spawn(_run)
+
     def _on_call(self, spec: CallSpec, records: list[dict[str, Any]]) -> None:
         last = records[-1]
         if last.get("error_kind") == "cancelled":
@@ -162,7 +204,7 @@ class Runtime:
                                 context={"call_id": last["call_id"]}, start_time=first["t_start"])
         if last["ok"] and last.get("first_content_ms") is not None:
             ttft = (last["t_start"] - first["t_start"]) * 1000.0 + last["first_content_ms"]
-            env.stats.get(last["name"], "TTFT").log(ttft, 0)
+            env.stats.get(last["name"], TTFT_TYPE).log(ttft, 0)
         usage = last.get("usage") or {}
         if last["ok"] and spec.prompt_words and usage.get("input") and spec.messages is None \
                 and spec.endpoint in ("chat", "messages", "gemini"):
@@ -184,16 +226,26 @@ class Runtime:
         """test_start: flusher, arrivals, progress and the run's clock."""
         from .arrivals import Arrivals
 
+        first = not self._started_once
+        self._started_once = True
+        self.stopping = False
         if self.role != "master":
-            gevent.spawn(self._flusher)
+            if first:
+                gevent.spawn(self._flusher)
             if self.scenario.open_loop:
+                if self.arrivals is not None:
+                    self.arrivals.stop()
                 self.arrivals = Arrivals(self.scenario, self.scenario.seed, self.worker, self.workers)
                 self.arrivals.start()
         if self.role in ("local", "master"):
-            gevent.spawn(self._clock)
-            gevent.spawn(self._progress)
-            if self.role == "master":
-                gevent.spawn(self._announce_workers)
+            self.live.reset()
+            if self._clock_greenlet is not None:
+                self._clock_greenlet.kill(block=False)
+            self._clock_greenlet = gevent.spawn(self._clock)
+            if first:
+                gevent.spawn(self._progress)
+                if self.role == "master":
+                    gevent.spawn(self._announce_workers)
 
     def _flusher(self) -> None:
         assert self.sink is not None
@@ -238,7 +290,10 @@ class Runtime:
             gevent.sleep(0.2)
         if self.role == "master":
             gevent.sleep(WORKER_REPORT_INTERVAL + 1)
-        runner.quit()
+        if self.interactive:
+            runner.stop()  # the web UI stays up; the report is written on test_stop
+        else:
+            runner.quit()
 
     def _progress(self) -> None:
         opt = self.environment.parsed_options.ttbench_progress
@@ -329,7 +384,10 @@ def install() -> None:
                 cls.weight = weights[fam]
         environment.user_classes = [c for c in environment.user_classes if getattr(c, "weight", 1) > 0]
         environment.available_user_classes = {c.__name__: c for c in environment.user_classes}
-        if rt.role != "master" and not (environment.host or rt.target):
+        from .webui import install as install_web_ui
+
+        install_web_ui(environment, rt)
+        if rt.role == "local" and not (environment.host or rt.target):  # a worker gets the host from its master
             fail(f"{scenario.path}: target: 'sim' needs `ttbench run` (which starts the simulator) or --host URL")
         runner = environment.runner
         if rt.role == "master":
@@ -347,6 +405,26 @@ def install() -> None:
     def _start(environment: Any, **_kw: Any) -> None:
         if Runtime._instance is not None:
             Runtime._instance.start()
+
+    @events.test_stop.add_listener
+    def _stop(environment: Any, **_kw: Any) -> None:
+        rt = Runtime._instance
+        if rt is not None and rt.interactive:
+            rt.stopping = True
+            if rt.arrivals is not None:
+                rt.arrivals.stop()
+            gevent.spawn_later(WORKER_REPORT_INTERVAL + 1 if rt.role == "master" else 1.0, rt.write_report)
+
+    @events.report_to_master.add_listener
+    def _report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
+        if Runtime._instance is not None:
+            data["ttbench_in_flight"] = Runtime._instance.caller.in_flight
+
+    @events.worker_report.add_listener
+    def _worker_report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
+        rt = Runtime._instance
+        if rt is not None and "ttbench_in_flight" in data:
+            rt.worker_in_flight[client_id] = int(data["ttbench_in_flight"])
 
     @events.quitting.add_listener
     def _quit(environment: Any, **_kw: Any) -> None:

@@ -133,22 +133,30 @@ def run(args: Any) -> int:
                                  "duration_s": duration, "processes": args.processes or 1}
         (out / "scenario.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         users = args.users or scenario.users
-        cmd = [sys.executable, "-m", "locust", "-f", str(GATEWAY), "--headless", "-u", str(users),
+        web_port = getattr(args, "web_port", None)
+        mode = ["--headless", "--only-summary"] if web_port is None else \
+            ["--web-host", args.web_host, "--web-port", str(web_port)]
+        cmd = [sys.executable, "-m", "locust", "-f", str(GATEWAY), *mode, "-u", str(users),
                "-r", str(args.spawn_rate or scenario.spawn_rate), "-H", url, "--scenario", str(args.scenario),
                "--ttbench-out", str(out), "--run-id", run_id, "--csv", str(out / "locust"),
-               "--html", str(out / "locust.html"), "--only-summary", "--prices", str(out / "prices.yaml"),
+               "--html", str(out / "locust.html"), "--prices", str(out / "prices.yaml"),
                "--stop-timeout", str(math.ceil(scenario.stop_timeout_s)), "--ttbench-duration", str(duration),
                "--loglevel", "WARNING"]
+        if web_port is not None:
+            print(f"ttbench: web UI on http://{args.web_host}:{web_port} (target {'sim' if target == 'sim' else url});"
+                  " Ctrl-C ends the session", flush=True)
         if args.insecure:
             cmd.append("--insecure")
         if args.max_spend is not None:
             cmd += ["--max-spend", str(args.max_spend)]
         if args.processes:
             cmd += ["--processes", str(args.processes)]
-        proc = subprocess.Popen(cmd, env=env)
+        # Own process group: a terminal's Ctrl-C reaches only us, and we ask Locust to stop with SIGTERM
+        # (its graceful path); the simulator, in its own group too, stays up until we have its ledger.
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
         def _forward(signum: int, _frame: Any) -> None:
-            proc.send_signal(signum)  # Locust drains and writes what it has; we then collect as usual
+            proc.send_signal(signal.SIGTERM)
 
         old = {s: signal.signal(s, _forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -35,7 +35,8 @@ class SimProcess:
             cmd += ["--config", str(config)]
         cmd += extra_args or []
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                     start_new_session=True)
         self.url = self._wait_for_url(startup_timeout)
         self._stderr: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
