@@ -58,10 +58,22 @@ def expected_usage(row: Any) -> Usage:
                  cached_input_tokens=_int(row.u_cached), cache_write_tokens=_int(row.u_write))
 
 
-def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: Policy | None = None) -> dict[str, Any]:
+def _lost_worker(key: Any, run_id: str | None, lost: set[int]) -> int | None:
+    """The lost worker an idempotency key (`<run id>-w<index>-<seq>`) belongs to, if any."""
+    if not isinstance(key, str) or run_id is None or not key.startswith(run_id + "-w"):
+        return None
+    head = key[len(run_id) + 2:].split("-", 1)[0]
+    return int(head) if head.isdigit() and int(head) in lost else None
+
+
+def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: Policy | None = None,
+          lost_workers: set[int] | None = None) -> dict[str, Any]:
     """Findings, one per (kind, request id), with the precedence documented in README ("Billing accuracy")."""
     policy = policy or Policy()
     findings: list[dict[str, Any]] = []
+    lost = lost_workers or set()
+    run_id = str(att["run_id"].iloc[0]) if len(att) and "run_id" in att else None
+    lost_charges: dict[int, dict[str, Any]] = {}
     if att.empty:
         return {"calls": 0, "accuracy": None, "findings": [], "counts": dict.fromkeys(FINDING_KINDS, 0)}
     att = att.sort_values(["call_id", "attempt"])
@@ -79,6 +91,10 @@ def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: 
             per_call[hit.call_id].append(ch)
         elif isinstance(ch.idempotency_key, str) and ch.idempotency_key in by_key:
             per_call[ch.idempotency_key].append(ch)
+        elif (w := _lost_worker(ch.idempotency_key, run_id, lost)) is not None:
+            slot = lost_charges.setdefault(w, {"charges": 0, "amount": Decimal(0)})
+            slot["charges"] += 1
+            slot["amount"] += ch.amount
         else:
             findings.append({"kind": "unknown_request", "request_id": ch.request_id, "call_id": None,
                              "idempotency_key": ch.idempotency_key, "charged": ch.amount, "expected": Decimal(0)})
@@ -175,6 +191,8 @@ def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: 
         "findings": [{**f, "charged": str(f["charged"]), "expected": str(f["expected"])} for f in findings],
         "dry_run_pairs": {"pairs": len(ratios), "hold_covers_share": (sum(1 for r in ratios if r >= 1) / len(ratios))
                           if ratios else None, "estimate_to_charge_ratio": ratios},
+        "lost_worker_charges": {str(w): {"charges": v["charges"], "amount": str(v["amount"])}
+                                for w, v in sorted(lost_charges.items())},
         "policy": {"bill_failed": policy.bill_failed, "bill_dry_runs": policy.bill_dry_runs,
                    "bill_replays": policy.bill_replays, "abs_tolerance": str(policy.abs_tolerance),
                    "rel_tolerance": str(policy.rel_tolerance)},

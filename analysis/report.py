@@ -130,6 +130,7 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
         "retry_budget": h.get("retry_budget"),
         "stop_reason": h.get("stop_reason"),
         "insecure_tls": _read_json(run_dir / "run.json").get("insecure", False),
+        "lost_workers": h.get("lost_workers") or [],
         "bottleneck_warning": ("WARNING: the load generator, not the gateway, was the bottleneck: " +
                                "; ".join(reasons)) if reasons else None,
     }
@@ -177,7 +178,8 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     if ledger_df is not None:
         if sheet is None:
             raise InputError(f"{price_path}: a ledger needs a price sheet (--prices)")
-        bill = audit(att, ledger_df, sheet, Policy.from_mapping(an.get("billing")))
+        lost = {int(w["worker_index"]) for w in harness.get("lost_workers") or [] if w.get("worker_index") is not None}
+        bill = audit(att, ledger_df, sheet, Policy.from_mapping(an.get("billing")), lost)
         bill["findings_total"] = len(bill["findings"])
         summary["billing"] = bill
     if calls is not None and not calls.empty:
@@ -186,6 +188,11 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
                                                float(an.get("slo_share", 0.95)))
     truth = load_jsonl(run_dir / "truth.jsonl")
     summary["harness"] = harness_health(att, run_dir, scenario, m, truth) if not att.empty else None
+    for w in (summary["harness"] or {}).get("lost_workers", []):
+        summary["warnings"].append(
+            f"worker {w['worker_index']} was lost mid-run (client {w['client_id']}): up to "
+            f"{w['possibly_missing_records']} of its records may be missing; the gateway's charges for its "
+            "unfinished calls are attributed to it (billing.lost_worker_charges)")
     summary["gates"] = evaluate(gates_cfg, summary)
     summary["gates_ok"] = all(g["ok"] for g in summary["gates"])
     summary = finite(summary)
@@ -253,7 +260,9 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
             ["undercharged", f"{b['undercharged']} {b['currency']}"],
             ["dry-run pairs (hold covers charge)", f"{b['dry_run_pairs']['pairs']} "
                                                    f"({_fmt(b['dry_run_pairs']['hold_covers_share'])})"],
-        ] + [[f"findings: {k}", str(v)] for k, v in b["counts"].items()]))
+        ] + [[f"findings: {k}", str(v)] for k, v in b["counts"].items()]
+          + [[f"charges attributed to lost worker {w}", f"{v['charges']} ({v['amount']} {b['currency']})"]
+             for w, v in (b.get("lost_worker_charges") or {}).items()]))
     c = summary.get("capacity")
     if c:
         rows = [[str(r["stage"]), _fmt(r["offered_rps"]), _fmt(r["users"]), _fmt(r["achieved_rps"]),

@@ -85,6 +85,8 @@ class Runtime:
         self.refused_calls = 0
         self.peak_worker_cpu: float | None = None
         self.worker_in_flight: dict[str, int] = {}
+        self.workers_seen: dict[str, dict[str, Any]] = {}
+        self.lost_workers: list[dict[str, Any]] = []
         self.report_running = False
         self._report_at = 0.0
         self._started_once = False
@@ -141,12 +143,58 @@ class Runtime:
     def _ship(self, batch: list[dict[str, Any]]) -> None:
         self.environment.runner.send_message(MSG_RECORDS, batch)
 
-    def on_shipped(self, batch: list[dict[str, Any]]) -> None:
+    def on_shipped(self, batch: list[dict[str, Any]], node_id: str | None = None) -> None:
         """Master: a worker's batch of records."""
         assert self.sink is not None
         self.sink.write_lines(batch)
         for rec in batch:
             self.live.add(rec)
+        if node_id is not None and batch:
+            info = self._worker_info(node_id)
+            info["records"] += len(batch)
+            info["worker_index"] = batch[-1]["worker"]
+            info["last_record_end"] = max(info["last_record_end"] or 0.0,
+                                          max(r["t_start"] + r["end_ms"] / 1000.0 for r in batch))
+            info["recent"].append((time.time(), len(batch)))
+
+    def _worker_info(self, node_id: str) -> dict[str, Any]:
+        from collections import deque
+
+        info = self.workers_seen.get(node_id)
+        if info is None:
+            index = None
+            getter = getattr(self.environment.runner, "get_worker_index", None)
+            if getter is not None:
+                try:
+                    index = getter(node_id)
+                except Exception:  # noqa: BLE001 - an unknown id just has no index yet
+                    index = None
+            info = self.workers_seen[node_id] = {"client_id": node_id, "worker_index": index, "records": 0,
+                                                 "last_record_end": None, "recent": deque(maxlen=50)}
+        return info
+
+    def _check_lost_workers(self) -> None:
+        """Master: a worker that stopped sending heartbeats is lost; say what may be missing from it."""
+        from locust.runners import STATE_MISSING
+
+        runner = self.environment.runner
+        lost_ids = {w["client_id"] for w in self.lost_workers}
+        for node_id, info in self.workers_seen.items():
+            client = runner.clients.get(node_id)
+            gone = client is None or client.state == STATE_MISSING
+            if not gone or node_id in lost_ids or self.stopping:
+                continue
+            now = time.time()
+            recent = [n for t, n in info["recent"] if now - t <= 10.0]
+            rate = sum(recent) / 10.0
+            in_flight = self.worker_in_flight.get(node_id, 0)
+            entry = {"client_id": node_id, "worker_index": info["worker_index"], "lost_at": now,
+                     "records_received": info["records"], "last_record_end": info["last_record_end"],
+                     "in_flight_at_last_report": in_flight,
+                     "possibly_missing_records": int(in_flight + round(rate * (FLUSH_INTERVAL_S + 0.5)))}
+            self.lost_workers.append(entry)
+            print(f"ttbench: warning: worker {info['worker_index']} ({node_id}) was lost; the run goes on; up to "
+                  f"{entry['possibly_missing_records']} of its records may be missing", file=sys.stderr, flush=True)
 
     def _refused(self, rec: dict[str, Any]) -> bool:
         status = rec.get("status")
@@ -264,6 +312,7 @@ class Runtime:
             if n != last:
                 runner.send_message(MSG_WORKERS, n)
                 last = n
+            self._check_lost_workers()
             gevent.sleep(1.0)
 
     def _duration(self) -> float:
@@ -343,6 +392,7 @@ class Runtime:
             "cpu_warning": bool(getattr(runner, "cpu_warning_emitted", False)
                                 or getattr(runner, "worker_cpu_warning_emitted", False)),
             "peak_worker_cpu_percent": self.peak_worker_cpu,
+            "lost_workers": self.lost_workers,
             "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,
             "stop_reason": self.stop_reason, "live": self.live.snapshot(),
             "arrivals": None if self.arrivals is None else {"offered": self.arrivals.offered,
@@ -391,7 +441,7 @@ def install() -> None:
             fail(f"{scenario.path}: target: 'sim' needs `ttbench run` (which starts the simulator) or --host URL")
         runner = environment.runner
         if rt.role == "master":
-            runner.register_message(MSG_RECORDS, lambda environment, msg, **k: rt.on_shipped(msg.data))
+            runner.register_message(MSG_RECORDS, lambda environment, msg, **k: rt.on_shipped(msg.data, msg.node_id))
             runner.register_message(MSG_STOP, lambda environment, msg, **k: rt.request_stop(str(msg.data)))
         elif rt.role == "worker":
             def _workers(environment: Any, msg: Any, **_k: Any) -> None:
@@ -425,6 +475,7 @@ def install() -> None:
         rt = Runtime._instance
         if rt is not None and "ttbench_in_flight" in data:
             rt.worker_in_flight[client_id] = int(data["ttbench_in_flight"])
+            rt._worker_info(client_id)
 
     @events.quitting.add_listener
     def _quit(environment: Any, **_kw: Any) -> None:
