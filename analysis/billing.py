@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +12,7 @@ import pandas as pd
 from ttbench.prices import PriceSheet, Usage
 
 FINDING_KINDS = ("double_charge", "missing_charge", "dry_run_billed", "failed_billed", "amount_mismatch",
-                 "token_mismatch", "image_count_mismatch", "unknown_request")
+                 "token_mismatch", "image_count_mismatch", "unknown_request", "cache_discount_missing")
 
 
 @dataclass
@@ -156,7 +156,10 @@ def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: 
                     (primary.cached_input_tokens is not None and primary.cached_input_tokens != usage.cached_input_tokens):
                 kind = "token_mismatch"
             if kind is None and not policy.same(primary.amount, expected):
-                kind = "amount_mismatch"
+                full = prices.cost(final.model, replace(usage, cached_input_tokens=0))
+                discounted = usage.cached_input_tokens > 0 and full != expected
+                kind = "cache_discount_missing" if discounted and policy.same(primary.amount, full) else \
+                    "amount_mismatch"
             if kind is not None:
                 add(kind, primary.request_id, call_id, primary.idempotency_key, primary.amount, expected)
         ok_rids = {a.request_id for a in atts if a.ok}

@@ -91,6 +91,7 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response({
         "served": gw.served,
         "pools": {name: pool.snapshot() for name, pool in gw.pools.items()},
+        "caches": {name: cache.snapshot() for name, cache in gw.caches.items() if cache.hits or cache.snapshot()["entries"]},
         "faults_planted": gw.faults.planted,
         "billing_errors_planted": gw.biller.planter.planted,
         "idempotency_keys": len(gw.idempotency),

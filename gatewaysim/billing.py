@@ -100,6 +100,8 @@ class Biller:
         fair = self.amount(call.model, usage)
         entry["fair_amount"] = format_amount(fair)
         apply = ["missing_charge", "unknown_request"]
+        if usage.cached_input_tokens > 0:
+            apply.append("cache_discount_missing")
         if call.endpoint != "images":  # images are billed per image, not per token
             apply.append("token_mismatch")
         if fair > 0:
@@ -116,6 +118,9 @@ class Biller:
         if planted == "token_mismatch":
             wrong = replace(usage, output_tokens=usage.output_tokens + self.token_delta)
             self._charge(ctx, call, wrong, self.amount(call.model, wrong))
+            return
+        if planted == "cache_discount_missing":  # cached tokens billed at the full input rate
+            self._charge(ctx, call, usage, self.amount(call.model, replace(usage, cached_input_tokens=0)))
             return
         if planted == "image_count_mismatch" and requested_images is not None:
             wrong = replace(usage, images=requested_images)

@@ -42,6 +42,7 @@ class Call:
     image_size: str = "auto"
     image_quality: str = "auto"
     content_key: str = ""  # seeds the output: same request, same answer
+    segments: list[tuple[str, int]] = field(default_factory=list)  # (message, tokens): what the prefix cache sees
 
 
 @dataclass

@@ -34,6 +34,7 @@ BILLING_ERROR_KINDS = (
     "token_mismatch",
     "image_count_mismatch",
     "unknown_request",
+    "cache_discount_missing",
 )
 MODEL_KINDS = ("chat", "embedding", "image")
 

@@ -239,6 +239,8 @@ class Exchange:
             return await self.error(429, "rate_limit", f"The model `{call.model}` is at capacity; retry later.",
                                     headers={"Retry-After": str(full.retry_after_s)})
         self.entry["queue_ms"] = round(queued * 1000, 3)
+        if call.endpoint in ("chat", "messages", "gemini") and call.segments:
+            self._apply_cache(call, plan, spec)
         gw.biller.hold(self.ctx, call, gw.biller.estimate(call, spec))
         try:
             if call.stream and call.endpoint in ("chat", "messages", "gemini"):
@@ -250,6 +252,18 @@ class Exchange:
             raise
         finally:
             pool.release()
+
+    def _apply_cache(self, call: Call, plan: Plan, spec: dict[str, Any]) -> None:
+        """Serve the longest cached prefix: faster prefill, cached tokens in the usage (writes: Anthropic only)."""
+        cache = self.gw.caches[call.model]
+        hit = cache.lookup_and_store(call.model, call.segments, call.input_tokens)
+        if not hit.cached_tokens and not hit.write_tokens:
+            return
+        plan.cached_input_tokens = hit.cached_tokens
+        plan.cache_write_tokens = hit.write_tokens if self.dialect.name == "anthropic" else 0
+        saved = float(spec["prefill_ms_per_token"]) * hit.cached_tokens * (1 - cache.prefill_factor) / 1000.0
+        plan.ttft_s = max(0.0, plan.ttft_s - saved)
+        self.entry["cache"] = {"cached_tokens": hit.cached_tokens, "write_tokens": plan.cache_write_tokens}
 
     async def dry_run(self, call: Call, spec: dict[str, Any]) -> web.StreamResponse:
         """Auth and billing hold only: a JSON estimate, no model call, no charge."""

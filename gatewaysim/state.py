@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .billing import Biller
+from .cache import PrefixCache
 from .capacity import ModelPool
 from .config import FAULT_KINDS, SimConfig
 from .draws import Planter
@@ -23,6 +24,7 @@ class Gateway:
         self.api_key = api_key
         self.admin_token = admin_token
         self.pools = {name: ModelPool(name, spec) for name, spec in config.models.items()}
+        self.caches = {name: PrefixCache(config.section("cache")) for name in config.models}
         self.idempotency = IdempotencyStore(float(config.section("idempotency")["ttl_s"]))
         self.ledger = Ledger(ledger_path or config.section("ledger")["path"])
         self.truth = Truth(truth_path or config.section("truth")["path"])

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
 from .base import Dialect, bearer, content_key, sse, texts_of, want_bool, want_int
@@ -55,10 +56,13 @@ class AnthropicMessages(Dialect):
         if not isinstance(messages, list) or not messages:
             raise BadRequest("messages: must be a non-empty list", param="messages")
         texts = texts_of(body.get("system"))
+        segments = [(segment("system", texts), count_texts(texts))] if texts else []
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
                 raise BadRequest(f"messages.{i}.role: must be 'user' or 'assistant'", param=f"messages.{i}")
-            texts.extend(texts_of(m.get("content")))
+            mine = texts_of(m.get("content"))
+            texts.extend(mine)
+            segments.append((segment(str(m["role"]), mine), count_texts(mine)))
         tools: list[str] = []
         raw_tools = body.get("tools")
         if raw_tools is not None:
@@ -99,6 +103,7 @@ class AnthropicMessages(Dialect):
             reasoning=reasoning,
             reasoning_budget=budget,
             content_key=content_key(body, model),
+            segments=segments,
         )
 
     def usage(self, plan: Plan) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
 from .base import Dialect, content_key, texts_of, want_bool, want_int
@@ -50,14 +51,18 @@ class Gemini(Dialect):
         if not isinstance(contents, list) or not contents:
             raise BadRequest("* GenerateContentRequest.contents: contents is not specified", param="contents")
         texts: list[str] = []
+        segments: list[tuple[str, int]] = []
         sys_inst = body.get("systemInstruction") or body.get("system_instruction")
         if isinstance(sys_inst, dict):
             texts.extend(texts_of(sys_inst.get("parts")))
+            segments.append((segment("system", list(texts)), count_texts(texts)))
         for i, c in enumerate(contents):
             if not isinstance(c, dict) or not isinstance(c.get("parts"), list):
                 raise BadRequest(f"* GenerateContentRequest.contents[{i}].parts: must be a list",
                                  param=f"contents[{i}]")
-            texts.extend(texts_of(c["parts"]))
+            mine = texts_of(c["parts"])
+            texts.extend(mine)
+            segments.append((segment(str(c.get("role", "user")), mine), count_texts(mine)))
         gen = body.get("generationConfig") or body.get("generation_config") or {}
         if not isinstance(gen, dict):
             raise BadRequest("generationConfig must be an object", param="generationConfig")
@@ -97,6 +102,7 @@ class Gemini(Dialect):
             show_reasoning=show,
             sse=request.query.get("alt") == "sse",
             content_key=content_key(body, model),
+            segments=segments,
         )
 
     def usage(self, plan: Plan, upto: int | None = None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
 from .base import Dialect, content_key, sse, texts_of, want_bool, want_int
@@ -53,10 +54,13 @@ class OpenAIChat(OpenAIBase):
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' must be a non-empty array", param="messages")
         texts: list[str] = []
+        segments: list[tuple[str, int]] = []
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or "role" not in m:
                 raise BadRequest(f"'messages.{i}' must be an object with a 'role'", param=f"messages.{i}")
-            texts.extend(texts_of(m.get("content")))
+            mine = texts_of(m.get("content"))
+            texts.extend(mine)
+            segments.append((segment(str(m["role"]), mine), count_texts(mine)))
         n = want_int(body, "n", 1, 128)
         if n not in (None, 1):
             raise BadRequest("n > 1 is not supported", param="n")
@@ -100,6 +104,7 @@ class OpenAIChat(OpenAIBase):
             reasoning=isinstance(effort, str) and effort not in ("none", "minimal"),
             include_usage=bool(opts.get("include_usage")),
             content_key=content_key(body, model),
+            segments=segments,
         )
 
     def usage(self, plan: Plan) -> dict[str, Any]:
