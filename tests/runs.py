@@ -40,3 +40,34 @@ def locust_rows(run_dir: Path) -> list[dict[str, str]]:
     """Locust's final stats CSV rows."""
     with open(run_dir / "locust_stats.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+GATEWAY = ROOT / "locustfiles" / "gateway.py"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_master_and_workers(scenario: Path, out: Path, target: str, key: str, users: int, run_id: str,
+                             workers: int = 2) -> tuple[subprocess.Popen, list[subprocess.Popen]]:
+    """A headless Locust master and its workers as separate processes on 127.0.0.1, as on separate hosts."""
+    import os
+
+    port = free_port()
+    env = dict(os.environ, TT_API_KEY=key)
+    common = ["-f", str(GATEWAY), "--scenario", str(scenario)]
+    master = subprocess.Popen([sys.executable, "-m", "locust", *common, "--master", "--master-bind-host",
+                               "127.0.0.1", "--master-bind-port", str(port), "--headless", "--expect-workers",
+                               str(workers), "-u", str(users), "-r", str(users), "-H", target, "--ttbench-out",
+                               str(out), "--run-id", run_id, "--only-summary"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "locust", *common, "--worker", "--master-host", "127.0.0.1",
+                               "--master-port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(workers)]
+    return master, procs

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,8 +12,7 @@ from analysis.report import analyze
 from ttbench.simproc import SimProcess
 
 from .conftest import write_config
-from .runs import ROOT, records, write_scenario
-from .test_web_ui import GATEWAY, free_port
+from .runs import records, start_master_and_workers, write_scenario
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -29,20 +25,10 @@ def test_a_killed_worker_is_named_and_loses_at_most_a_second(tmp_path):
         "defaults": {"prompt_tokens": 10, "output_tokens": 30},
         "mix": [{"endpoint": "chat", "stream": 0.8}, {"endpoint": "messages", "stream": 0.8}]})
     out = tmp_path / "run"
-    port = free_port()
     with SimProcess(config=write_config(tmp_path / "sim.yaml", slow, fast=False), api_key="crash-key") as sim:
-        (out).mkdir()
+        out.mkdir()
         (out / "prices.yaml").write_text(json.dumps(sim.admin("/_sim/config").json()["prices"]))
-        env = dict(os.environ, TT_API_KEY="crash-key")
-        common = ["-f", str(GATEWAY), "--scenario", str(scenario)]
-        master = subprocess.Popen([sys.executable, "-m", "locust", *common, "--master", "--master-bind-host",
-                                   "127.0.0.1", "--master-bind-port", str(port), "--headless", "--expect-workers",
-                                   "2", "-u", "8", "-r", "8", "-H", sim.url, "--ttbench-out", str(out),
-                                   "--run-id", "crash-run", "--only-summary"], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        workers = [subprocess.Popen([sys.executable, "-m", "locust", *common, "--worker", "--master-host",
-                                     "127.0.0.1", "--master-port", str(port)], cwd=ROOT, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        master, workers = start_master_and_workers(scenario, out, sim.url, "crash-key", 8, "crash-run")
         try:
             deadline = time.time() + 30
             while time.time() < deadline and (not (out / "records.jsonl").exists()

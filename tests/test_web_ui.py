@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +16,11 @@ import pytest
 from analysis.report import analyze
 from ttbench.simproc import SimProcess
 
-from .runs import ROOT, jsonl, records, write_scenario
+from .runs import ROOT, free_port, jsonl, records, start_master_and_workers, write_scenario
 
 pytestmark = pytest.mark.timeout(240)
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 DRIVER = shutil.which("chromedriver")
-GATEWAY = ROOT / "locustfiles" / "gateway.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 30) -> None:
@@ -119,18 +110,8 @@ def test_master_and_two_workers_as_separate_processes(tmp_path):
     from .conftest import write_config
 
     out = tmp_path / "run"
-    mport = free_port()
     with SimProcess(config=write_config(tmp_path / "sim.yaml", fast, fast=False), api_key="dist-key") as sim:
-        env = dict(os.environ, TT_API_KEY="dist-key")
-        common = ["-f", str(GATEWAY), "--scenario", str(scenario)]
-        master = subprocess.Popen([sys.executable, "-m", "locust", *common, "--master", "--master-bind-host",
-                                   "127.0.0.1", "--master-bind-port", str(mport), "--headless", "--expect-workers",
-                                   "2", "-u", "6", "-r", "6", "-H", sim.url, "--ttbench-out", str(out),
-                                   "--run-id", "dist-run", "--only-summary"], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        workers = [subprocess.Popen([sys.executable, "-m", "locust", *common, "--worker", "--master-host",
-                                     "127.0.0.1", "--master-port", str(mport)], cwd=ROOT, env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        master, workers = start_master_and_workers(scenario, out, sim.url, "dist-key", 6, "dist-run")
         try:
             output, _ = master.communicate(timeout=120)
             for w in workers:
