@@ -50,7 +50,8 @@ def over_time(ts: list[dict[str, Any]]) -> bytes | None:
     a1.set_ylabel("ms")
     a1.set_title("Latency and throughput over time")
     a1.grid(alpha=0.3)
-    a1.legend()
+    if a1.get_legend_handles_labels()[0]:
+        a1.legend()
     a2.plot(df["second"], df["calls"], label="calls started/s (arrivals)")
     a2.plot(df["second"], df["ok"], label="successful calls/s")
     a2.plot(df["second"], df["failed"], label="failed calls/s")
@@ -113,4 +114,20 @@ def billing_findings(counts: dict[str, int] | None) -> bytes | None:
     ax.barh(kinds, [counts[k] for k in kinds])
     ax.set_xlabel("findings")
     ax.set_title("Billing findings by kind")
+    return _png(fig)
+
+
+def ttft_vs_input(calls: pd.DataFrame) -> bytes | None:
+    """TTFT against input tokens, coloured by turn."""
+    okc = calls[calls["ok"] & calls["ttft_ms"].notna() & calls["u_input"].notna()]
+    if okc.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    turn = okc["turn"].fillna(0).astype(int)
+    sc = ax.scatter(okc["u_input"], okc["ttft_ms"], c=turn, cmap="viridis", s=10)
+    fig.colorbar(sc, ax=ax, label="turn")
+    ax.set_xlabel("input tokens")
+    ax.set_ylabel("TTFT (ms)")
+    ax.set_title("TTFT against input tokens")
+    ax.grid(alpha=0.3)
     return _png(fig)

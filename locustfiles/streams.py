@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from geventhttpclient.response import HTTPParseError
+
+
+class ProtocolError(ValueError):
+    """The response cannot be read as an answer: bad framing, bad shape, too large."""
 
 
 class BodyReader:
     """Yields raw body bytes from a geventhttpclient response as soon as they arrive, with perf_counter times.
 
     geventhttpclient's own `read(n)` and `iter_content` wait until n bytes are buffered,
-    which delays small SSE events; this reads whatever one recv() returns.
+    which delays small SSE events; this reads whatever one recv() returns. A body that
+    grows past `limit` bytes raises ProtocolError before more is read; a connection that
+    closes before the end of the body raises ConnectionResetError.
     """
 
-    def __init__(self, resp: Any, block_size: int = 65536) -> None:
+    def __init__(self, resp: Any, block_size: int = 65536, limit: int | None = None) -> None:
         self.resp = resp
         self.block_size = block_size
+        self.limit = limit
         self.nbytes = 0
 
     def __iter__(self) -> Iterator[tuple[bytes, float]]:
         resp = self.resp
         buf = resp._body_buffer
+        limit = self.limit
         while True:
             if buf:
                 data = bytes(buf)
                 del buf[:]
                 self.nbytes += len(data)
+                if limit is not None and self.nbytes > limit:
+                    raise ProtocolError(f"response body larger than {limit} bytes")
                 yield data, time.perf_counter()
                 continue
             if resp.message_complete:
@@ -36,7 +49,10 @@ class BodyReader:
                 raise ConnectionResetError("connection closed before the end of the body")
             data = sock.recv(self.block_size)
             if not data:
-                resp.feed(data)  # lets the parser notice a close-delimited end
+                try:
+                    resp.feed(data)  # lets the parser notice a close-delimited end
+                except HTTPParseError:
+                    pass  # "Incomplete response": the body was cut
                 if resp.message_complete:
                     continue
                 raise ConnectionResetError("connection closed before the end of the body")
@@ -47,16 +63,26 @@ class SSEFramer:
     """Splits bytes into SSE events: (event name or None, data string)."""
 
     def __init__(self) -> None:
-        self._tail = b""
+        self._tail: list[bytes] = []  # the pieces of an unfinished line (joined once its end arrives)
         self._event: str | None = None
         self._data: list[str] = []
         self.comments = 0
 
     def feed(self, data: bytes) -> list[tuple[str | None, str]]:
         """Feed bytes; returns the events completed by them."""
+        tail = self._tail
+        if tail:
+            if b"\n" not in data:  # still no line end: keep the piece (a long line costs linear time)
+                tail.append(data)
+                return []
+            tail.append(data)
+            data = b"".join(tail)
+            tail.clear()
+        lines = data.split(b"\n")
+        last = lines.pop()
+        if last:
+            tail.append(last)
         out: list[tuple[str | None, str]] = []
-        lines = (self._tail + data).split(b"\n")
-        self._tail = lines.pop()
         for raw in lines:
             line = raw[:-1] if raw.endswith(b"\r") else raw
             if not line:
@@ -79,13 +105,26 @@ class SSEFramer:
         return out
 
     @property
+    def partial_line(self) -> bool:
+        """Whether the body so far ends inside a line (not at a line end)."""
+        return bool(b"".join(self._tail).strip())
+
+    @property
     def pending(self) -> bool:
         """Whether an event was cut off by the end of the body."""
-        return bool(self._tail.strip()) or bool(self._data)
+        return self.partial_line or bool(self._data)
+
+
+_IN_STRING = re.compile(rb'["\\]')  # what can end or escape inside a string
+_IN_OBJECT = re.compile(rb'[{}"]')  # what changes the state inside an element
 
 
 class JsonArrayFramer:
-    """Splits a streamed JSON array into its elements with a string-aware brace-depth scanner."""
+    """Splits a streamed JSON array into its elements with a string-aware brace-depth scanner.
+
+    Inside strings and elements it jumps between the bytes that matter (quotes, backslashes,
+    braces), so a long element costs little more than a search.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -106,16 +145,33 @@ class JsonArrayFramer:
         i = self._pos
         n = len(buf)
         while i < n:
-            c = buf[i]
             if self._in_str:
                 if self._escape:
                     self._escape = False
-                elif c == 0x5C:  # backslash
+                    i += 1
+                    continue
+                m = _IN_STRING.search(buf, i)
+                if m is None:
+                    i = n
+                    break
+                i = m.start()
+                if buf[i] == 0x5C:  # backslash
                     self._escape = True
-                elif c == 0x22:
+                else:
                     self._in_str = False
-            elif c == 0x22:
+                i += 1
+                continue
+            if self._depth > 0:
+                m = _IN_OBJECT.search(buf, i)
+                if m is None:
+                    i = n
+                    break
+                i = m.start()
+            c = buf[i]
+            if c == 0x22:
                 self._in_str = True
+                if self._depth == 0:
+                    self.garbage = True  # a string is no element of a Gemini stream
             elif c == 0x7B:  # {
                 if self._depth == 0:
                     self._start = i

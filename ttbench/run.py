@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import httpx
 import yaml
 
 from locustfiles.scenario import Scenario, ScenarioError, load_scenario
+from locustfiles.transport import client_tls_context
 
 from .simproc import DEFAULT_API_KEY, SimProcess, SimProcessError
 
@@ -49,12 +51,43 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def check_target(url: str, key: str, timeout: float = 5.0, verify: Any = True) -> None:
-    """A clear error within `timeout` seconds when the target does not answer or refuses the key."""
+def _tls_failure(exc: BaseException) -> str | None:
+    """What went wrong with TLS, when the cause of a connection error was TLS."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return f"certificate verification failed: {e.verify_message or e.reason}"
+        if isinstance(e, ssl.SSLError):
+            return f"handshake failed: {e.reason or e}"
+        e = e.__cause__ or e.__context__
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "certificate verification failed"
+    return None
+
+
+def check_target(url: str, key: str, timeout: float = 5.0, insecure: bool = False,
+                 ca_file: str | None = None) -> None:
+    """A clear error within `timeout` seconds when the target does not answer, refuses the key, or
+    (for https) presents a certificate that fails verification; `ca_file` and `insecure` as the calls use them."""
+    verify: Any = True
+    if url.startswith("https://"):
+        try:
+            verify = client_tls_context(insecure, ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+            raise RunError(f"tls.ca_file: cannot load {ca_file}: {detail}") from None
     try:
         r = httpx.get(url.rstrip("/") + "/v1/models", headers={"Authorization": f"Bearer {key}", "x-api-key": key},
                       timeout=timeout, verify=verify)
     except httpx.HTTPError as exc:
+        tls = _tls_failure(exc)
+        if tls is not None:
+            hint = ("; trust its CA with tls.ca_file in the scenario, or pass --insecure to turn verification off"
+                    if "verification" in tls else "")
+            raise RunError(f"target {url}: TLS {tls}{hint}") from None
         raise RunError(f"target {url} does not answer: {type(exc).__name__}") from None
     if r.status_code in (401, 403):
         raise RunError(f"target {url} refused the API key (HTTP {r.status_code})")
@@ -122,7 +155,11 @@ def run(args: Any) -> int:
             key = env.get(scenario.api_key_env)
             if not key:
                 raise RunError(f"{scenario.path}: api_key_env: environment variable {scenario.api_key_env} is not set")
-            check_target(url, key, verify=not (args.insecure or scenario.insecure))
+            insecure = bool(args.insecure or scenario.insecure)
+            check_target(url, key, insecure=insecure, ca_file=scenario.ca_file)
+            if insecure and url.startswith("https://"):
+                print("ttbench: warning: TLS certificate verification is OFF (--insecure): the target is not "
+                      "authenticated", file=sys.stderr, flush=True)
             prices_src = Path(args.prices) if args.prices else GATEWAY.parent.parent / "gatewaysim/defaults/prices.yaml"
             try:
                 (out / "prices.yaml").write_text(prices_src.read_text())

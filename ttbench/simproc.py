@@ -30,11 +30,11 @@ class SimProcess:
         self.api_key = api_key
         self.admin_token = admin_token
         cmd = [sys.executable, "-m", "ttbench", "sim", "--port", "0", "--seed", str(seed),
-               "--api-key", api_key, "--admin-token", admin_token]
+               "--admin-token", admin_token]
         if config is not None:
             cmd += ["--config", str(config)]
         cmd += extra_args or []
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TT_API_KEY=api_key)  # never on a command line
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                      start_new_session=True)
         self.url = self._wait_for_url(startup_timeout)

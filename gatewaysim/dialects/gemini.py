@@ -202,5 +202,6 @@ class Gemini(Dialect):
 
     def malformed(self, call: Call) -> bytes:
         """A chunk whose JSON is cut."""
-        cut = b'{"candidates": [{"content": {"parts": [{"text": "'
-        return b"data: " + cut + b"\r\n\r\n" if call.sse else b"\n,\r\n" + cut
+        if call.sse:
+            return b'data: {"candidates": [{"content": {"parts": [{"text": "\r\n\r\n'
+        return b'\n,\r\n{"candidates": [{"content": }]}'  # a whole element, so a client sees it does not parse

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
 from .base import Reader as BaseReader
-from .base import dumps
+from .base import dumps, loads
 
 PATH = "/v1/messages"
 VERSION = "2023-06-01"
@@ -53,7 +52,7 @@ class Reader(BaseReader):
         """One SSE event; the type comes from the JSON."""
         if self.first_event is None:
             self.first_event = t
-        obj = json.loads(data)
+        obj = loads(data)
         kind = obj.get("type") or name
         if kind == "content_block_delta":
             delta = obj.get("delta") or {}
@@ -83,8 +82,8 @@ class Reader(BaseReader):
         elif kind == "message_stop":
             self.done = True
         elif kind == "error":
-            err = obj.get("error") or {}
-            self.error = str(err.get("type") or "error")
+            err = obj.get("error")
+            self.error = str(err.get("type") or "error") if isinstance(err, dict) else str(err or "error")
 
     def body(self, obj: Any) -> None:
         """A message object."""

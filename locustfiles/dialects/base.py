@@ -13,6 +13,24 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf (1e400) or nan
+        raise ValueError(f"{text[:24]} is not a finite number")
+    return value
+
+
+#: Strict JSON: NaN, Infinity and numbers that overflow a double are refused (ValueError, so `protocol`),
+#: because whatever a reader keeps (usage_raw, a dry run's estimate) must be written back as valid JSON:
+#: Python's json would read them and write them out again as NaN/Infinity, which no strict reader accepts.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+loads = _DECODER.decode
+
+
 class Reader:
     """Accumulates one attempt's answer: content anchors, chunk times, usage, finish, in-band errors.
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
 from .base import Reader as BaseReader
-from .base import dumps
+from .base import dumps, loads
 
 TOOL = {"functionDeclarations": [{"name": "lookup", "description": "Look a fact up.",
                                   "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]}
@@ -76,7 +75,7 @@ class Reader(BaseReader):
         """One chunk (an SSE data line or an array element)."""
         if self.first_event is None:
             self.first_event = t
-        obj = json.loads(data)
+        obj = loads(data)
         if "error" in obj:
             err = obj["error"] if isinstance(obj["error"], dict) else {}
             self.error = str(err.get("status") or err.get("code") or "error")

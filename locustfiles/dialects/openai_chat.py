@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
 from .base import Reader as BaseReader
-from .base import dumps
+from .base import dumps, loads
 
 PATH = "/v1/chat/completions"
 TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look a fact up.",
@@ -57,7 +56,7 @@ class Reader(BaseReader):
         if data.startswith("[DONE]"):
             self.done = True
             return
-        obj = json.loads(data)
+        obj = loads(data)
         if obj.get("error"):
             err = obj["error"]
             self.error = str(err.get("type") or err.get("message") or "error") if isinstance(err, dict) else str(err)
