@@ -17,6 +17,7 @@ from ttbench.prices import PriceError, PriceSheet, load_price_sheet
 from . import plots
 from .billing import Policy, audit
 from .capacity import analyse as capacity_analyse
+from .conversations import by_turn
 from .gates import check_names, evaluate
 from .load import InputError, LoadReport, decode_chunk_column, load_jsonl, load_ledger, load_records
 from .metrics import SLO, Options, compute, finite
@@ -186,6 +187,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
         dropped_by_stage: dict[int, int] = {}
         summary["capacity"] = capacity_analyse(calls, scenario, opts.slo, dropped_by_stage,
                                                float(an.get("slo_share", 0.95)))
+    summary["conversations"] = by_turn(calls) if calls is not None and not calls.empty else None
     truth = load_jsonl(run_dir / "truth.jsonl")
     summary["harness"] = harness_health(att, run_dir, scenario, m, truth) if not att.empty else None
     for w in (summary["harness"] or {}).get("lost_workers", []):
@@ -207,7 +209,8 @@ def _figures(calls: pd.DataFrame, m: dict[str, Any], summary: dict[str, Any]) ->
     out = {}
     for name, png in (("ttft_cdf", plots.ttft_cdf(calls)), ("over_time", plots.over_time(m.get("timeseries", []))),
                       ("tokens_per_s", plots.tps_hist(calls)), ("capacity", plots.capacity_curve(summary["capacity"])),
-                      ("billing", plots.billing_findings((summary["billing"] or {}).get("counts")))):
+                      ("billing", plots.billing_findings((summary["billing"] or {}).get("counts"))),
+                      ("ttft_vs_input", plots.ttft_vs_input(calls) if summary.get("conversations") else None)):
         if png:
             out[name] = png
     return out
@@ -263,6 +266,17 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
         ] + [[f"findings: {k}", str(v)] for k, v in b["counts"].items()]
           + [[f"charges attributed to lost worker {w}", f"{v['charges']} ({v['amount']} {b['currency']})"]
              for w, v in (b.get("lost_worker_charges") or {}).items()]))
+    conv = summary.get("conversations")
+    if conv:
+        out.append(("Conversations: TTFT by turn", ["turn", "calls", "TTFT p50 ms", "TTFT p95 ms", "input tokens",
+                                                    "cached input tokens", "cached share"],
+                    [[str(t["turn"]), str(t["calls"]), _fmt(t["ttft_ms"]["p50"]), _fmt(t["ttft_ms"]["p95"]),
+                      _fmt(t["input_tokens_mean"]), _fmt(t["cached_input_tokens_mean"]), _fmt(t["cached_share"])]
+                     for t in conv["by_turn"]]))
+        if conv["by_context_length"]:
+            out.append(("TTFT by context length", ["input tokens", "calls", "TTFT p50 ms", "TTFT p95 ms"],
+                        [[c["input_tokens"], str(c["calls"]), _fmt(c["ttft_ms"]["p50"]), _fmt(c["ttft_ms"]["p95"])]
+                         for c in conv["by_context_length"]]))
     c = summary.get("capacity")
     if c:
         rows = [[str(r["stage"]), _fmt(r["offered_rps"]), _fmt(r["users"]), _fmt(r["achieved_rps"]),
@@ -336,7 +350,7 @@ def render_html(summary: dict[str, Any], figs: dict[str, bytes]) -> str:
         parts.append("</table>")
     titles = {"ttft_cdf": "TTFT CDF per endpoint", "over_time": "Latency and throughput over time",
               "tokens_per_s": "Output tokens/s per request", "capacity": "Capacity curve",
-              "billing": "Billing findings"}
+              "billing": "Billing findings", "ttft_vs_input": "TTFT against input tokens"}
     for name, png in figs.items():
         parts.append(f"<h2>{titles[name]}</h2><img alt='{name}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode()}'>")

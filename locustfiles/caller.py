@@ -54,8 +54,11 @@ class Caller:
         return f"{self.run_id}-w{self.worker}-{self.seq}"
 
     def run(self, transport: Transport, spec: CallSpec, scheduled: float | None = None,
-            stage: int | None = None) -> list[dict[str, Any]]:
-        """Make the call, retrying idempotently; returns its records (the last one is final)."""
+            stage: int | None = None, answer: list[str] | None = None) -> list[dict[str, Any]]:
+        """Make the call, retrying idempotently; returns its records (the last one is final).
+
+        With `answer`, the final attempt's answer text is appended to it (a conversation's next turn needs it).
+        """
         dialect = DIALECTS[spec.endpoint]
         call_id = self.next_call_id()
         records: list[dict[str, Any]] = []
@@ -72,6 +75,8 @@ class Caller:
                     wire.headers["X-TT-Dry-Run"] = "true"
                 stream_format = (spec.stream_format or "sse") if spec.stream else None
                 reader = dialect.Reader(stream_format)
+                if answer is not None:
+                    reader.text_parts = []
                 epoch0 = time.time()
                 t0 = time.perf_counter()
                 rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage)
@@ -93,6 +98,8 @@ class Caller:
                 records.append(rec)
                 self.emit(rec)
                 if not retry:
+                    if answer is not None and rec["ok"]:
+                        answer.append(reader.text or "")
                     break
                 self.retries += 1
                 gevent.sleep(self.retry.delay(attempt, out.retry_after_s, self.rng))

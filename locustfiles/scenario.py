@@ -11,13 +11,15 @@ from typing import Any
 
 import yaml
 
+from . import traces
 from .retry import RetryPolicy
+from .traces import TRACE_ENDPOINTS, Trace, TraceError, TraceSpec, load_trace, replay_duration, window
 from .transport import Timeouts
 
 ENDPOINTS = ("chat", "messages", "gemini", "embeddings", "images", "models")
 DEFAULT_MODELS = {"chat": "gpt-4o-mini", "messages": "claude-3-5-sonnet", "gemini": "gemini-1.5-pro",
                   "embeddings": "text-embedding-3-small", "images": "gpt-image-1", "models": "-"}
-ARRIVALS = ("closed", "constant", "poisson")
+ARRIVALS = ("closed", "constant", "poisson", "gamma", "onoff")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
@@ -115,6 +117,15 @@ class Scenario:
     gates: dict[str, Any] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
     analysis: dict[str, Any] = field(default_factory=dict)
+    burstiness: float = 1.0              # gamma: shape k (1 = Poisson, < 1 burstier)
+    on_s: float = 0.0                    # onoff: length of the on and off periods
+    off_s: float = 0.0
+    trace: TraceSpec | None = None       # trace replay: the settings ...
+    trace_data: Trace | None = None      # ... and the trace, read and sorted
+    conv_share: float = 0.0              # share of chat-like calls that open a multi-turn conversation
+    conv_turns: Dist = field(default_factory=lambda: Dist("uniform", 2, 4))
+    conv_think_min_s: float = 0.0
+    conv_think_max_s: float = 0.0
 
     @property
     def open_loop(self) -> bool:
@@ -199,7 +210,13 @@ MIX_KEYS = ("endpoint", "weight", "models", "stream", "json_array", "dry_run", "
             "prompt_tokens", "output_tokens", "ignore_eos", "images", "inputs", "dims")
 TOP_KEYS = ("name", "description", "seed", "target", "api_key_env", "sim", "users", "spawn_rate", "duration",
             "stop_timeout", "arrivals", "stages", "think_time", "timeouts", "retry", "defaults", "mix", "spend",
-            "tls", "gates", "ledger", "analysis")
+            "tls", "gates", "ledger", "analysis", "trace", "conversations")
+ARRIVAL_KEYS = ("process", "rate", "burstiness", "on_s", "off_s")
+TRACE_KEYS = ("format", "file", "time_scale", "rate_scale", "window", "models", "endpoints", "columns", "time_unit",
+              "stream", "ignore_eos")
+TRACE_FORMATS = traces.FORMATS
+TIME_UNITS = (*traces.TIME_UNITS, "datetime")
+COLUMN_KEYS = ("time", "input_tokens", "output_tokens", "model", "endpoint")
 
 
 def _mix_entry(v: _V, i: int, raw: Any, defaults: dict[str, Any]) -> MixEntry:
@@ -277,11 +294,19 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     spawn_rate = float(v.num("spawn_rate", d.get("spawn_rate", users), positive=True))
     duration_s = v.duration("duration", d.get("duration", "30s"))
     stop_timeout_s = v.duration("stop_timeout", d.get("stop_timeout", "30s"), positive=False)
-    arr = v.mapping("arrivals", d.get("arrivals"), ("process", "rate"))
+    arr = v.mapping("arrivals", d.get("arrivals"), ARRIVAL_KEYS)
     process = arr.get("process", "closed")
     if process not in ARRIVALS:
         raise v.fail("arrivals.process", f"unknown arrival process {process!r} (known: {', '.join(ARRIVALS)})")
     rate = float(v.num("arrivals.rate", arr.get("rate", 0)))
+    for key, owner in (("burstiness", "gamma"), ("on_s", "onoff"), ("off_s", "onoff")):
+        if key in arr and process != owner:
+            raise v.fail(f"arrivals.{key}", f"only for process {owner}, not {process}")
+        if key not in arr and process == owner:
+            raise v.fail(f"arrivals.{key}", f"process {owner} needs {key}")
+    burstiness = float(v.num("arrivals.burstiness", arr["burstiness"], positive=True)) if "burstiness" in arr else 1.0
+    on_s = v.duration("arrivals.on_s", arr["on_s"]) if "on_s" in arr else 0.0
+    off_s = v.duration("arrivals.off_s", arr["off_s"]) if "off_s" in arr else 0.0
     stages: list[Stage] = []
     raw_stages = d.get("stages") or []
     if not isinstance(raw_stages, list):
@@ -316,12 +341,35 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     if "budget" in rt:
         retry.budget = int(v.num("retry.budget", rt["budget"], 0, integer=True))
     defaults = v.mapping("defaults", d.get("defaults"), ("prompt_tokens", "output_tokens", "ignore_eos"))
-    raw_mix = d.get("mix")
-    if not isinstance(raw_mix, list) or not raw_mix:
+    traced = d.get("trace") is not None
+    raw_mix = d.get("mix", [] if traced else None)
+    if not isinstance(raw_mix, list) or not (raw_mix or traced):
         raise v.fail("mix", "expected a non-empty list of endpoints")
     mix = [_mix_entry(v, i, m, defaults) for i, m in enumerate(raw_mix)]
-    if sum(m.weight for m in mix) <= 0:
+    if mix and sum(m.weight for m in mix) <= 0:
         raise v.fail("mix", "weights sum to zero")
+    trace, trace_data = None, None
+    if traced:
+        for key, why in (("arrivals", "the trace's timestamps are the arrivals"),
+                         ("stages", "the trace's timestamps are the arrivals"),
+                         ("duration", "a trace run lasts its window (set trace.window.duration_s)")):
+            if key in d:
+                raise v.fail(key, f"not with trace: {why}")
+        for i, m in enumerate(mix):
+            if m.endpoint not in TRACE_ENDPOINTS:
+                raise v.fail(f"mix[{i}].endpoint", f"a trace drives text generation ({', '.join(TRACE_ENDPOINTS)}), "
+                                                   f"not {m.endpoint}")
+        trace, trace_data = _trace(v, d["trace"], base_dir)
+        process, rate, stages = "trace", 0.0, []
+        duration_s = replay_duration(trace_data, trace)
+    conv = v.mapping("conversations", d.get("conversations"), ("share", "turns", "think_time"))
+    conv_share = v.share("conversations.share", conv.get("share", 0.0))
+    conv_turns = v.dist("conversations.turns", conv.get("turns", {"dist": "uniform", "min": 2, "max": 4}))
+    cthink = v.mapping("conversations.think_time", conv.get("think_time"), ("min_s", "max_s"))
+    conv_think_min = float(v.num("conversations.think_time.min_s", cthink.get("min_s", 0)))
+    conv_think_max = float(v.num("conversations.think_time.max_s", cthink.get("max_s", conv_think_min)))
+    if conv_think_max < conv_think_min:
+        raise v.fail("conversations.think_time.max_s", f"must be >= min_s ({conv_think_min:g})")
     spend = v.mapping("spend", d.get("spend"), ("max", "max_tokens", "max_images"))
     tls = v.mapping("tls", d.get("tls"), ("ca_file", "insecure"))
     ca_file = tls.get("ca_file")
@@ -342,7 +390,84 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         gates=v.mapping("gates", d.get("gates"), tuple(d.get("gates") or {})),
         ledger=v.mapping("ledger", d.get("ledger"), tuple(d.get("ledger") or {})),
         analysis=v.mapping("analysis", d.get("analysis"), tuple(d.get("analysis") or {})),
+        burstiness=burstiness, on_s=on_s, off_s=off_s, trace=trace, trace_data=trace_data,
+        conv_share=conv_share, conv_turns=conv_turns, conv_think_min_s=conv_think_min,
+        conv_think_max_s=conv_think_max,
     )
+
+
+def _trace(v: _V, raw: Any, base_dir: Path | None) -> tuple[TraceSpec, Trace]:
+    """The `trace:` section, validated, and the trace it names, read."""
+    t = v.mapping("trace", raw, TRACE_KEYS)
+    fmt = t.get("format")
+    if fmt not in TRACE_FORMATS:
+        raise v.fail("trace.format", f"unknown trace format {fmt!r} (known: {', '.join(TRACE_FORMATS)})")
+    file = v.text("trace.file", t.get("file"))
+    path = (base_dir / file) if base_dir is not None else Path(file)
+    if not path.is_file():
+        raise v.fail("trace.file", f"no such file: {file}")
+    spec = TraceSpec(format=fmt, file=str(path))
+    for key in ("time_scale", "rate_scale"):
+        if key in t:
+            setattr(spec, key, float(v.num(f"trace.{key}", t[key], positive=True)))
+    w = v.mapping("trace.window", t.get("window"), ("start_s", "duration_s"))
+    if "start_s" in w:
+        spec.start_s = v.duration("trace.window.start_s", w["start_s"], positive=False)
+    if "duration_s" in w:
+        spec.duration_s = v.duration("trace.window.duration_s", w["duration_s"])
+    models = v.mapping("trace.models", t.get("models"), tuple(t.get("models") or {}))
+    spec.models = {str(k): v.text(f"trace.models.{k}", m) for k, m in models.items()}
+    eps = v.mapping("trace.endpoints", t.get("endpoints"), tuple(t.get("endpoints") or {}))
+    if eps and all(isinstance(x, str) for x in eps.values()):
+        for k, e in eps.items():
+            if e not in TRACE_ENDPOINTS:
+                raise v.fail(f"trace.endpoints.{k}", f"unknown endpoint {e!r} for a trace "
+                                                     f"(known: {', '.join(TRACE_ENDPOINTS)})")
+        spec.endpoint_by_model = {str(k): e for k, e in eps.items()}
+    elif eps:
+        for k, x in eps.items():
+            if k not in TRACE_ENDPOINTS:
+                raise v.fail(f"trace.endpoints.{k}", f"unknown endpoint for a trace (known: {', '.join(TRACE_ENDPOINTS)}; "
+                                                     "or map models to endpoints: {gpt-4o: chat})")
+            spec.endpoint_weights[k] = float(v.num(f"trace.endpoints.{k}", x))
+        if sum(spec.endpoint_weights.values()) <= 0:
+            raise v.fail("trace.endpoints", "weights sum to zero")
+    if fmt == "generic":
+        cols = v.mapping("trace.columns", t.get("columns"), COLUMN_KEYS)
+        for key in ("time", "input_tokens", "output_tokens"):
+            if key not in cols:
+                raise v.fail(f"trace.columns.{key}", "format generic needs the column's name")
+        spec.columns = {k: v.text(f"trace.columns.{k}", c) for k, c in cols.items()}
+        unit = t.get("time_unit", "s")
+        if unit not in TIME_UNITS:
+            raise v.fail("trace.time_unit", f"unknown unit {unit!r} (known: {', '.join(TIME_UNITS)})")
+        spec.time_unit = unit
+    else:
+        for key in ("columns", "time_unit"):
+            if key in t:
+                raise v.fail(f"trace.{key}", f"only for format generic (format {fmt} has fixed columns)")
+    if "stream" in t:
+        spec.stream = v.share("trace.stream", t["stream"])
+    ignore = t.get("ignore_eos", True)
+    if not isinstance(ignore, bool):
+        raise v.fail("trace.ignore_eos", f"expected true or false, got {ignore!r}")
+    spec.ignore_eos = ignore
+    try:
+        data = load_trace(spec)
+    except TraceError as exc:
+        raise v.fail("trace.file", str(exc)) from None
+    names = data.model_names()
+    for k in spec.models:
+        if k not in names and data.complete:  # (a file read only as far as the window needs may name it later)
+            has = f"it has: {', '.join(sorted(names))}" if names else "it names no models"
+            raise v.fail(f"trace.models.{k}", f"the trace has no model {k!r} ({has})")
+    end = data.times[-1]
+    if spec.start_s > end:
+        raise v.fail("trace.window.start_s", f"after the trace's last row (at {end:g} s)")
+    lo, hi = window(data, spec.start_s, spec.duration_s)
+    if hi <= lo:
+        raise v.fail("trace.window", "no rows in the window")
+    return spec, data
 
 
 def load_scenario(path: str | Path) -> Scenario:

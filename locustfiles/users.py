@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+import gevent
 from locust import User, task
 
+from .calls import CallSpec
+from .prompts import make_prompt
 from .runtime import Runtime
+from .sessions import Conversation
 from .transport import Transport
+
+CONVERSATIONAL = ("chat", "messages", "gemini")
 
 
 class GatewayUser(User):
@@ -35,19 +42,45 @@ class GatewayUser(User):
 
     @task
     def call(self) -> None:
-        """One call of the mix (two for a dry-run/real pair), after an arrival in open loop."""
+        """One call of the mix or of a trace arrival (two for a dry-run/real pair), after an arrival in open loop."""
         rt = self.rt
-        scheduled, stage = None, None
+        scheduled, stage, arrival = None, None, None
         if rt.arrivals is not None:
             ticket = rt.arrivals.wait(timeout=1.0)
             if ticket is None:
                 return
-            scheduled, stage = ticket
+            scheduled, stage, arrival = ticket
         if rt.stopping:
             return
-        for spec in rt.workload.draw(self.family):
+        # a trace arrival makes its own call, whichever user class takes it
+        specs = rt.workload.draw(self.family) if arrival is None else rt.workload.from_trace(arrival)
+        first = specs[-1]
+        if (arrival is None and len(specs) == 1 and not first.dry_run and first.endpoint in CONVERSATIONAL
+                and rt.rng.random() < rt.scenario.conv_share):
+            self.converse(first, scheduled, stage)
+            return
+        for spec in specs:
             rt.caller.run(self.transport, spec, scheduled=scheduled, stage=stage)
             scheduled = None
+
+    def converse(self, first: CallSpec, scheduled: float | None, stage: int | None) -> None:
+        """A multi-turn conversation: each turn sends the history plus a new message; think time between turns."""
+        rt = self.rt
+        sc = rt.scenario
+        conv = Conversation(f"{rt.run_id}-w{rt.worker}-s{rt.rng.getrandbits(40):010x}", sc.conv_turns.sample(rt.rng))
+        spec = first
+        while True:
+            answer: list[str] = []
+            rt.caller.run(self.transport, conv.next_turn(spec, rt.rng), scheduled=scheduled, stage=stage,
+                          answer=answer)
+            conv.answer(answer[0] if answer else None)
+            scheduled = None
+            if conv.done or rt.stopping:
+                return
+            gevent.sleep(rt.rng.uniform(sc.conv_think_min_s, sc.conv_think_max_s))
+            if rt.stopping:
+                return
+            spec = replace(first, prompt=make_prompt(rt.rng, max(1, first.prompt_words)), messages=None)
 
 
 class OpenAIUser(GatewayUser):

@@ -1,4 +1,4 @@
-"""Turns the scenario's mix into concrete calls: endpoint, model, stream mode, prompt, shares."""
+"""Turns the scenario's mix (or a trace's arrivals) into concrete calls: endpoint, model, stream mode, prompt."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .calls import CallSpec
 from .dialects import FAMILIES
 from .prompts import Calibrator, make_prompt
 from .scenario import MixEntry, Scenario
+from .traces import TraceArrival
 
 
 class _Weighted:
@@ -35,12 +36,26 @@ class Workload:
             if entries:
                 self.by_family[fam] = _Weighted(entries)
         self.models = {id(m): _Weighted(list(m.models)) for m in scenario.mix}
+        self.trace_entries: dict[str, MixEntry] = {}
+        for m in scenario.mix:
+            self.trace_entries.setdefault(m.endpoint, m)  # a trace arrival's shape: the first line of its endpoint
 
     def family_weights(self) -> dict[str, float]:
-        """Total mix weight per API family (the Locust user class weights)."""
+        """Total mix weight per API family (the Locust user class weights).
+
+        In a trace replay any free user takes any arrival, whatever its endpoint, so the weights only
+        decide which classes Locust shows: the families the trace's endpoint settings or the mix name."""
         out = {"openai": 0.0, "anthropic": 0.0, "gemini": 0.0}
         for m in self.scenario.mix:
             out[FAMILIES[m.endpoint]] += m.weight
+        tr = self.scenario.trace
+        if tr is not None:
+            for e, w in tr.endpoint_weights.items():
+                out[FAMILIES[e]] += w
+            for e in tr.endpoint_by_model.values():
+                out[FAMILIES[e]] += 1.0
+            if sum(out.values()) <= 0:
+                out["openai"] = 1.0
         return out
 
     def draw(self, family: str) -> list[CallSpec]:
@@ -49,6 +64,23 @@ class Workload:
         entry = self.by_family[family].pick(rng)
         assert isinstance(entry, MixEntry)
         model = str(self.models[id(entry)].pick(rng))
+        return self._build(entry, model)
+
+    def from_trace(self, arrival: TraceArrival) -> list[CallSpec]:
+        """The call of a trace arrival: its endpoint, model, input tokens (as the prompt's target, through
+        the calibrator) and output tokens (as max_tokens); stream, tools and the other shares from the
+        mix line of its endpoint, else streamed at `trace.stream`."""
+        tr = self.scenario.trace
+        assert tr is not None
+        entry = self.trace_entries.get(arrival.endpoint)
+        if entry is None:
+            entry = MixEntry(endpoint=arrival.endpoint, weight=1.0, models=[(arrival.model, 1.0)], stream=tr.stream)
+            self.trace_entries[arrival.endpoint] = entry
+        return self._build(entry, arrival.model, arrival.input_tokens, arrival.output_tokens, tr.ignore_eos)
+
+    def _build(self, entry: MixEntry, model: str, prompt_tokens: int | None = None, output_tokens: int | None = None,
+               ignore_eos: bool | None = None) -> list[CallSpec]:
+        rng = self.rng
         spec = CallSpec(endpoint=entry.endpoint, model=model, name="")
         if entry.endpoint in ("chat", "messages", "gemini"):
             spec.stream = rng.random() < entry.stream
@@ -56,10 +88,10 @@ class Workload:
                 spec.stream_format = "json_array" if rng.random() < entry.json_array else "sse"
             spec.tools = rng.random() < entry.tools
             spec.reasoning = rng.random() < entry.reasoning
-            spec.max_tokens = entry.output_tokens.sample(rng)
-            spec.ignore_eos = entry.ignore_eos
+            spec.max_tokens = output_tokens if output_tokens is not None else entry.output_tokens.sample(rng)
+            spec.ignore_eos = ignore_eos if ignore_eos is not None else entry.ignore_eos
         if entry.endpoint != "models":
-            target = entry.prompt_tokens.sample(rng)
+            target = prompt_tokens if prompt_tokens is not None else entry.prompt_tokens.sample(rng)
             words = self.calibrator.words_for(target)
             spec.prompt_tokens_target = target
             spec.prompt_words = words

@@ -59,6 +59,7 @@ class Reader(BaseReader):
             dtype = delta.get("type")
             if dtype == "text_delta":
                 self.content("text", t, len(delta.get("text") or ""))
+                self.keep(delta.get("text") or "")
             elif dtype == "thinking_delta":
                 self.content("reasoning", t, len(delta.get("thinking") or ""))
             elif dtype == "input_json_delta":
@@ -94,6 +95,7 @@ class Reader(BaseReader):
             btype = block.get("type")
             if btype == "text" and block.get("text"):
                 self.chars += len(block["text"])
+                self.keep(block["text"])
                 self.first_text = 0.0
             elif btype == "tool_use":
                 self.first_tool = 0.0

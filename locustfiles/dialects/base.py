@@ -40,7 +40,7 @@ class Reader:
     #: Whether the stream ends with an explicit terminator (OpenAI [DONE], Anthropic message_stop, ...).
     __slots__ = ("first_event", "first_content", "first_text", "first_tool", "first_reasoning", "chunks",
                  "usage", "usage_raw", "finish", "done", "error", "chars", "estimate", "images_returned",
-                 "embeddings", "protocol", "stream_format")
+                 "embeddings", "protocol", "stream_format", "text_parts")
 
     def __init__(self, stream_format: str | None = None) -> None:
         self.first_event: float | None = None
@@ -60,6 +60,7 @@ class Reader:
         self.embeddings: dict[str, int] | None = None
         self.protocol: str | None = None
         self.stream_format = stream_format
+        self.text_parts: list[str] | None = None  # set to [] to keep the answer's text (conversations)
 
     def content(self, kind: str, t: float, chars: int = 0) -> None:
         """Note one content event: kind is text, tool or reasoning."""
@@ -75,6 +76,16 @@ class Reader:
             self.first_reasoning = t
         self.chunks.append(t)
         self.chars += chars
+
+    def keep(self, text: str) -> None:
+        """Keep answer text when asked to (a conversation's next turn needs it)."""
+        if self.text_parts is not None and text:
+            self.text_parts.append(text)
+
+    @property
+    def text(self) -> str | None:
+        """The answer's text, when it was kept."""
+        return None if self.text_parts is None else "".join(self.text_parts)
 
     def event(self, name: str | None, data: str, t: float) -> None:
         """One stream event (SSE data, or a JSON-array element)."""

@@ -59,6 +59,8 @@ class Reader(BaseReader):
                     kind = "reasoning" if part.get("thought") else "text"
                 else:
                     continue
+                if kind == "text":
+                    self.keep(part.get("text") or "")
                 if t is None:
                     setattr(self, {"tool": "first_tool", "text": "first_text", "reasoning": "first_reasoning"}[kind], 0.0)
                     self.first_content = 0.0

@@ -70,6 +70,7 @@ class Reader(BaseReader):
             text = delta.get("content")
             if text:
                 self.content("text", t, len(text))
+                self.keep(text)
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning:
                 self.content("reasoning", t, len(reasoning))
@@ -87,6 +88,7 @@ class Reader(BaseReader):
             msg = choice.get("message") or {}
             if msg.get("content"):
                 self.chars += len(msg["content"])
+                self.keep(msg["content"])
                 self.first_content = self.first_text = 0.0
             if msg.get("tool_calls"):
                 self.first_content = 0.0 if self.first_content is None else self.first_content
