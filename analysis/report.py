@@ -105,9 +105,14 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
     arrivals = h.get("arrivals") or {}
     target_rate = None
     arr = scenario.get("arrivals") or {}
-    if arr.get("process") in ("constant", "poisson") and not scenario.get("stages"):
-        target_rate = float(arr.get("rate") or 0)
     duration = metrics.get("duration_s") or 0
+    if not scenario.get("stages"):
+        if arr.get("process") in ("constant", "poisson", "gamma"):
+            target_rate = float(arr.get("rate") or 0)
+        elif arr.get("process") == "onoff" and (arr.get("on_s") or 0) + (arr.get("off_s") or 0) > 0:
+            target_rate = float(arr.get("rate") or 0) * arr["on_s"] / (arr["on_s"] + arr["off_s"])
+        elif scenario.get("trace") and arrivals.get("offered") and duration:
+            target_rate = arrivals["offered"] / duration
     achieved = (att[att["attempt"] == 1]["call_id"].nunique() / duration) if duration else None
     timing = _timing_error(att, truth)
     reasons = []

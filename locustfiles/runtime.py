@@ -100,7 +100,8 @@ class Runtime:
         self.rng = random.Random(f"{scenario.seed}:{self.worker}")
         self.calibrator = Calibrator()
         self.workload = Workload(scenario, self.rng, self.calibrator)
-        self.workers = 1
+        self.workers = max(1, int(getattr(opts, "processes", 0) or 0)) if self.role == "worker" else 1
+        self.worker_arrivals: dict[str, tuple[int, int]] = {}
         prices_path = opts.prices or str(SHIPPED_PRICES)
         try:
             self.prices: PriceSheet | None = load_price_sheet(prices_path)
@@ -199,6 +200,16 @@ class Runtime:
     def _refused(self, rec: dict[str, Any]) -> bool:
         status = rec.get("status")
         return status in (401, 403) or (status == 400 and "INVALID_ARGUMENT" in (rec.get("error") or ""))
+
+    def _arrivals_summary(self) -> dict[str, int] | None:
+        if self.role == "master":
+            if not self.worker_arrivals:
+                return None
+            return {"offered": sum(o for o, _ in self.worker_arrivals.values()),
+                    "dropped": sum(d for _, d in self.worker_arrivals.values())}
+        if self.arrivals is None:
+            return None
+        return {"offered": self.arrivals.offered, "dropped": self.arrivals.dropped}
 
     def in_flight(self) -> int:
         """Calls in flight: this process's, or on the master the sum of the workers' last reports."""
@@ -395,8 +406,7 @@ class Runtime:
             "lost_workers": self.lost_workers,
             "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,
             "stop_reason": self.stop_reason, "live": self.live.snapshot(),
-            "arrivals": None if self.arrivals is None else {"offered": self.arrivals.offered,
-                                                             "dropped": self.arrivals.dropped},
+            "arrivals": self._arrivals_summary(),
             "retry_budget": {"spent": self.budget.spent, "denied": self.budget.denied},
             "spend": {"money": str(self.spend.money), "tokens": self.spend.tokens, "images": self.spend.images},
         }
@@ -467,12 +477,18 @@ def install() -> None:
 
     @events.report_to_master.add_listener
     def _report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
-        if Runtime._instance is not None:
-            data["ttbench_in_flight"] = Runtime._instance.caller.in_flight
+        rt = Runtime._instance
+        if rt is not None:
+            data["ttbench_in_flight"] = rt.caller.in_flight
+            if rt.arrivals is not None:
+                data["ttbench_arrivals"] = [rt.arrivals.offered, rt.arrivals.dropped]
 
     @events.worker_report.add_listener
     def _worker_report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
         rt = Runtime._instance
+        if rt is not None and "ttbench_arrivals" in data:
+            offered, dropped = data["ttbench_arrivals"]
+            rt.worker_arrivals[client_id] = (int(offered), int(dropped))
         if rt is not None and "ttbench_in_flight" in data:
             rt.worker_in_flight[client_id] = int(data["ttbench_in_flight"])
             rt._worker_info(client_id)
