@@ -66,6 +66,13 @@ def _lost_worker(key: Any, run_id: str | None, lost: set[int]) -> int | None:
     return int(head) if head.isdigit() and int(head) in lost else None
 
 
+def _produced_then_lost(row: Any) -> bool:
+    """A stream cut after its final usage and finish reason arrived: the answer was complete when it was lost."""
+    return (row.error_kind in ("truncated", "reset") and bool(row.stream) and row.finish_reason is not None
+            and row.finish_reason == row.finish_reason and row.u_output == row.u_output and row.u_output is not None
+            and row.endpoint in ("chat", "messages"))
+
+
 def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: Policy | None = None,
           lost_workers: set[int] | None = None) -> dict[str, Any]:
     """Findings, one per (kind, request id), with the precedence documented in README ("Billing accuracy")."""
@@ -136,6 +143,14 @@ def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: 
         if not final.ok:
             if not policy.bill_failed:
                 for ch in mine:
+                    lost = rid_att.get(ch.request_id)
+                    if lost is not None and _produced_then_lost(lost):
+                        # produced and billed, then lost in transit (no retry got the replay): billed once
+                        # for the usage the client saw before the cut
+                        exp = prices.cost(lost.model, expected_usage(lost))
+                        if not policy.same(ch.amount, exp):
+                            add("amount_mismatch", ch.request_id, call_id, ch.idempotency_key, ch.amount, exp)
+                        continue
                     add("failed_billed", ch.request_id, call_id, ch.idempotency_key, ch.amount, Decimal(0))
             continue
         billing_rid = final.original_request_id if final.replayed else final.request_id

@@ -85,6 +85,10 @@ def test_nothing_planted_under_every_fault_kind_is_100_percent(tmp_path):
     scenario = yaml.safe_load((ROOT / "scenarios" / "retries-under-faults.yaml").read_text())
     scenario["sim"]["config"]["defaults"] = {"chat": {"base_ms": 5, "decode_tokens_per_s": 400}}
     scenario["sim"]["config"]["faults"]["stall_ms"] = 2500
+    scenario["sim"]["config"]["faults"]["weights"]["fewer_images"] = 4  # images are a small part of the mix
+    for line in scenario["mix"]:
+        if line["endpoint"] == "images":
+            line["weight"] = 3
     path = tmp_path / "faults.yaml"
     path.write_text(yaml.safe_dump(scenario))
     out = tmp_path / "run"

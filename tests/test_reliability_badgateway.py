@@ -22,7 +22,7 @@ from locustfiles.transport import MAX_BODY_BYTES, Timeouts, Transport
 from .badgateway import ARRAY, CASES, HUGE_BYTES, PLAIN, SSE, BadGateway
 from .runs import records, ttbench, write_scenario
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(200)
 
 #: What each bad answer must become in the record (None: a success).
 EXPECTED: dict[str, str | None] = {
@@ -89,7 +89,7 @@ def test_each_bad_answer_is_classified_by_the_transport(bad):
     """Every case against every dialect and mode it applies to, all at once (gevent), straight through Transport."""
     cases = combos()
     jobs = {c: gevent.spawn(one_call, bad.url, *c) for c in cases}
-    gevent.joinall(list(jobs.values()), timeout=60)
+    gevent.joinall(list(jobs.values()), timeout=150)
     wrong = []
     for (case, endpoint, mode), job in jobs.items():
         assert job.successful(), (case, endpoint, mode, job.exception)  # nothing escaped Transport.send
