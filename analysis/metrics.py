@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .load import decode_chunk_column
+from .load import chunk_gap_stats
 
 PCTS = (50, 90, 95, 99, 99.9)
 ANCHORS = {"ttft": "first_content_ms", "ttft_text": "first_text_ms", "ttft_tool": "first_tool_ms",
@@ -18,7 +18,7 @@ ANCHORS = {"ttft": "first_content_ms", "ttft_text": "first_text_ms", "ttft_tool"
 
 def dist(values: Any) -> dict[str, Any]:
     """n, mean, p50, p90, p95, p99, p99.9 and max (linear interpolation between order statistics)."""
-    a = np.asarray(values, dtype=np.float64)
+    a = values.to_numpy(dtype=np.float64) if isinstance(values, pd.Series) else np.asarray(values, dtype=np.float64)
     a = a[~np.isnan(a)]
     if a.size == 0:
         return {"n": 0, "mean": None, "p50": None, "p90": None, "p95": None, "p99": None, "p99.9": None, "max": None}
@@ -56,13 +56,75 @@ class Options:
 
 def build_calls(att: pd.DataFrame, warmup_s: float = 0.0) -> pd.DataFrame:
     """One row per logical call: its final attempt plus call-level timings (cancelled calls kept, flagged)."""
+    return _calls(att, warmup_s)[0]
+
+
+def _calls(att: pd.DataFrame, warmup_s: float) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """build_calls, and for each attempt the row of its call in the result (-1: dropped by the warm-up);
+    no rows (None) when the call ids are not all strings: then the general, slower path runs."""
     if att.empty:
-        return att.assign(first_start=[], n_attempts=[], cancelled=[], e2e_ms=[])
-    g = att.groupby("call_id", sort=False)
-    first_start = g["t_start"].min()
-    n_att = g["attempt"].max()
-    final = att.sort_values(["call_id", "attempt"]).drop_duplicates("call_id", keep="last").set_index("call_id")
-    calls = final.copy()
+        return att.assign(first_start=[], n_attempts=[], cancelled=[], e2e_ms=[]), None
+    plan = _plan(att, warmup_s)
+    if plan is None:
+        g = att.groupby("call_id", sort=False)
+        first_start = g["t_start"].min()
+        n_att = g["attempt"].max()
+        final = att.sort_values(["call_id", "attempt"]).drop_duplicates("call_id", keep="last").set_index("call_id")
+        calls = _call_columns(final.copy(), first_start, n_att)
+        if warmup_s > 0 and len(calls):
+            start = calls["first_start"].min()
+            calls = calls[calls["first_start"] >= start + warmup_s]
+        return calls, None
+    return _plan_frame(att, plan), plan.rows
+
+
+@dataclass
+class _Plan:
+    """Which attempt row is each logical call's final one, in build_calls' order (string call ids)."""
+
+    final: np.ndarray  # the att row of each call's last attempt (calls after the warm-up only)
+    first_start: np.ndarray
+    n_att: np.ndarray
+    rows: np.ndarray  # for each att row, its call's row (-1: dropped by the warm-up)
+
+
+def _plan(att: pd.DataFrame, warmup_s: float) -> _Plan | None:
+    """The rows sort_values(["call_id", "attempt"]).drop_duplicates(keep="last") picks, in its order, from
+    integer codes of the call ids (no string sorts and hashes over every attempt); None unless all are strings."""
+    ids = att["call_id"]
+    if ids.isna().any() or pd.api.types.infer_dtype(ids, skipna=False) != "string":
+        return None
+    codes = _sorted_codes(ids)
+    attempt = att["attempt"].to_numpy()
+    order = np.lexsort((attempt, codes))  # stable, as sort_values: equal keys keep the file's order
+    sorted_codes = codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    ends = np.r_[starts[1:], len(order)] - 1
+    first_start = np.fmin.reduceat(att["t_start"].to_numpy()[order], starts)  # NaN skipped, as groupby's min
+    n_att = np.maximum.reduceat(attempt[order], starts)
+    final = order[ends]
+    if warmup_s > 0:
+        kept = first_start >= np.fmin.reduce(first_start) + warmup_s  # the first start: pandas' min, NaN skipped
+        row = np.cumsum(kept) - 1
+        row[~kept] = -1
+        return _Plan(final[kept], first_start[kept], n_att[kept], row[codes])
+    return _Plan(final, first_start, n_att, codes)
+
+
+def _plan_frame(att: pd.DataFrame, plan: _Plan) -> pd.DataFrame:
+    return _call_columns(att.take(plan.final).set_index("call_id"), plan.first_start, plan.n_att)
+
+
+def _sorted_codes(values: pd.Series) -> np.ndarray:
+    """pd.factorize(values, sort=True)[0] for strings: the distinct values sorted by Python's own sort."""
+    codes, uniques = pd.factorize(values)
+    keys = np.asarray(uniques, dtype=object).tolist()
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[sorted(range(len(keys)), key=keys.__getitem__)] = np.arange(len(keys))
+    return rank[codes]
+
+
+def _call_columns(calls: pd.DataFrame, first_start: Any, n_att: Any) -> pd.DataFrame:
     calls["first_start"] = first_start
     calls["n_attempts"] = n_att
     calls["first_attempt_ok"] = calls["n_attempts"].eq(1) & calls["ok"]
@@ -80,22 +142,32 @@ def build_calls(att: pd.DataFrame, warmup_s: float = 0.0) -> pd.DataFrame:
     calls["out_tps"] = np.where(calls["ok"] & textual & (out_tok > 0) & (calls["end_ms"] > 0),
                                 out_tok / (calls["end_ms"] / 1000.0), np.nan)
     calls["end_time"] = calls["t_start"] + calls["end_ms"] / 1000.0
-    if warmup_s > 0 and len(calls):
-        start = calls["first_start"].min()
-        calls = calls[calls["first_start"] >= start + warmup_s]
     return calls
+
+
+def _itl_rows(calls: pd.DataFrame) -> pd.Series:
+    return calls["ok"] & calls["stream"] & ~calls["dry_run"] & (calls["chunks_n"] >= 2) & ~calls["replayed"]
 
 
 def itl_values(calls: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(pooled gaps between content chunks, per-call mean gap) for successful streamed calls."""
-    sel = calls[calls["ok"] & calls["stream"] & ~calls["dry_run"] & (calls["chunks_n"] >= 2) & ~calls["replayed"]]
-    if sel.empty:
+    sel = _itl_rows(calls).to_numpy()
+    if not sel.any():
         return np.empty(0), np.empty(0)
-    times = decode_chunk_column(sel["chunks_us"])
-    gaps = [np.diff(t) for t in times]
-    pooled = np.concatenate(gaps) if gaps else np.empty(0)
-    means = np.array([g.mean() for g in gaps if g.size])
+    pooled, _, means = chunk_gap_stats(calls["chunks_us"].to_numpy()[sel])
     return pooled, means
+
+
+def _dist_owned(a: np.ndarray) -> dict[str, Any]:
+    """dist() of a float64 array without NaN that may be reordered (no copies: the pooled gaps are big)."""
+    if a.size == 0:
+        return dist(a)
+    out: dict[str, Any] = {"n": int(a.size), "mean": float(a.mean())}
+    top = float(a.max())
+    for p, v in zip(PCTS, np.percentile(a, PCTS, overwrite_input=True), strict=True):
+        out[f"p{p:g}"] = float(v)
+    out["max"] = top
+    return out
 
 
 def good_mask(calls: pd.DataFrame, slo: SLO, itl_mean: pd.Series | None = None) -> pd.Series:
@@ -112,12 +184,21 @@ def good_mask(calls: pd.DataFrame, slo: SLO, itl_mean: pd.Series | None = None) 
     return ok
 
 
-def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo: SLO) -> dict[str, Any]:
-    """Every metric for one group of calls (and their attempts)."""
+#: the call columns group_metrics reads (besides what itl_values reads when no ITL figures are given)
+GROUP_COLUMNS = ("cancelled", "ok", "dry_run", "endpoint", "u_output", "u_input", "first_attempt_ok", "ttft_ms",
+                 "ttft_text_ms", "ttft_tool_ms", "ttft_reasoning_ms", "first_event_ms", "headers_ms", "tpot_ms",
+                 "e2e_ms", "out_tps")
+
+
+def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo: SLO,
+                  itl: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every metric for one group of calls (and their attempts); `itl`: the ITL figures when already known."""
     live = calls[~calls["cancelled"]]
     okc = live[live["ok"]]
     real = okc[~okc["dry_run"]]
-    pooled, means = itl_values(live)
+    if itl is None:
+        pooled, means = itl_values(live)
+        itl = dist(pooled), dist(means)
     errors = att[att["error_kind"].notna() & att["error_kind"].ne("cancelled")]["error_kind"].value_counts()
     good = good_mask(live, slo) if len(live) else live["ok"]
     d = max(duration_s, 1e-9)
@@ -142,8 +223,8 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
         "first_event_ms": dist(okc["first_event_ms"]),
         "headers_ms": dist(okc["headers_ms"]),
         "ttft_first_attempt_ms": dist(okc.loc[okc["first_attempt_ok"], "ttft_ms"]),
-        "itl_ms": dist(pooled),
-        "itl_per_request_mean_ms": dist(means),
+        "itl_ms": itl[0],
+        "itl_per_request_mean_ms": itl[1],
         "tpot_ms": dist(okc["tpot_ms"]),
         "e2e_ms": dist(okc["e2e_ms"]),
         "e2e_first_attempt_ms": dist(okc.loc[okc["first_attempt_ok"], "e2e_ms"]),
@@ -164,41 +245,124 @@ def group_key(row: pd.Series) -> str:
 
 def compute(att: pd.DataFrame, opts: Options, dropped: int = 0) -> dict[str, Any]:
     """Overall and per endpoint x model x stream-mode metrics, and time series."""
-    calls = build_calls(att, opts.warmup_s)
+    plan = None if att.empty else _plan(att, opts.warmup_s)
+    if plan is None:  # no records, or call ids that are not all strings: the general path
+        calls, _ = _calls(att, opts.warmup_s)
+    elif len(plan.final):
+        itl, (labels, codes, keys) = _itl_by_group(att, plan.final)  # before the calls frame: peak memory
+        calls = _plan_frame(att, plan)
+    else:
+        calls = att.iloc[:0]
     if calls.empty:
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
-    att = att[att["call_id"].isin(calls.index)]
     start = float(calls["first_start"].min())
     end = float(calls["end_time"].max())
     duration = max(end - start, 1e-9)
-    overall = group_metrics(calls, att, duration, opts.slo)
-    overall["dropped_arrivals"] = dropped
     groups: dict[str, Any] = {}
-    label = np.where(calls["model"].eq("-"), calls["endpoint"],
-                     calls["endpoint"] + " " + calls["model"] + " " + np.where(calls["stream"], "stream", "plain"))
-    calls = calls.assign(group=label)
-    att_group = att["call_id"].map(calls["group"])
-    for key, sub in calls.groupby("group", sort=True):
-        groups[str(key)] = group_metrics(sub, att[att_group == key], duration, opts.slo)
+    if plan is None:
+        att = att[att["call_id"].isin(calls.index)]
+        overall = group_metrics(calls, att, duration, opts.slo)
+        calls = calls.assign(group=_group_label(calls))
+        att_group = att["call_id"].map(calls["group"])
+        for key, sub in calls.groupby("group", sort=True):
+            groups[str(key)] = group_metrics(sub, att[att_group == key], duration, opts.slo)
+    else:
+        rows = plan.rows
+        if (rows < 0).any():
+            att, rows = att[rows >= 0], rows[rows >= 0]
+        calls["group"] = labels  # calls is a frame of its own: no copy (assign would make one)
+        narrow = calls[list(GROUP_COLUMNS)].reset_index(drop=True)  # cheap index checks on every mask
+        att_n = att[["error_kind", "attempt", "replayed"]]
+        overall = group_metrics(narrow, att_n, duration, opts.slo, itl.pop(None))
+        for k, key in enumerate(keys):
+            mine = codes == k
+            groups[str(key)] = group_metrics(narrow[mine], att_n[mine[rows]], duration, opts.slo, itl[str(key)])
+    overall["dropped_arrivals"] = dropped
     return {"empty": False, "start": start, "end": end, "duration_s": duration, "overall": overall,
             "groups": groups, "timeseries": timeseries(calls, start), "calls_frame": calls}
 
 
+def _itl_by_group(att: pd.DataFrame, final: np.ndarray) -> tuple[dict[str | None, Any], Any]:
+    """ITL figures per group (None: overall), and the groups (labels, codes, sorted keys) of the calls whose
+    final attempts are `final`, from the few columns they need; the chunk gaps are decoded once for all groups."""
+    f = att[["endpoint", "model", "stream", "ok", "dry_run", "chunks_n", "replayed", "error_kind",
+             "chunks_us"]].take(final)
+    labels = _labels(f)
+    codes, keys = pd.factorize(labels, sort=True)  # groupby's groups: sorted, nulls dropped
+    pos = np.flatnonzero((_itl_rows(f) & ~f["error_kind"].eq("cancelled")).to_numpy())
+    pooled, counts, means = chunk_gap_stats(f["chunks_us"].to_numpy()[pos])
+    del f
+    in_group = codes[pos]
+    with_gaps = in_group[counts > 0]
+    out: dict[str | None, Any] = {}
+    for k, key in enumerate(keys):
+        mine = in_group == k
+        if not mine.any():  # no streamed calls in the group: nothing to pick out of the pooled gaps
+            out[str(key)] = (dist(np.empty(0)), dist(np.empty(0)))
+            continue
+        out[str(key)] = (_dist_owned(pooled[np.repeat(mine, counts)]), _dist_owned(means[with_gaps == k]))
+    out[None] = (_dist_owned(pooled), _dist_owned(means))  # last: these two reorder the arrays
+    return out, (labels, codes, keys)
+
+
+def _group_label(calls: pd.DataFrame) -> Any:
+    """endpoint, model and plain|stream; just the endpoint for calls without a model (model listings)."""
+    return np.where(calls["model"].eq("-"), calls["endpoint"],
+                    calls["endpoint"] + " " + calls["model"] + " " + np.where(calls["stream"], "stream", "plain"))
+
+
+def _labels(calls: pd.DataFrame) -> Any:
+    """_group_label of every call, computed once per distinct (endpoint, model, stream)."""
+    if len(calls) < 1000:
+        return _group_label(calls)
+    e, _ = pd.factorize(calls["endpoint"])
+    m, models = pd.factorize(calls["model"])
+    key = ((e.astype(np.int64) + 1) * (len(models) + 1) + (m + 1)) * 2 + calls["stream"].to_numpy(dtype=bool)
+    combo, uniq = pd.factorize(key)
+    first = np.full(len(uniq), len(key), dtype=np.int64)
+    np.minimum.at(first, combo, np.arange(len(key)))
+    return np.asarray(_group_label(calls.iloc[first]), dtype=object)[combo]
+
+
 def timeseries(calls: pd.DataFrame, start: float) -> list[dict[str, Any]]:
     """Per second of the run: calls started, finished ok, failed, TTFT p50/p95, output tokens, stage."""
-    live = calls[~calls["cancelled"]]
-    sec = np.floor(live["first_start"] - start).astype(int)
+    live = calls.loc[~calls["cancelled"], ["first_start", "ok", "ttft_ms", "e2e_ms", "u_output", "stage"]]
+    sec = np.floor(live["first_start"] - start).astype(int).to_numpy()
+    if not sec.size:
+        return []
+    order = np.argsort(sec, kind="stable")  # groupby's seconds, ascending, each in the calls' order
+    sec = sec[order]
+    bounds = np.flatnonzero(np.r_[True, sec[1:] != sec[:-1], True])
+    first = bounds[:-1]
+    ok = live["ok"].to_numpy(dtype=bool)[order]
+    ttft = live["ttft_ms"].to_numpy(dtype=np.float64)[order]
+    e2e = live["e2e_ms"].to_numpy(dtype=np.float64)[order]
+    stage = live["stage"].to_numpy(dtype=np.float64)[order]
+    n_calls = np.diff(bounds)
+    n_ok = np.add.reduceat(ok.astype(np.int64), first)
+    tokens = np.where(ok, np.nan_to_num(live["u_output"].to_numpy(dtype=np.float64)[order], nan=0.0), 0.0)
+    if np.array_equal(tokens, np.floor(tokens)) and np.abs(tokens).sum() < 2.0**53:
+        sums = np.add.reduceat(tokens, first).tolist()  # whole numbers: exact in any order
+    else:
+        sums = [float(tokens[a:b][ok[a:b]].sum()) for a, b in zip(first, bounds[1:], strict=True)]
+    has_stage = ~np.isnan(stage)
     out = []
-    for s, sub in live.groupby(sec):
-        okc = sub[sub["ok"]]
-        tt = okc["ttft_ms"].dropna()
+    # medians as pandas takes them (np.nanmedian of the values; np.median is the same number without NaN)
+    for i, (a, b) in enumerate(zip(first.tolist(), bounds[1:].tolist(), strict=True)):
+        k = ok[a:b]
+        tt = ttft[a:b][k]
+        tt = tt[~np.isnan(tt)]
+        ee = e2e[a:b][k]
+        ee = ee[~np.isnan(ee)]
+        st = stage[a:b][has_stage[a:b]]
+        nk = int(n_ok[i])
         out.append({
-            "second": int(s), "calls": int(len(sub)), "ok": int(len(okc)), "failed": int(len(sub) - len(okc)),
-            "ttft_p50_ms": float(tt.median()) if len(tt) else None,
+            "second": int(sec[a]), "calls": int(n_calls[i]), "ok": nk, "failed": int(n_calls[i]) - nk,
+            "ttft_p50_ms": float(np.median(tt)) if len(tt) else None,
             "ttft_p95_ms": float(np.percentile(tt, 95)) if len(tt) else None,
-            "e2e_p50_ms": float(okc["e2e_ms"].median()) if len(okc) else None,
-            "output_tokens": int(okc["u_output"].fillna(0).sum()),
-            "stage": None if sub["stage"].isna().all() else int(sub["stage"].dropna().iloc[0]),
+            "e2e_p50_ms": (float(np.median(ee)) if len(ee) else math.nan) if nk else None,
+            "output_tokens": int(sums[i]),
+            "stage": int(st[0]) if len(st) else None,
         })
     return out
 

@@ -43,7 +43,8 @@ def test_cached_tokens_rise_by_turn_and_ttft_follows_the_truth(tmp_path):
         assert r["usage"]["cached_input"] == (e.get("cache") or {}).get("cached_tokens", 0)
         first_write = next(t for t, n in zip(e["chunk_times"], e["chunk_tokens"], strict=True) if n)
         truth_ttft = (first_write - e["received"]) * 1000
-        assert r["first_content_ms"] == pytest.approx(truth_ttft, abs=15)  # the client sees what the gateway did
+        received = r["t_start"] + r["first_content_ms"] / 1000
+        assert abs(received - first_write) * 1000 <= 25  # the client sees the first token when the gateway sent it
         if r["usage"]["cached_input"]:
             uncached_prediction = 5 + 1.0 * r["usage"]["input"]
             assert truth_ttft < uncached_prediction  # a cached prefix prefills faster ...
