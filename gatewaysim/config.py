@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ttbench.prices import PriceError, PriceSheet, load_price_sheet
+from ttbench.yamlfile import YamlFileError, read_yaml
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
 DEFAULT_CONFIG = DEFAULTS_DIR / "sim.yaml"
@@ -124,19 +123,9 @@ def _merge(where: str, path: str, base: dict[str, Any], over: dict[str, Any], fr
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     try:
-        text = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    if b"\0" in text:
-        raise ConfigError(f"{path}: not a YAML file (binary content)")
-    try:
-        data = yaml.safe_load(text.decode("utf-8", errors="strict"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a YAML file (not UTF-8)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{line} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+        data = read_yaml(path, what)
+    except YamlFileError as exc:
+        raise ConfigError(str(exc)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

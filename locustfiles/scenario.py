@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ttbench.yamlfile import YamlFileError, read_yaml
 
 from . import traces
 from .retry import RetryPolicy
@@ -474,17 +474,7 @@ def load_scenario(path: str | Path) -> Scenario:
     """Read and validate a scenario file."""
     p = Path(path)
     try:
-        blob = p.read_bytes()
-    except OSError as exc:
-        raise ScenarioError(f"{p}: cannot read the scenario: {exc.strerror or exc}") from None
-    if b"\0" in blob:
-        raise ScenarioError(f"{p}: not a YAML file (binary content)")
-    try:
-        data = yaml.safe_load(blob.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ScenarioError(f"{p}: not a YAML file (not UTF-8)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ScenarioError(f"{p}:{where} invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        data = read_yaml(p, "the scenario")
+    except YamlFileError as exc:
+        raise ScenarioError(str(exc)) from None
     return parse_scenario(data, str(p), p.parent)

@@ -18,17 +18,16 @@ import asyncio
 import gzip
 import itertools
 import json
-import os
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+
+from ttbench.simproc import ServerProcess
 
 PLAIN, SSE, ARRAY = "plain", "sse", "json_array"
 STREAMS = frozenset({SSE, ARRAY})
@@ -443,39 +442,13 @@ async def _serve(port: int) -> None:
 
 # --- the process, for tests ---------------------------------------------------------------------------------
 
-class BadGateway:
-    """The misbehaving gateway running in its own process (like ttbench.simproc.SimProcess)."""
+class BadGateway(ServerProcess):
+    """The misbehaving gateway running in its own process."""
+
+    what = "the bad gateway"
 
     def __init__(self, startup_timeout: float = 20.0) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, __file__, "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env)
-        assert self.proc.stdout is not None
-        self.url = ""
-        deadline = time.monotonic() + startup_timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            if "listening on " in line:
-                self.url = line.split("listening on ", 1)[1].strip()
-                break
-        if not self.url:
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            self.proc.kill()
-            raise RuntimeError(f"the bad gateway did not start: {err.strip() or 'no output'}")
-        self._stderr: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        if self.proc.stderr is not None:
-            for line in self.proc.stderr:
-                self._stderr.append(line)
-
-    @property
-    def stderr(self) -> str:
-        """What the server wrote to stderr so far."""
-        return "".join(self._stderr)
+        super().__init__([sys.executable, __file__, "--port", "0"], startup_timeout=startup_timeout)
 
     def log(self) -> list[dict[str, Any]]:
         """Every POST it answered: attempt id, case, dialect, mode, body bytes sent."""
@@ -483,21 +456,6 @@ class BadGateway:
 
         return httpx.get(self.url + "/_bad/log", timeout=10).json()
 
-    def stop(self) -> None:
-        """Terminate the process and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> BadGateway:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -18,23 +18,16 @@ DEFAULT_ADMIN_TOKEN = "tt-sim-admin"
 
 
 class SimProcessError(RuntimeError):
-    """The simulator did not start: the message carries what it printed."""
+    """A server process did not start: the message carries what it printed."""
 
 
-class SimProcess:
-    """A running `ttbench sim` child process."""
+class ServerProcess:
+    """A child process that prints `... listening on URL` once it serves; stopped on exit."""
 
-    def __init__(self, config: str | Path | None = None, seed: int = 0, api_key: str = DEFAULT_API_KEY,
-                 admin_token: str = DEFAULT_ADMIN_TOKEN, extra_args: list[str] | None = None,
-                 startup_timeout: float = 20.0) -> None:
-        self.api_key = api_key
-        self.admin_token = admin_token
-        cmd = [sys.executable, "-m", "ttbench", "sim", "--port", "0", "--seed", str(seed),
-               "--admin-token", admin_token]
-        if config is not None:
-            cmd += ["--config", str(config)]
-        cmd += extra_args or []
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TT_API_KEY=api_key)  # never on a command line
+    what = "the server"
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None, startup_timeout: float = 20.0) -> None:
+        env = dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                      start_new_session=True)
         self.url = self._wait_for_url(startup_timeout)
@@ -52,7 +45,7 @@ class SimProcess:
                 return line.split("listening on ", 1)[1].strip()
         err = self.proc.stderr.read() if self.proc.stderr else ""
         self.proc.kill()
-        raise SimProcessError(f"the simulator did not start: {err.strip() or 'no output'}")
+        raise SimProcessError(f"{self.what} did not start: {err.strip() or 'no output'}")
 
     def _drain(self) -> None:
         if self.proc.stderr is not None:
@@ -61,8 +54,43 @@ class SimProcess:
 
     @property
     def stderr(self) -> str:
-        """What the simulator has written to stderr so far."""
+        """What the process has written to stderr so far."""
         return "".join(self._stderr)
+
+    def stop(self) -> None:
+        """Terminate the process and wait for it."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class SimProcess(ServerProcess):
+    """A running `ttbench sim` child process."""
+
+    what = "the simulator"
+
+    def __init__(self, config: str | Path | None = None, seed: int = 0, api_key: str = DEFAULT_API_KEY,
+                 admin_token: str = DEFAULT_ADMIN_TOKEN, extra_args: list[str] | None = None,
+                 startup_timeout: float = 20.0) -> None:
+        self.api_key = api_key
+        self.admin_token = admin_token
+        cmd = [sys.executable, "-m", "ttbench", "sim", "--port", "0", "--seed", str(seed),
+               "--admin-token", admin_token]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        cmd += extra_args or []
+        # the key goes in the environment, never on a command line
+        super().__init__(cmd, dict(os.environ, TT_API_KEY=api_key), startup_timeout)
 
     def admin(self, path: str, **params: Any) -> httpx.Response:
         """GET an admin route with the admin token."""
@@ -76,19 +104,3 @@ class SimProcess:
     def truth(self) -> list[dict[str, Any]]:
         """The truth entries."""
         return [json.loads(line) for line in self.admin("/_sim/truth").text.splitlines() if line]
-
-    def stop(self) -> None:
-        """Terminate the process and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> SimProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
