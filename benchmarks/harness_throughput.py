@@ -31,7 +31,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from sim_throughput import (  # noqa: E402
     cpu_seconds,
     pin,
     pinned_cmd,
-    sleep_to_next_second,
+    run_sampled,
     wait_for_quiet,
 )
 
@@ -296,26 +295,16 @@ def run_variant(variant: str, rnd: int, server: CannedServer, workdir: Path, arg
     env = dict(os.environ, TT_API_KEY=API_KEY, BARE_API_KEY=API_KEY, BARE_MODEL=MODEL, PYTHONPATH=str(ROOT))
     env.pop("TTBENCH_TARGET_IS_SIM", None)
     log_path = vdir / "locust.log"
-    samples: list[tuple[int, float, float, float, float]] = []  # second, locust, server, core0, core1
-    with open(log_path, "wb") as log:
-        locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=vdir, preexec_fn=preexec)
-        try:
-            lp, sp = psutil.Process(locust.pid), psutil.Process(server.proc.pid)
-            deadline = time.monotonic() + args.duration + 30
-            while locust.poll() is None and time.monotonic() < deadline:
-                second = sleep_to_next_second()
-                try:
-                    samples.append((second, cpu_seconds(lp), cpu_seconds(sp), core_busy_seconds(SERVER_CPU),
-                                    core_busy_seconds(LOCUST_CPU)))
-                except psutil.NoSuchProcess:
-                    break
-            if locust.poll() is None:
-                result.notes.append("Locust did not stop in time: killed")
-        finally:
-            if locust.poll() is None:
-                locust.kill()
-            locust.wait()
-    log_text = log_path.read_text(errors="replace")
+    sp = psutil.Process(server.proc.pid)
+
+    def sample(second: int, lp: psutil.Process) -> tuple[int, float, float, float, float]:
+        """second, Locust CPU, server CPU, core 0 and core 1 busy seconds."""
+        return (second, cpu_seconds(lp), cpu_seconds(sp), core_busy_seconds(SERVER_CPU),
+                core_busy_seconds(LOCUST_CPU))
+
+    samples, log_text, killed = run_sampled(cmd, env, vdir, preexec, log_path, args.duration + 30, sample)
+    if killed:
+        result.notes.append("Locust did not stop in time: killed")
     try:
         stats = json.loads(Path(f"{base}.json").read_text())
     except (OSError, ValueError):

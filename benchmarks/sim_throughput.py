@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -239,6 +240,33 @@ def sleep_to_next_second() -> int:
     return target
 
 
+def run_sampled(cmd: list[str], env: dict[str, str], cwd: Path, preexec: Any, log_path: Path, timeout_s: float,
+                sample: Callable[[int, psutil.Process], Any]) -> tuple[list[Any], str, bool]:
+    """Run Locust, calling `sample(second, process)` at every whole second until it exits.
+
+    Returns the samples, its output, and whether it had to be killed after `timeout_s`.
+    """
+    samples: list[Any] = []
+    killed = False
+    with open(log_path, "wb") as log:
+        locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=preexec)
+        try:
+            proc = psutil.Process(locust.pid)
+            deadline = time.monotonic() + timeout_s
+            while locust.poll() is None and time.monotonic() < deadline:
+                second = sleep_to_next_second()
+                try:
+                    samples.append(sample(second, proc))
+                except psutil.NoSuchProcess:
+                    break
+            killed = locust.poll() is None
+        finally:
+            if locust.poll() is None:
+                locust.kill()
+            locust.wait()
+    return samples, log_path.read_text(errors="replace"), killed
+
+
 def percentile(hist: dict[int, int], q: float) -> float:
     """A percentile of Locust's rounded response-time histogram (ms)."""
     total = sum(hist.values())
@@ -260,29 +288,17 @@ def run_locust(mode: str, sim: SimProcess, workdir: Path, args: argparse.Namespa
            "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "0", MODES[mode]]
     cmd, preexec = pinned_cmd(cmd, None if args.no_pin else LOCUST_CPU)
     env = dict(os.environ, SIM_API_KEY=sim.api_key, SIM_MODEL=MODEL, SIM_MAX_TOKENS=str(args.max_tokens))
-    samples: list[Sample] = []
-    with open(log_path, "wb") as log:
-        locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
-                                  preexec_fn=preexec)
-        try:
-            procs = {"simulator": psutil.Process(sim.proc.pid), "Locust": psutil.Process(locust.pid)}
-            cores = {"simulator": SIM_CPU, "Locust": LOCUST_CPU}
-            deadline = time.monotonic() + args.duration + 30
-            while locust.poll() is None and time.monotonic() < deadline:
-                second = sleep_to_next_second()
-                try:
-                    samples.append(Sample(second, {k: cpu_seconds(p) for k, p in procs.items()},
-                                          {k: core_busy_seconds(c) for k, c in cores.items()},
-                                          procs["simulator"].memory_info().rss))
-                except psutil.NoSuchProcess:
-                    break
-            if locust.poll() is None:
-                result.notes.append("Locust did not stop in time: killed")
-        finally:
-            if locust.poll() is None:
-                locust.kill()
-            locust.wait()
-    log_text = log_path.read_text(errors="replace")
+    procs_sim = psutil.Process(sim.proc.pid)
+    cores = {"simulator": SIM_CPU, "Locust": LOCUST_CPU}
+
+    def sample(second: int, locust: psutil.Process) -> Sample:
+        procs = {"simulator": procs_sim, "Locust": locust}
+        return Sample(second, {k: cpu_seconds(p) for k, p in procs.items()},
+                      {k: core_busy_seconds(c) for k, c in cores.items()}, procs_sim.memory_info().rss)
+
+    samples, log_text, killed = run_sampled(cmd, env, workdir, preexec, log_path, args.duration + 30, sample)
+    if killed:
+        result.notes.append("Locust did not stop in time: killed")
     try:
         stats = json.loads(Path(f"{json_base}.json").read_text())
     except (OSError, ValueError):
