@@ -10,9 +10,10 @@ import gevent
 
 from .calls import CallSpec
 from .dialects import DIALECTS
+from .profile import Profile
 from .records import RECORD_VERSION, encode_chunks
 from .retry import RetryBudget, RetryPolicy
-from .transport import Outcome, Transport
+from .transport import Outcome, Transports
 
 
 def stats_name(spec: CallSpec) -> str:
@@ -35,7 +36,10 @@ class Caller:
 
     def __init__(self, run_id: str, worker: int, api_key: str, retry: RetryPolicy, budget: RetryBudget,
                  emit: Callable[[dict[str, Any]], None], rng: Any,
-                 on_call: Callable[[CallSpec, list[dict[str, Any]]], None] | None = None) -> None:
+                 on_call: Callable[[CallSpec, list[dict[str, Any]]], None] | None = None,
+                 profile: Profile | None = None) -> None:
+        self.profile = profile or Profile()
+        self.on_dry_run_ignored: Callable[[], None] | None = None
         self.run_id = run_id
         self.worker = worker
         self.api_key = api_key
@@ -53,13 +57,15 @@ class Caller:
         self.seq += 1
         return f"{self.run_id}-w{self.worker}-{self.seq}"
 
-    def run(self, transport: Transport, spec: CallSpec, scheduled: float | None = None,
+    def run(self, transports: Transports, spec: CallSpec, scheduled: float | None = None,
             stage: int | None = None, answer: list[str] | None = None) -> list[dict[str, Any]]:
         """Make the call, retrying idempotently; returns its records (the last one is final).
 
         With `answer`, the final attempt's answer text is appended to it (a conversation's next turn needs it).
         """
         dialect = DIALECTS[spec.endpoint]
+        profile = self.profile
+        idempotent = profile.idempotency_honoured is True
         call_id = self.next_call_id()
         records: list[dict[str, Any]] = []
         attempt = 0
@@ -67,12 +73,13 @@ class Caller:
         try:
             while True:
                 attempt += 1
-                wire = dialect.build(spec, self.api_key)
+                wire = dialect.build(spec)
+                profile.apply(wire, spec, self.api_key, spec.headers)
                 attempt_id = f"{call_id}-a{attempt}"
-                wire.headers["Idempotency-Key"] = call_id
+                wire.headers[profile.idempotency_header] = call_id
                 wire.headers["X-Client-Attempt-ID"] = attempt_id
                 if spec.dry_run:
-                    wire.headers["X-TT-Dry-Run"] = "true"
+                    wire.headers[profile.dry_run_header] = "true"
                 stream_format = (spec.stream_format or "sse") if spec.stream else None
                 reader = dialect.Reader(stream_format)
                 if answer is not None:
@@ -80,18 +87,22 @@ class Caller:
                 epoch0 = time.time()
                 t0 = time.perf_counter()
                 rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage)
+                out = Outcome()
                 try:
-                    out = transport.send(wire, reader, spec.stream, expect_json_body=spec.dry_run)
+                    transports.get(wire.base).send(wire, reader, spec.stream, spec.dry_run, out)
                 except gevent.GreenletExit:
-                    out = Outcome(error_kind="cancelled", error="the harness stopped the attempt",
-                                  t_end=time.perf_counter())
+                    # what arrived before the stop is kept (status, request id, chunks): its charge can be joined
+                    out.error_kind, out.error, out.t_end = "cancelled", "the harness stopped the attempt", \
+                        time.perf_counter()
                     self._fill(rec, spec, out, reader, t0)
                     rec["final"] = True
                     records.append(rec)
                     self.emit(rec)
                     raise
                 self._fill(rec, spec, out, reader, t0)
-                retry = (out.error_kind is not None and self.retry.should_retry(out.error_kind, out.status, attempt))
+                if out.dry_run_ignored and self.on_dry_run_ignored is not None:
+                    self.on_dry_run_ignored()
+                retry = out.error_kind is not None and self.retry.should_retry(out, attempt, idempotent)
                 if retry and not self.budget.take():
                     retry = False
                 rec["final"] = not retry
@@ -128,11 +139,17 @@ class Caller:
         }
 
     def _fill(self, rec: dict[str, Any], spec: CallSpec, out: Outcome, reader: Any, t0: float) -> None:
-        streamed = spec.stream and not spec.dry_run
+        streamed = spec.stream and (not spec.dry_run or out.dry_run_ignored)
         rec.update(
-            request_id=out.request_id, original_request_id=out.original_request_id, replayed=out.replayed,
+            request_id=out.request_id, request_id_header=out.request_id_header, ids=out.ids,
+            original_request_id=out.original_request_id, replayed=out.replayed,
             status=out.status, ok=out.error_kind is None, error_kind=out.error_kind, error=out.error,
-            retry_after_s=out.retry_after_s, headers_ms=_ms(out.t_headers, t0), end_ms=_ms(out.t_end, t0) or 0.0,
+            error_type=out.error_type, error_code=out.error_code, error_reason=out.error_reason,
+            sent=out.sent, dry_run_ignored=out.dry_run_ignored, framing_mismatch=out.framing is not None,
+            retry_after_s=out.retry_after_s, retry_after_header=out.retry_after_header,
+            ratelimit_reset_s=out.ratelimit_reset_s,
+            headers_ms=_ms(out.t_headers, t0), end_ms=_ms(out.t_end, t0) or 0.0,
+            stream_format=out.framing or rec["stream_format"],
             first_event_ms=_ms(reader.first_event, t0) if streamed else None,
             first_content_ms=_ms(reader.first_content, t0) if streamed else None,
             first_text_ms=_ms(reader.first_text, t0) if streamed else None,
@@ -140,7 +157,7 @@ class Caller:
             first_reasoning_ms=_ms(reader.first_reasoning, t0) if streamed else None,
             chunks=encode_chunks(reader.chunks, t0) if streamed else None,
             usage=reader.usage, usage_raw=reader.usage_raw, finish_reason=reader.finish,
-            output_chars=reader.chars if not spec.dry_run else None,
+            output_chars=reader.chars if not spec.dry_run or out.dry_run_ignored else None,
             estimate=out.body if spec.dry_run and isinstance(out.body, dict) else None,
             images_returned=reader.images_returned, embeddings=reader.embeddings,
         )

@@ -32,6 +32,7 @@ class CallSpec:
     session_id: str | None = None
     turn: int | None = None
     messages: list[dict[str, Any]] | None = None
+    headers: dict[str, Any] | None = None  # the mix line's extra headers (name -> profile.Secret)
 
 
 @dataclass(slots=True)
@@ -42,3 +43,4 @@ class WireRequest:
     path: str
     headers: dict[str, str]
     body: bytes = b""
+    base: str | None = None  # another origin than the target's (a per-dialect URL in the gateway profile)

@@ -9,7 +9,7 @@ from array import array
 from collections.abc import Callable
 from typing import IO, Any
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 FLUSH_INTERVAL_S = 0.5
 
 

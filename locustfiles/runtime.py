@@ -20,18 +20,22 @@ from ttbench.prices import PriceError, PriceSheet, load_price_sheet
 
 from .caller import Caller
 from .calls import CallSpec
+from .guards import EXIT_BAD_INPUT, EXIT_OK, Hopeless
 from .live import Live
+from .profile import ProfileError
 from .prompts import Calibrator
 from .records import FLUSH_INTERVAL_S, RecordSink
-from .retry import RetryBudget
-from .scenario import Scenario, ScenarioError, load_scenario
-from .spend import SpendCap
+from .retry import BudgetPool, LeasedBudget, RetryBudget
+from .scenario import Scenario, ScenarioError, gateway_profile, load_scenario
+from .spend import SpendCap, unpriced_models
 from .workload import Workload
 
 SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"
 MSG_RECORDS = "ttbench_records"
 MSG_WORKERS = "ttbench_workers"
 MSG_STOP = "ttbench_stop"
+MSG_BUDGET_ASK = "ttbench_budget_ask"
+MSG_BUDGET_GRANT = "ttbench_budget_grant"
 #: Locust's own TTFT rows: its bucketed histogram (exact figures are in the LLM tab and the report).
 TTFT_TYPE = "TTFT (bucketed)"
 
@@ -50,6 +54,8 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--run-id", default=None, help="run id used in idempotency keys")
     group.add_argument("--max-spend", type=float, default=None, help="spend cap in the price sheet's currency")
     group.add_argument("--prices", default=None, help="price sheet YAML (default: the simulator's)")
+    group.add_argument("--gateway", default=None, help="gateway profile: tt (default), openai-compatible, "
+                                                       "litellm, or a YAML file")
     group.add_argument("--insecure", action="store_true", default=False, help="do not verify TLS certificates")
     group.add_argument("--ttbench-duration", type=float, default=None,
                        help="run length in seconds (default: the scenario's); ends with a graceful drain")
@@ -79,10 +85,17 @@ class Runtime:
         self.run_id = opts.run_id or f"{scenario.name}-{int(time.time())}"
         self.insecure = bool(opts.insecure or scenario.insecure)
         self.target = environment.host or (scenario.target if scenario.target != "sim" else "")
+        try:
+            self.profile = gateway_profile(scenario, opts.gateway) if opts.gateway else scenario.profile
+        except ScenarioError as exc:
+            fail(str(exc))
+        self.hopeless = Hopeless(self.profile)
+        self.exit_code = EXIT_OK
+        self.dry_runs_ignored = 0
         self.stopping = False
         self.stop_reason: str | None = None
         self.finished_calls = 0
-        self.refused_calls = 0
+        self.retries_seen = 0
         self.peak_worker_cpu: float | None = None
         self.worker_in_flight: dict[str, int] = {}
         self.workers_seen: dict[str, dict[str, Any]] = {}
@@ -108,9 +121,20 @@ class Runtime:
         except PriceError as exc:
             fail(str(exc))
         max_spend = opts.max_spend if opts.max_spend is not None else scenario.spend_max
-        if max_spend is None and scenario.target != "sim" and not self._is_local_sim():
-            max_spend = 1.0  # a small default against anything but the simulator
-        self.spend = SpendCap(self.prices, max_spend, scenario.spend_max_tokens, scenario.spend_max_images)
+        if max_spend is None and not scenario.spend_money_off and not self._is_local_sim():
+            max_spend = 1.0  # a small default against anything but a simulator this run started
+        if max_spend is not None and not self._is_local_sim() and self.prices is not None:
+            missing = unpriced_models(scenario, self.prices)
+            if missing:
+                fail(f"{scenario.path}: model {missing[0]} has no price in {prices_path}: the spend cap cannot "
+                     "count it (add it to a price sheet passed with --prices, or set spend.max: off with "
+                     "spend.max_tokens)")
+        self.max_spend = max_spend
+        # the run's one cap and one retry budget are held by the master (local runs: by the process)
+        caps = (None, None, None) if self.role == "worker" else \
+            (max_spend, scenario.spend_max_tokens, scenario.spend_max_images)
+        self.spend = SpendCap(self.prices, *caps)
+        self.spend_in_flight_at_cap: int | None = None
         if self.role in ("local", "master"):
             self.out_dir = Path(opts.ttbench_out or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario.name}")
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,10 +147,33 @@ class Runtime:
             if not key:
                 fail(f"{scenario.path}: api_key_env: environment variable {scenario.api_key_env} is not set")
             self.api_key = key
-        budget = RetryBudget(scenario.retry.budget)
+        self.pool = BudgetPool(scenario.retry.budget) if self.role == "master" else None
+        budget: RetryBudget = LeasedBudget(self._ask_budget) if self.role == "worker" else \
+            RetryBudget(scenario.retry.budget)
         self.budget = budget
         self.caller = Caller(self.run_id, self.worker, self.api_key, scenario.retry, budget, self._emit, self.rng,
-                             on_call=self._on_call)
+                             on_call=self._on_call, profile=self.profile)
+        self.caller.on_dry_run_ignored = self._dry_run_ignored
+        try:
+            self.secrets = tuple(self.profile.secrets(self.api_key))
+        except ProfileError as exc:
+            fail(str(exc))
+
+    def _ask_budget(self) -> None:
+        self.environment.runner.send_message(MSG_BUDGET_ASK, 1)
+
+    def on_budget_ask(self, node_id: str) -> None:
+        """Master: lease a few retries of the run's budget to a worker."""
+        assert self.pool is not None
+        workers = max(1, len(self.workers_seen))
+        self.environment.runner.send_message(MSG_BUDGET_GRANT, self.pool.lease(workers), client_id=node_id)
+
+    def _dry_run_ignored(self) -> None:
+        self.dry_runs_ignored += 1
+        if not self.workload.dry_runs_off:
+            self.workload.dry_runs_off = True
+            print("ttbench: warning: the gateway ignored a dry run (it answered with a real completion, which it may "
+                  "bill): no more dry runs or pairs are sent in this run", file=sys.stderr, flush=True)
 
     def _is_local_sim(self) -> bool:
         return os.environ.get("TTBENCH_TARGET_IS_SIM") == "1"
@@ -137,8 +184,12 @@ class Runtime:
         self.sink.add(rec)
         if self.role == "local":
             self.live.add(rec)
+        self._count_spend(rec)
+
+    def _count_spend(self, rec: dict[str, Any]) -> None:
         self.spend.add(rec)
         if self.spend.exceeded and not self.stopping:
+            self.spend_in_flight_at_cap = self.in_flight()
             self.request_stop(self.spend.reason or "spend cap reached")
 
     def _ship(self, batch: list[dict[str, Any]]) -> None:
@@ -150,6 +201,8 @@ class Runtime:
         self.sink.write_lines(batch)
         for rec in batch:
             self.live.add(rec)
+            self._count_spend(rec)
+            self.retries_seen += rec["attempt"] > 1
         if node_id is not None and batch:
             info = self._worker_info(node_id)
             info["records"] += len(batch)
@@ -196,10 +249,6 @@ class Runtime:
             self.lost_workers.append(entry)
             print(f"ttbench: warning: worker {info['worker_index']} ({node_id}) was lost; the run goes on; up to "
                   f"{entry['possibly_missing_records']} of its records may be missing", file=sys.stderr, flush=True)
-
-    def _refused(self, rec: dict[str, Any]) -> bool:
-        status = rec.get("status")
-        return status in (401, 403) or (status == 400 and "INVALID_ARGUMENT" in (rec.get("error") or ""))
 
     def _arrivals_summary(self) -> dict[str, int] | None:
         if self.role == "master":
@@ -249,10 +298,9 @@ class Runtime:
         if last.get("error_kind") == "cancelled":
             return  # cut by the harness: kept out of Locust's stats and error rates
         self.finished_calls += 1
-        if self.finished_calls <= 3:
-            self.refused_calls += self._refused(last)
-            if self.refused_calls == 3 and not self.stopping:
-                self.request_stop(f"the target refused the API key on the first calls (HTTP {last['status']})")
+        verdict = self.hopeless.observe(last)
+        if verdict is not None and not self.stopping:
+            self.request_stop(verdict[1], verdict[0])
         first = records[0]
         e2e = (last["t_start"] - first["t_start"]) * 1000.0 + last["end_ms"]
         exc = None if last["ok"] else RuntimeError(f"{last['error_kind']}: {last.get('error') or ''}")
@@ -270,14 +318,18 @@ class Runtime:
             self.calibrator.update(spec.prompt_words, int(usage["input"]))
 
     # lifecycle -------------------------------------------------------------------------------
-    def request_stop(self, reason: str) -> None:
-        """Stop the run cleanly (spend cap, fatal target trouble)."""
+    def request_stop(self, reason: str, code: int = EXIT_OK) -> None:
+        """Stop the run cleanly (spend cap, fatal target trouble); `code` is the run's exit code."""
         self.stopping = True
         self.stop_reason = reason
-        print(f"ttbench: stopping: {reason}", file=sys.stderr, flush=True)
+        self.exit_code = max(self.exit_code, code)
+        if code == EXIT_BAD_INPUT:
+            print(f"ttbench: error: {reason}", file=sys.stderr, flush=True)
+        else:
+            print(f"ttbench: stopping: {reason}", file=sys.stderr, flush=True)
         runner = self.environment.runner
         if self.role == "worker":
-            runner.send_message(MSG_STOP, reason)
+            runner.send_message(MSG_STOP, {"reason": reason, "code": code})
         else:
             gevent.spawn(runner.quit)
 
@@ -407,11 +459,25 @@ class Runtime:
             "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,
             "stop_reason": self.stop_reason, "live": self.live.snapshot(),
             "arrivals": self._arrivals_summary(),
-            "retry_budget": {"spent": self.budget.spent, "denied": self.budget.denied},
-            "spend": {"money": str(self.spend.money), "tokens": self.spend.tokens, "images": self.spend.images},
+            "retry_budget": self._budget_summary(),
+            "spend": {"money": str(self.spend.money), "tokens": self.spend.tokens, "images": self.spend.images,
+                      "cap": None if self.max_spend is None else str(self.max_spend),
+                      "max_tokens": self.scenario.spend_max_tokens, "max_images": self.scenario.spend_max_images,
+                      "held_by": self.role, "in_flight_at_cap": self.spend_in_flight_at_cap,
+                      "overshoot_bound": "the calls in flight when the cap was reached (at most one per user) plus "
+                                         "those that finished in the last record shipment (0.5 s)"},
+            "gateway": self.profile.name, "dry_runs_ignored": self.dry_runs_ignored,
+            "exit_code": self.exit_code,
         }
         (self.out_dir / "harness.json").write_text(json.dumps(harness, indent=2, default=str))
-        self.environment.process_exit_code = 0
+        self.environment.process_exit_code = self.exit_code
+
+    def _budget_summary(self) -> dict[str, Any]:
+        if self.pool is not None:  # the master: retries spent are the retried attempts the workers shipped
+            return {"total": self.pool.total, "granted": self.pool.granted_total, "spent": self.retries_seen,
+                    "held_by": "master"}
+        return {"total": self.scenario.retry.budget, "spent": self.budget.spent, "denied": self.budget.denied,
+                "held_by": self.role}
 
 
 def install() -> None:
@@ -452,7 +518,14 @@ def install() -> None:
         runner = environment.runner
         if rt.role == "master":
             runner.register_message(MSG_RECORDS, lambda environment, msg, **k: rt.on_shipped(msg.data, msg.node_id))
-            runner.register_message(MSG_STOP, lambda environment, msg, **k: rt.request_stop(str(msg.data)))
+            runner.register_message(MSG_BUDGET_ASK, lambda environment, msg, **k: rt.on_budget_ask(msg.node_id))
+
+            def _stop_msg(environment: Any, msg: Any, **_k: Any) -> None:
+                data = msg.data if isinstance(msg.data, dict) else {"reason": str(msg.data), "code": 0}
+                if not rt.stopping:
+                    rt.request_stop(str(data["reason"]), int(data.get("code") or 0))
+
+            runner.register_message(MSG_STOP, _stop_msg)
         elif rt.role == "worker":
             def _workers(environment: Any, msg: Any, **_k: Any) -> None:
                 rt.workers = int(msg.data)
@@ -460,6 +533,9 @@ def install() -> None:
                     rt.arrivals.set_workers(rt.workers)
 
             runner.register_message(MSG_WORKERS, _workers)
+            budget = rt.budget
+            assert isinstance(budget, LeasedBudget)
+            runner.register_message(MSG_BUDGET_GRANT, lambda environment, msg, **k: budget.granted(int(msg.data)))
 
     @events.test_start.add_listener
     def _start(environment: Any, **_kw: Any) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from ttbench.yamlfile import YamlFileError, read_yaml
 
 from . import traces
+from .profile import PROFILE_KEYS, Profile, ProfileError, Secret, headers, load_profile
 from .retry import RetryPolicy
 from .traces import TRACE_ENDPOINTS, Trace, TraceError, TraceSpec, load_trace, replay_duration, window
 from .transport import Timeouts
@@ -74,6 +75,7 @@ class MixEntry:
     image_quality: str = "low"
     inputs: Dist = field(default_factory=lambda: Dist("fixed", 1))
     dims: int | None = None
+    headers: dict[str, Secret] | None = None
 
 
 @dataclass(slots=True)
@@ -114,6 +116,11 @@ class Scenario:
     ca_file: str | None
     insecure: bool
     raw: dict[str, Any]
+    profile: Profile = field(default_factory=Profile)
+    gateway: dict[str, Any] = field(default_factory=dict)   # the scenario's `gateway:` section
+    client_cert: str | None = None
+    client_key: str | None = None
+    spend_money_off: bool = False        # spend.max: off (a token or image cap only)
     gates: dict[str, Any] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
     analysis: dict[str, Any] = field(default_factory=dict)
@@ -207,10 +214,11 @@ class _V:
 
 
 MIX_KEYS = ("endpoint", "weight", "models", "stream", "json_array", "dry_run", "pair", "tools", "reasoning",
-            "prompt_tokens", "output_tokens", "ignore_eos", "images", "inputs", "dims")
+            "prompt_tokens", "output_tokens", "ignore_eos", "images", "inputs", "dims", "headers")
 TOP_KEYS = ("name", "description", "seed", "target", "api_key_env", "sim", "users", "spawn_rate", "duration",
             "stop_timeout", "arrivals", "stages", "think_time", "timeouts", "retry", "defaults", "mix", "spend",
-            "tls", "gates", "ledger", "analysis", "trace", "conversations")
+            "tls", "gates", "ledger", "analysis", "trace", "conversations", "gateway")
+PROFILE_SECTION_KEYS = tuple(k for k in PROFILE_KEYS if k != "name")
 ARRIVAL_KEYS = ("process", "rate", "burstiness", "on_s", "off_s")
 TRACE_KEYS = ("format", "file", "time_scale", "rate_scale", "window", "models", "endpoints", "columns", "time_unit",
               "stream", "ignore_eos")
@@ -263,7 +271,35 @@ def _mix_entry(v: _V, i: int, raw: Any, defaults: dict[str, Any]) -> MixEntry:
         e.inputs = v.dist(f"{path}.inputs", d["inputs"])
     if "dims" in d:
         e.dims = int(v.num(f"{path}.dims", d["dims"], 1, integer=True))
+    if "headers" in d:
+        try:
+            e.headers = headers(f"{v.file}: {path}.headers", d["headers"]) or None
+        except ProfileError as exc:
+            raise ScenarioError(str(exc)) from None
     return e
+
+
+def gateway_profile(scenario: Scenario, name: str | None = None) -> Profile:
+    """The scenario's gateway profile, or the profile `name` (--gateway) with the scenario's `gateway:` over it;
+    a profile that says the gateway has no dry run refuses dry-run and pair shares before any load."""
+    section = dict(scenario.gateway)
+    base = Path(scenario.path).parent
+    for key in ("profile",):
+        ref = name if name is not None else section.get(key)
+        if isinstance(ref, str) and ref.endswith((".yaml", ".yml")) and not Path(ref).is_absolute() \
+                and name is None:
+            section[key] = str(base / ref)
+    try:
+        profile = load_profile(name, section, f"{scenario.path}: gateway")
+    except ProfileError as exc:
+        raise ScenarioError(str(exc)) from None
+    if profile.dry_run_supported is False:
+        for i, m in enumerate(scenario.mix):
+            for key in ("dry_run", "pair"):
+                if getattr(m, key) > 0:
+                    raise ScenarioError(f"{scenario.path}: mix[{i}].{key}: the gateway profile {profile.name!r} "
+                                        "says the gateway has no dry run (set it to 0, or use a profile with dry runs)")
+    return profile
 
 
 def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenario:
@@ -371,14 +407,30 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     if conv_think_max < conv_think_min:
         raise v.fail("conversations.think_time.max_s", f"must be >= min_s ({conv_think_min:g})")
     spend = v.mapping("spend", d.get("spend"), ("max", "max_tokens", "max_images"))
-    tls = v.mapping("tls", d.get("tls"), ("ca_file", "insecure"))
+    money_off = spend.get("max") == "off"
+    if money_off:
+        if "max_tokens" not in spend and "max_images" not in spend:
+            raise v.fail("spend.max", "off needs a token or image cap (spend.max_tokens or spend.max_images)")
+        spend = {k: x for k, x in spend.items() if k != "max"}
+    tls = v.mapping("tls", d.get("tls"), ("ca_file", "insecure", "client_cert", "client_key"))
     ca_file = tls.get("ca_file")
     if ca_file is not None:
         ca_file = str((base_dir / ca_file) if base_dir else Path(ca_file))
+    certs = {}
+    for key in ("client_cert", "client_key"):
+        if key in tls:
+            f = Path(v.text(f"tls.{key}", tls[key]))
+            f = f if f.is_absolute() or base_dir is None else base_dir / f
+            if not f.is_file():
+                raise v.fail(f"tls.{key}", f"no such file: {tls[key]}")
+            certs[key] = str(f)
+    if "client_key" in certs and "client_cert" not in certs:
+        raise v.fail("tls.client_key", "needs tls.client_cert")
+    gateway = v.mapping("gateway", d.get("gateway"), ("profile", *PROFILE_SECTION_KEYS))
     insecure = tls.get("insecure", False)
     if not isinstance(insecure, bool):
         raise v.fail("tls.insecure", f"expected true or false, got {insecure!r}")
-    return Scenario(
+    scenario = Scenario(
         path=file, name=name, description=str(d.get("description", "")), seed=seed, target=target,
         api_key_env=api_key_env, sim_config=sim_cfg, users=users, spawn_rate=spawn_rate, duration_s=duration_s,
         stop_timeout_s=stop_timeout_s, arrivals=process, rate=rate, stages=stages, think_min_s=think_min,
@@ -392,8 +444,11 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         analysis=v.mapping("analysis", d.get("analysis"), tuple(d.get("analysis") or {})),
         burstiness=burstiness, on_s=on_s, off_s=off_s, trace=trace, trace_data=trace_data,
         conv_share=conv_share, conv_turns=conv_turns, conv_think_min_s=conv_think_min,
-        conv_think_max_s=conv_think_max,
+        conv_think_max_s=conv_think_max, gateway=gateway, client_cert=certs.get("client_cert"),
+        client_key=certs.get("client_key"), spend_money_off=money_off,
     )
+    scenario.profile = gateway_profile(scenario)
+    return scenario
 
 
 def _trace(v: _V, raw: Any, base_dir: Path | None) -> tuple[TraceSpec, Trace]:

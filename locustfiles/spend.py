@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ttbench.prices import PriceSheet, Usage
+
+if TYPE_CHECKING:
+    from .scenario import Scenario
+
+
+def unpriced_models(scenario: Scenario, prices: PriceSheet) -> list[str]:
+    """Models the scenario may call that the price sheet does not price (the spend cap could not count them)."""
+    names: list[str] = []
+    for m in scenario.mix:
+        if m.endpoint != "models":
+            names += [name for name, w in m.models if w > 0]
+    if scenario.trace is not None:
+        names += list(scenario.trace.models.values())
+    return sorted({n for n in names if n not in prices.models})
 
 
 class SpendCap:
@@ -23,8 +37,11 @@ class SpendCap:
         self.reason: str | None = None
 
     def add(self, record: dict[str, Any]) -> None:
-        """Account one attempt's usage (dry runs and failures cost nothing)."""
-        if not record.get("ok") or record.get("dry_run") or record.get("replayed"):
+        """Account one attempt's usage: successes (a dry run the gateway ignored included) and failed attempts
+        whose usage arrived before they failed (billed, then lost); estimates and replays cost nothing."""
+        if record.get("replayed") or (record.get("dry_run") and not record.get("dry_run_ignored")):
+            return
+        if not record.get("ok") and not (record.get("usage") and record.get("sent", True)):
             return
         usage = record.get("usage") or {}
         images = record.get("images_returned") or 0

@@ -17,6 +17,7 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTP
 
 from .calls import WireRequest
 from .dialects.base import Reader, loads
+from .profile import RESET_HEADERS, Profile, parse_reset, parse_wait, retry_info_delay
 from .streams import BodyReader, JsonArrayFramer, ProtocolError, SSEFramer
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -44,38 +45,60 @@ class Outcome:
 
     status: int | None = None
     request_id: str | None = None
+    request_id_header: str | None = None
+    ids: dict[str, str] | None = None
     original_request_id: str | None = None
     replayed: bool = False
     retry_after_s: float | None = None
+    retry_after_header: str | None = None
+    ratelimit_reset_s: dict[str, float] | None = None
+    should_retry: bool | None = None      # x-should-retry, when the gateway said
     t_headers: float | None = None
     t_end: float = 0.0
     error_kind: str | None = None
     error: str | None = None
+    error_type: str | None = None
+    error_code: str | None = None
+    error_reason: str | None = None
     body: Any = None
+    sent: bool = False                    # the request's bytes were all written
+    complete: bool = False                # the whole HTTP message arrived (body or stream to its end)
+    content_began: bool = False
+    dry_run_ignored: bool = False         # a dry run answered with a real completion
+    framing: str | None = None            # the stream framing that arrived, when not the one asked for
 
 
 class AttemptCancelled(Exception):
     """The harness ended the attempt itself (the run stopped, a spend cap, a stop from the UI)."""
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def client_tls_context(insecure: bool, ca_file: str | None, module: Any = ssl) -> ssl.SSLContext:
-    """Verification on (the system's CAs, plus `ca_file` when given) unless `insecure`."""
+def client_tls_context(insecure: bool, ca_file: str | None, module: Any = ssl, client_cert: str | None = None,
+                       client_key: str | None = None) -> ssl.SSLContext:
+    """Verification on (the system's CAs, plus `ca_file` when given) unless `insecure`; a client certificate
+    (mutual TLS) when `client_cert` is given."""
     ctx = module.create_default_context()
     if insecure:
         ctx.check_hostname = False
         ctx.verify_mode = module.CERT_NONE
     elif ca_file:
         ctx.load_verify_locations(cafile=ca_file)
+    if client_cert:
+        ctx.load_cert_chain(client_cert, client_key)
     return ctx
+
+
+def proxy_for(scheme: str, host: str) -> tuple[str, int, str | None, str | None] | None:
+    """The proxy the standard environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) names for a target, if any."""
+    import urllib.request
+
+    proxies = urllib.request.getproxies_environment()
+    url = proxies.get(scheme)
+    if not url or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or 80, parts.username, parts.password
 
 
 def _parse_error(exc: Exception, phase: str) -> tuple[str, str]:
@@ -89,40 +112,60 @@ def _parse_error(exc: Exception, phase: str) -> tuple[str, str]:
     return "protocol", f"not valid HTTP in {where} ({text[:60]})"
 
 
-SECRET_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
+SECRET_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key", "ocp-apim-subscription-key",
+                  "proxy-authorization")
 
 
-def _scrub(text: str, req: WireRequest) -> str:
+def _scrub(text: str, req: WireRequest, secrets: tuple[str, ...] = ()) -> str:
     """An error text without any credential the request carried (defence in depth: errors are built from
     status fields and exception names, but a gateway could echo a key into an error code)."""
+    found = list(secrets)
     for name, value in req.headers.items():
         if name.lower() in SECRET_HEADERS and value:
-            for secret in {value, value.split(" ", 1)[-1]}:
-                if len(secret) >= 4 and secret in text:
-                    text = text.replace(secret, "[redacted]")
+            found += [value, value.split(" ", 1)[-1]]
+    for secret in found:
+        if len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "[redacted]")
     return text
 
 
-def _short(body: bytes) -> str:
-    """A short, key-free description of an error body: its code, type and status fields only."""
+def error_fields(body: bytes) -> tuple[dict[str, str], Any]:
+    """An error body's `status`, `type`, `code` and (Gemini's details) `reason` fields, and the parsed body."""
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return "non-JSON error body"
+        return {}, None
     err = obj.get("error") if isinstance(obj, dict) else None
     if isinstance(obj, list) and obj and isinstance(obj[0], dict):
         err = obj[0].get("error")
+    out: dict[str, str] = {}
     if isinstance(err, dict):
-        parts = [str(err[k]) for k in ("status", "type", "code") if err.get(k) is not None]
-        return " ".join(parts)[:80] or "error"
-    return "error"
+        for k in ("status", "type", "code"):
+            if err.get(k) is not None and not isinstance(err[k], dict | list):
+                out[k] = str(err[k])[:64]
+        for d in err.get("details") or ():
+            if isinstance(d, dict) and isinstance(d.get("reason"), str):
+                out["reason"] = d["reason"][:64]
+                break
+    elif isinstance(obj, dict) and isinstance(obj.get("type"), str) and obj.get("type") == "error":
+        out["type"] = "error"
+    return out, obj
+
+
+def _short(fields: dict[str, str], parsed: bool) -> str:
+    """A short, key-free description of an error body: its code, type and status fields only."""
+    if not parsed:
+        return "non-JSON error body"
+    parts = [fields[k] for k in ("status", "type", "code") if k in fields]
+    return " ".join(parts)[:80] or "error"
 
 
 class Transport:
     """A keep-alive connection pool to one base URL, used by one Locust user."""
 
     def __init__(self, base_url: str, timeouts: Timeouts, insecure: bool = False, ca_file: str | None = None,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, profile: Profile | None = None, client_cert: str | None = None,
+                 client_key: str | None = None, secrets: tuple[str, ...] = ()) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -131,38 +174,58 @@ class Transport:
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.prefix = parts.path.rstrip("/")
         self.timeouts = timeouts
+        self.profile = profile or Profile()
+        self.secrets = secrets
         self.host_header = self.host if parts.port is None else f"{self.host}:{self.port}"
-        common = dict(size=concurrency, connection_timeout=timeouts.connect_s, network_timeout=timeouts.first_byte_s)
+        common: dict[str, Any] = dict(size=concurrency, connection_timeout=timeouts.connect_s,
+                                      network_timeout=timeouts.first_byte_s)
+        proxy = proxy_for(self.scheme, self.host)
+        conn_host, conn_port = (proxy[0], proxy[1]) if proxy else (self.host, self.port)
+        # a plain-HTTP target through a proxy is asked for by its absolute URL; an https one through a CONNECT tunnel
+        self.absolute = f"{self.scheme}://{self.host_header}" if proxy and self.scheme == "http" else ""
+        self.proxy_auth = None
+        if proxy and (proxy[2] or proxy[3]):
+            import base64
+
+            token = base64.b64encode(f"{proxy[2] or ''}:{proxy[3] or ''}".encode()).decode()
+            self.proxy_auth = f"Basic {token}"
+            if self.scheme == "https":
+                common.update(proxy_user=proxy[2], proxy_password=proxy[3])
         if self.scheme == "https":
-            ctx = client_tls_context(insecure, ca_file, gevent.ssl)
+            ctx = client_tls_context(insecure, ca_file, gevent.ssl, client_cert, client_key)
 
             def factory(cafile: str | None = None) -> gevent.ssl.SSLContext:
                 return ctx
 
-            self.pool: ConnectionPool = SSLConnectionPool(self.host, self.port, self.host, self.port,
-                                                          insecure=insecure, ssl_context_factory=factory, **common)
+            self.pool: ConnectionPool = SSLConnectionPool(conn_host, conn_port, self.host, self.port,
+                                                          insecure=insecure, ssl_context_factory=factory,
+                                                          use_proxy=proxy is not None, **common)
         else:
-            self.pool = ConnectionPool(self.host, self.port, self.host, self.port, **common)
+            self.pool = ConnectionPool(conn_host, conn_port, self.host, self.port, **common)
 
     def close(self) -> None:
         """Close every pooled connection."""
         self.pool.close()
 
     def _encode(self, req: WireRequest) -> bytes:
-        lines = [f"{req.method} {self.prefix}{req.path} HTTP/1.1", f"Host: {self.host_header}",
+        lines = [f"{req.method} {self.absolute}{self.prefix}{req.path} HTTP/1.1", f"Host: {self.host_header}",
                  "Accept-Encoding: identity", "User-Agent: ttbench/0.1"]
+        if self.absolute and self.proxy_auth:
+            lines.append(f"Proxy-Authorization: {self.proxy_auth}")
         lines += [f"{k}: {v}" for k, v in req.headers.items()]
         if req.body or req.method in ("POST", "PUT", "PATCH"):
             lines.append(f"Content-Length: {len(req.body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + req.body
 
-    def send(self, req: WireRequest, reader: Reader, stream: bool, expect_json_body: bool) -> Outcome:
-        """Run one attempt; `reader` collects the answer.
+    def send(self, req: WireRequest, reader: Reader, stream: bool, dry_run: bool,
+             out: Outcome | None = None) -> Outcome:
+        """Run one attempt; `reader` collects the answer (`out`, when given, is filled as the attempt goes, so a
+        caller that stops the attempt keeps what arrived).
 
         Never raises for anything the target does: every way an answer can go wrong ends in
         an Outcome with an error kind (only the harness's own stop, GreenletExit, propagates).
         """
-        out = Outcome()
+        out = out if out is not None else Outcome()
         to = self.timeouts
         timer = gevent.Timeout(to.total_s)
         timer.start()
@@ -174,19 +237,16 @@ class Transport:
             phase = "send"
             sock.settimeout(to.first_byte_s)
             sock.sendall(self._encode(req))
+            out.sent = True
             phase = "headers"
             resp = HTTPSocketPoolResponse(sock, self.pool, block_size=65536, method=req.method)
             out.t_headers = time.perf_counter()
             phase = "body"
             out.status = resp.status_code
-            get = resp.get
-            out.request_id = get("x-tt-request-id")
-            out.original_request_id = get("x-tt-original-request-id")
-            out.replayed = (get("idempotent-replayed") or "").lower() == "true"
-            out.retry_after_s = _retry_after(get("retry-after"))
+            self._read_headers(resp.get, out)
             if resp._sock is not None:
                 resp._sock.settimeout(to.idle_s)
-            self._read_body(resp, reader, stream, expect_json_body, out)
+            self._read_body(resp, reader, stream, dry_run, out)
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
@@ -225,10 +285,54 @@ class Transport:
         finally:
             timer.cancel()
             out.t_end = time.perf_counter()
+            # the whole answer arrived: the HTTP message, and a stream's own terminator
+            out.complete = resp is not None and bool(getattr(resp, "message_complete", False)) and \
+                (not stream or (dry_run and not out.dry_run_ignored) or reader.stream_complete())
             self._settle_socket(sock, resp, phase, out.error_kind is not None)
             if out.error:
-                out.error = _scrub(out.error, req)
+                out.error = _scrub(out.error, req, self.secrets)
+                for name in ("error_type", "error_code", "error_reason"):
+                    if (v := getattr(out, name)) is not None:
+                        setattr(out, name, _scrub(v, req, self.secrets))
+            out.content_began = reader.first_content is not None
         return out
+
+    def _read_headers(self, get: Any, out: Outcome) -> None:
+        """Request ids (every known header, the profile's first), replay marks, retry waits, rate-limit resets."""
+        p = self.profile
+        ids = None
+        for name in p.id_headers:
+            v = get(name)
+            if v:
+                if ids is None:
+                    ids = {}
+                    out.request_id, out.request_id_header = v, name
+                ids[name] = v
+        out.ids = ids
+        for name in p.original_request_id_headers:
+            v = get(name)
+            if v:
+                out.original_request_id = v
+                break
+        out.replayed = any((get(name) or "").lower() == "true" for name in p.replay_headers)
+        for name in p.retry_after_headers:
+            v = get(name)
+            if v:
+                wait = parse_wait(name, v)
+                if wait is not None:
+                    out.retry_after_s, out.retry_after_header = wait, name
+                    break
+        resets = None
+        for limit, names in RESET_HEADERS.items():
+            for name in names:
+                v = get(name)
+                if v and (r := parse_reset(v)) is not None:
+                    resets = resets or {}
+                    resets[limit] = round(r, 3)
+                    break
+        out.ratelimit_reset_s = resets
+        should = (get("x-should-retry") or "").strip().lower()
+        out.should_retry = True if should == "true" else False if should == "false" else None
 
     def _settle_socket(self, sock: Any, resp: Any, phase: str, failed: bool) -> None:
         if sock is None:
@@ -255,14 +359,19 @@ class Transport:
             except OSError:
                 pass
 
-    def _read_body(self, resp: Any, reader: Reader, stream: bool, expect_json_body: bool, out: Outcome) -> None:
+    def _read_body(self, resp: Any, reader: Reader, stream: bool, dry_run: bool, out: Outcome) -> None:
         status = out.status or 0
         get = resp.get
         ctype = (get("content-type") or "").lower()
         if status >= 400:
             body = self._read_error_body(resp)
             out.error_kind = "http_429" if status == 429 else ("http_5xx" if status >= 500 else "http_4xx")
-            out.error = f"HTTP {status}: {_short(body)}"
+            fields, parsed = error_fields(body)
+            out.error = f"HTTP {status}: {_short(fields, parsed is not None)}"
+            out.error_type, out.error_code, out.error_reason = fields.get("type"), fields.get("code"), \
+                fields.get("reason") or fields.get("status")
+            if out.retry_after_s is None and (delay := retry_info_delay(parsed)) is not None:
+                out.retry_after_s, out.retry_after_header = delay, "RetryInfo.retryDelay"
             return
         if not 200 <= status < 300:
             raise ProtocolError(f"unexpected HTTP {status}")
@@ -272,7 +381,9 @@ class Transport:
         length = resp.content_length
         if length is not None and length > MAX_BODY_BYTES:
             raise ProtocolError(f"response body of {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
-        if stream and not expect_json_body:
+        if dry_run and "text/event-stream" in ctype:
+            out.dry_run_ignored = True  # a stream, not an estimate: the gateway made the call
+        if stream and not (dry_run and not out.dry_run_ignored and "json" in ctype):
             self._read_stream(resp, reader, ctype, out)
             return
         body = self._read_all(resp)
@@ -282,11 +393,22 @@ class Transport:
         if "json" not in ctype:
             raise ProtocolError(f"unexpected content type {ctype[:40] or 'none'!r}")
         obj = loads(body.decode("utf-8"))
-        out.body = obj
-        if not expect_json_body:
-            reader.body(obj)
-            if not reader.has_content:
-                out.error_kind, out.error = "empty", "no content of any kind"
+        if dry_run and isinstance(obj, dict) and (obj.get("dry_run") is True or obj.get("object") == "billing.estimate"):
+            out.body = obj
+            return
+        if dry_run:
+            out.dry_run_ignored = True  # a real answer, not an estimate: the gateway made the call
+            if stream:
+                if not (isinstance(obj, list) and reader.stream_format == "json_array"):
+                    raise ProtocolError("a whole JSON answer to a streamed call")
+                t = time.perf_counter()  # a streamed JSON array, read whole
+                for element in obj:
+                    reader.event(None, json.dumps(element), t)
+                reader.done = True
+                return
+        reader.body(obj)
+        if not reader.has_content:
+            out.error_kind, out.error = "empty", "no content of any kind"
 
     def _read_all(self, resp: Any) -> bytes:
         return b"".join(data for data, _t in BodyReader(resp, limit=MAX_BODY_BYTES))
@@ -311,7 +433,13 @@ class Transport:
             if resp.content_length == 0:
                 out.error_kind, out.error = "empty", "an empty body"
                 return
-            raise ProtocolError(f"unexpected content type {ctype[:40] or 'none'!r}")
+            other = "sse" if array and "text/event-stream" in ctype else \
+                "json_array" if not array and "json" in ctype and "json_array" in reader.framings else None
+            if other is None:
+                raise ProtocolError(f"unexpected content type {ctype[:40] or 'none'!r}")
+            # the same dialect in its other stream framing: read it as it came (a success if complete)
+            out.framing = reader.stream_format = other
+            array = other == "json_array"
         body = BodyReader(resp, limit=MAX_BODY_BYTES)
         event = reader.event
         try:
@@ -348,3 +476,27 @@ class Transport:
             out.error_kind, out.error = "truncated", "the stream ended without its terminator"
         elif not reader.has_content:
             out.error_kind, out.error = "empty", "no content of any kind"
+
+
+class Transports:
+    """One user's connection pools: the target's, and one per other origin a gateway profile's paths name."""
+
+    def __init__(self, base_url: str, make: Any) -> None:
+        self._make = make
+        self.default: Transport = make(base_url)
+        self._others: dict[str, Transport] = {}
+
+    def get(self, base: str | None) -> Transport:
+        """The pool for an origin (None: the target)."""
+        if base is None:
+            return self.default
+        t = self._others.get(base)
+        if t is None:
+            t = self._others[base] = self._make(base)
+        return t
+
+    def close(self) -> None:
+        """Close every pool."""
+        self.default.close()
+        for t in self._others.values():
+            t.close()

@@ -12,7 +12,7 @@ from .calls import CallSpec
 from .prompts import make_prompt
 from .runtime import Runtime
 from .sessions import Conversation
-from .transport import Transport
+from .transport import Transport, Transports
 
 CONVERSATIONAL = ("chat", "messages", "gemini")
 
@@ -25,9 +25,14 @@ class GatewayUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.rt = Runtime.get()
-        self.transport = Transport(self.host or self.rt.target, self.rt.scenario.timeouts,
-                                   insecure=self.rt.insecure, ca_file=self.rt.scenario.ca_file)
+        rt = self.rt = Runtime.get()
+        sc = rt.scenario
+
+        def make(url: str) -> Transport:
+            return Transport(url, sc.timeouts, insecure=rt.insecure, ca_file=sc.ca_file, profile=rt.profile,
+                             client_cert=sc.client_cert, client_key=sc.client_key, secrets=rt.secrets)
+
+        self.transport = Transports(self.host or rt.target, make)
 
     def wait_time(self) -> float:
         """Think time between calls (closed loop); none in open loop, where arrivals pace the calls."""

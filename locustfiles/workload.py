@@ -30,6 +30,7 @@ class Workload:
         self.scenario = scenario
         self.rng = rng
         self.calibrator = calibrator
+        self.dry_runs_off = False  # set once the gateway showed it ignores dry runs
         self.by_family: dict[str, _Weighted] = {}
         for fam in ("openai", "anthropic", "gemini"):
             entries = [(m, m.weight) for m in scenario.mix if FAMILIES[m.endpoint] == fam and m.weight > 0]
@@ -81,7 +82,7 @@ class Workload:
     def _build(self, entry: MixEntry, model: str, prompt_tokens: int | None = None, output_tokens: int | None = None,
                ignore_eos: bool | None = None) -> list[CallSpec]:
         rng = self.rng
-        spec = CallSpec(endpoint=entry.endpoint, model=model, name="")
+        spec = CallSpec(endpoint=entry.endpoint, model=model, name="", headers=entry.headers)
         if entry.endpoint in ("chat", "messages", "gemini"):
             spec.stream = rng.random() < entry.stream
             if spec.stream and entry.endpoint == "gemini":
@@ -105,7 +106,9 @@ class Workload:
             spec.image_size = entry.image_size
             spec.image_quality = entry.image_quality
         u = rng.random()
-        if u < entry.dry_run:
+        if self.dry_runs_off:
+            pass
+        elif u < entry.dry_run:
             spec.dry_run = True
         elif u < entry.dry_run + entry.pair:
             pair_id = f"pair-{rng.getrandbits(48):012x}"

@@ -17,6 +17,7 @@ import pytest
 
 from locustfiles.calls import CallSpec
 from locustfiles.dialects import DIALECTS
+from locustfiles.profile import Profile
 from locustfiles.transport import MAX_BODY_BYTES, Timeouts, Transport
 
 from .badgateway import ARRAY, CASES, HUGE_BYTES, PLAIN, SSE, BadGateway
@@ -80,7 +81,9 @@ def one_call(base: str, case: str, endpoint: str, mode: str) -> tuple[Any, Any]:
     dialect = DIALECTS[endpoint]
     reader = dialect.Reader((mode if endpoint == "gemini" else "sse") if spec.stream else None)
     try:
-        return transport.send(dialect.build(spec, "bad-key"), reader, spec.stream, False), reader
+        wire = dialect.build(spec)
+        Profile().apply(wire, spec, "bad-key")
+        return transport.send(wire, reader, spec.stream, False), reader
     finally:
         transport.close()
 

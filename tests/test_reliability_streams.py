@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from locustfiles.calls import CallSpec
 from locustfiles.dialects import DIALECTS
+from locustfiles.profile import Profile
 from locustfiles.streams import JsonArrayFramer, SSEFramer
 from locustfiles.transport import Outcome, Timeouts, Transport
 
@@ -130,7 +131,9 @@ def send(raw_pieces: list[bytes], end: str, dialect: str, mode: str, dry_run: bo
     transport.pool = pool  # type: ignore[assignment]
     mod = DIALECTS[dialect]
     reader = mod.Reader((mode if dialect == "gemini" else "sse") if spec.stream else None)
-    out = transport.send(mod.build(spec, "k"), reader, spec.stream, dry_run)
+    wire = mod.build(spec)
+    Profile().apply(wire, spec, "k")
+    out = transport.send(wire, reader, spec.stream, dry_run)
     return out, reader, pool
 
 

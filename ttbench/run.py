@@ -18,8 +18,11 @@ from typing import Any
 import httpx
 import yaml
 
-from locustfiles.scenario import Scenario, ScenarioError, load_scenario
-from locustfiles.transport import client_tls_context
+from locustfiles.calls import CallSpec
+from locustfiles.dialects import DIALECTS
+from locustfiles.profile import Profile, ProfileError
+from locustfiles.scenario import Scenario, ScenarioError, gateway_profile, load_scenario
+from locustfiles.transport import client_tls_context, error_fields
 
 from .simproc import DEFAULT_API_KEY, SimProcess, SimProcessError
 
@@ -69,19 +72,30 @@ def _tls_failure(exc: BaseException) -> str | None:
 
 
 def check_target(url: str, key: str, timeout: float = 5.0, insecure: bool = False,
-                 ca_file: str | None = None) -> None:
+                 ca_file: str | None = None, profile: Profile | None = None, client_cert: str | None = None,
+                 client_key: str | None = None) -> None:
     """A clear error within `timeout` seconds when the target does not answer, refuses the key, or
-    (for https) presents a certificate that fails verification; `ca_file` and `insecure` as the calls use them."""
+    (for https) presents a certificate that fails verification; TLS settings, auth and paths as the calls use
+    them (the gateway profile's)."""
+    profile = profile or Profile()
     verify: Any = True
     if url.startswith("https://"):
         try:
-            verify = client_tls_context(insecure, ca_file)
+            verify = client_tls_context(insecure, ca_file, client_cert=client_cert, client_key=client_key)
         except (OSError, ssl.SSLError) as exc:
             detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
-            raise RunError(f"tls.ca_file: cannot load {ca_file}: {detail}") from None
+            what = f"tls.ca_file: cannot load {ca_file}" if not client_cert else \
+                f"tls: cannot load {ca_file or ''} {client_cert}".replace("  ", " ")
+            raise RunError(f"{what}: {detail}") from None
+    spec = CallSpec(endpoint="models", model="-", name="models list")
+    wire = DIALECTS["models"].build(spec)
     try:
-        r = httpx.get(url.rstrip("/") + "/v1/models", headers={"Authorization": f"Bearer {key}", "x-api-key": key},
-                      timeout=timeout, verify=verify)
+        profile.apply(wire, spec, key)
+    except ProfileError as exc:
+        raise RunError(str(exc)) from None
+    try:
+        r = httpx.get((wire.base or url.rstrip("/")) + wire.path, headers=wire.headers, timeout=timeout,
+                      verify=verify)
     except httpx.HTTPError as exc:
         tls = _tls_failure(exc)
         if tls is not None:
@@ -89,8 +103,11 @@ def check_target(url: str, key: str, timeout: float = 5.0, insecure: bool = Fals
                     if "verification" in tls else "")
             raise RunError(f"target {url}: TLS {tls}{hint}") from None
         raise RunError(f"target {url} does not answer: {type(exc).__name__}") from None
-    if r.status_code in (401, 403):
-        raise RunError(f"target {url} refused the API key (HTTP {r.status_code})")
+    fields, _ = error_fields(r.content) if r.status_code >= 400 else ({}, None)
+    if r.status_code in (401, 403) or profile.is_auth_error(r.status_code, fields.get("type"), fields.get("code"),
+                                                            fields.get("reason") or fields.get("status")):
+        detail = " ".join(fields[k] for k in ("status", "type", "code") if k in fields)
+        raise RunError(f"target {url} refused the API key (HTTP {r.status_code}{': ' + detail if detail else ''})")
 
 
 def _slug(text: str) -> str:
@@ -127,7 +144,12 @@ def run(args: Any) -> int:
             duration = _V("--duration").duration("-t", args.duration)
         except ScenarioError as exc:
             raise RunError(str(exc).replace("--duration: ", "")) from None
+    try:
+        profile = gateway_profile(scenario, args.gateway) if getattr(args, "gateway", None) else scenario.profile
+    except ScenarioError as exc:
+        raise RunError(str(exc)) from None
     out, run_id = prepare(scenario, args)
+    (out / "gateway.json").write_text(json.dumps(profile.describe(), indent=2))
     started = time.time()
     sim: SimProcess | None = None
     env = dict(os.environ)
@@ -156,7 +178,8 @@ def run(args: Any) -> int:
             if not key:
                 raise RunError(f"{scenario.path}: api_key_env: environment variable {scenario.api_key_env} is not set")
             insecure = bool(args.insecure or scenario.insecure)
-            check_target(url, key, insecure=insecure, ca_file=scenario.ca_file)
+            check_target(url, key, insecure=insecure, ca_file=scenario.ca_file, profile=profile,
+                         client_cert=scenario.client_cert, client_key=scenario.client_key)
             if insecure and url.startswith("https://"):
                 print("ttbench: warning: TLS certificate verification is OFF (--insecure): the target is not "
                       "authenticated", file=sys.stderr, flush=True)
@@ -188,6 +211,8 @@ def run(args: Any) -> int:
             cmd += ["--max-spend", str(args.max_spend)]
         if args.processes:
             cmd += ["--processes", str(args.processes)]
+        if getattr(args, "gateway", None):
+            cmd += ["--gateway", str(args.gateway)]
         # Own process group: a terminal's Ctrl-C reaches only us, and we ask Locust to stop with SIGTERM
         # (its graceful path); the simulator, in its own group too, stays up until we have its ledger.
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -202,7 +227,7 @@ def run(args: Any) -> int:
             for s, h in old.items():
                 signal.signal(s, h)
         if rc == 2:
-            return 2
+            return 2  # bad input, or a run that could not succeed (one line on stderr said why)
         if sim is not None:
             (out / "ledger.jsonl").write_text(sim.admin("/_sim/ledger").text)
             (out / "truth.jsonl").write_text(sim.admin("/_sim/truth").text)
@@ -232,4 +257,4 @@ def run(args: Any) -> int:
     except InputError as exc:
         raise RunError(str(exc)) from None
     print_summary(summary, str(out))
-    return code
+    return rc if rc == 3 else code  # 3: stopped mid-run by refusals (the report is written)

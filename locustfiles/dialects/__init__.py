@@ -9,7 +9,7 @@ from . import anthropic, embeddings, gemini, images, models, openai_chat
 if TYPE_CHECKING:
     from types import ModuleType
 
-#: endpoint name -> dialect module (each has `build(spec, key)` and `Reader`)
+#: endpoint name -> dialect module (each has `build(spec)` and `Reader`)
 DIALECTS: dict[str, ModuleType] = {
     "chat": openai_chat,
     "messages": anthropic,

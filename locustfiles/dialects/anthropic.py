@@ -14,7 +14,7 @@ TOOL = {"name": "lookup", "description": "Look a fact up.",
         "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
 
 
-def build(spec: CallSpec, key: str) -> WireRequest:
+def build(spec: CallSpec) -> WireRequest:
     """The request for a Messages call (max_tokens is required by the API)."""
     body: dict[str, Any] = {"model": spec.model, "max_tokens": spec.max_tokens or 1024,
                             "messages": spec.messages or [{"role": "user", "content": spec.prompt}]}
@@ -27,7 +27,7 @@ def build(spec: CallSpec, key: str) -> WireRequest:
     if spec.reasoning:  # the API wants 1024 <= budget_tokens < max_tokens
         body["thinking"] = {"type": "enabled", "budget_tokens": 1024}
         body["max_tokens"] += 1024
-    headers = {"x-api-key": key, "anthropic-version": VERSION, "Content-Type": "application/json"}
+    headers = {"anthropic-version": VERSION, "Content-Type": "application/json"}
     return WireRequest("POST", PATH, headers, dumps(body))
 
 

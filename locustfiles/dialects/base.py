@@ -37,7 +37,8 @@ class Reader:
     Times are perf_counter seconds; the transport turns them into offsets.
     """
 
-    #: Whether the stream ends with an explicit terminator (OpenAI [DONE], Anthropic message_stop, ...).
+    #: The stream framings the dialect has (a gateway may answer in either).
+    framings: tuple[str, ...] = ("sse",)
     __slots__ = ("first_event", "first_content", "first_text", "first_tool", "first_reasoning", "chunks",
                  "usage", "usage_raw", "finish", "done", "error", "chars", "estimate", "images_returned",
                  "embeddings", "protocol", "stream_format", "text_parts")

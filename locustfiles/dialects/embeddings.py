@@ -9,13 +9,12 @@ from .base import Reader as BaseReader
 from .base import dumps
 
 
-def build(spec: CallSpec, key: str) -> WireRequest:
+def build(spec: CallSpec) -> WireRequest:
     """The request: a list of inputs, float vectors."""
     body: dict[str, Any] = {"model": spec.model, "input": spec.inputs or [spec.prompt], "encoding_format": "float"}
     if spec.dims:
         body["dimensions"] = spec.dims
-    return WireRequest("POST", "/v1/embeddings", {"Authorization": f"Bearer {key}",
-                                                  "Content-Type": "application/json"}, dumps(body))
+    return WireRequest("POST", "/v1/embeddings", {"Content-Type": "application/json"}, dumps(body))
 
 
 class Reader(BaseReader):

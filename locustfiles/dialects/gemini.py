@@ -12,8 +12,8 @@ TOOL = {"functionDeclarations": [{"name": "lookup", "description": "Look a fact 
                                   "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]}
 
 
-def build(spec: CallSpec, key: str) -> WireRequest:
-    """The request; the key goes in `x-goog-api-key`, never in the URL."""
+def build(spec: CallSpec) -> WireRequest:
+    """The request (the gateway profile puts the key in `x-goog-api-key`, or in `?key=` when it says so)."""
     contents = spec.messages or [{"role": "user", "parts": [{"text": spec.prompt}]}]
     body: dict[str, Any] = {"contents": contents}
     gen: dict[str, Any] = {}
@@ -33,7 +33,7 @@ def build(spec: CallSpec, key: str) -> WireRequest:
             path += "?alt=sse"
     else:
         path = f"/v1beta/models/{spec.model}:generateContent"
-    headers = {"x-goog-api-key": key, "Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json"}
     return WireRequest("POST", path, headers, dumps(body))
 
 
@@ -48,6 +48,7 @@ def normalize(u: dict[str, Any]) -> dict[str, int]:
 class Reader(BaseReader):
     """Reads GenerateContentResponse chunks; usageMetadata is cumulative (keep the last)."""
 
+    framings = ("sse", "json_array")
     __slots__ = ()
 
     def _parts(self, obj: dict[str, Any], t: float | None) -> None:

@@ -9,12 +9,11 @@ from .base import Reader as BaseReader
 from .base import dumps
 
 
-def build(spec: CallSpec, key: str) -> WireRequest:
+def build(spec: CallSpec) -> WireRequest:
     """The request: n images of a size and quality."""
     body = {"model": spec.model, "prompt": spec.prompt, "n": spec.images_n, "size": spec.image_size,
             "quality": spec.image_quality}
-    return WireRequest("POST", "/v1/images/generations", {"Authorization": f"Bearer {key}",
-                                                          "Content-Type": "application/json"}, dumps(body))
+    return WireRequest("POST", "/v1/images/generations", {"Content-Type": "application/json"}, dumps(body))
 
 
 class Reader(BaseReader):

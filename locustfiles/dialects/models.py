@@ -8,9 +8,9 @@ from ..calls import CallSpec, WireRequest
 from .base import Reader as BaseReader
 
 
-def build(spec: CallSpec, key: str) -> WireRequest:
+def build(spec: CallSpec) -> WireRequest:
     """The request."""
-    return WireRequest("GET", "/v1/models", {"Authorization": f"Bearer {key}"})
+    return WireRequest("GET", "/v1/models", {})
 
 
 class Reader(BaseReader):

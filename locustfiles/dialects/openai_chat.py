@@ -14,7 +14,7 @@ TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look 
                                                         "required": ["query"]}}}
 
 
-def build(spec: CallSpec, key: str) -> WireRequest:
+def build(spec: CallSpec) -> WireRequest:
     """The request for a chat call."""
     body: dict[str, Any] = {"model": spec.model,
                             "messages": spec.messages or [{"role": "user", "content": spec.prompt}]}
@@ -29,7 +29,7 @@ def build(spec: CallSpec, key: str) -> WireRequest:
         body["tools"] = [TOOL]
     if spec.reasoning:
         body["reasoning_effort"] = "low"
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json"}
     if spec.stream:
         headers["Accept"] = "text/event-stream"
     return WireRequest("POST", PATH, headers, dumps(body))
