@@ -13,6 +13,7 @@ from aiohttp import web
 from .admin import GW_KEY, add_routes
 from .billing import new_request_id
 from .dialects.anthropic import AnthropicMessages
+from .dialects.azure import API_VERSION_MISSING, AzureChat, AzureEmbeddings, AzureImages
 from .dialects.base import Dialect
 from .dialects.embeddings import Embeddings
 from .dialects.gemini import Gemini
@@ -21,6 +22,7 @@ from .dialects.models import ModelList
 from .dialects.openai import OpenAIChat
 from .exchange import Aborted, Exchange, send_bytes, send_error
 from .state import Gateway
+from .truth import client_headers, redacted_query
 
 log = logging.getLogger("gatewaysim")
 
@@ -30,14 +32,26 @@ GEMINI = Gemini()
 EMBEDDINGS = Embeddings()
 IMAGES = Images()
 MODELS = ModelList()
+AZURE_CHAT = AzureChat()
+AZURE_EMBEDDINGS = AzureEmbeddings()
+AZURE_IMAGES = AzureImages()
 GEMINI_METHODS = ("generateContent", "streamGenerateContent")
 FLUSHER: web.AppKey[asyncio.Task[None]] = web.AppKey("flusher", asyncio.Task)
+#: The extra paths of the config's `routes:`, each with the dialect whose error shape it answers in.
+EXTRA_PATHS: web.AppKey[dict[str, Dialect]] = web.AppKey("extra_paths", dict)
+#: Built-in routes by endpoint name, as `routes:` in the config names them.
+ENDPOINT_DIALECTS: dict[str, Dialect] = {"chat": CHAT, "messages": MESSAGES, "embeddings": EMBEDDINGS,
+                                         "images": IMAGES, "models": MODELS}
 
 
-def dialect_for(path: str) -> Dialect:
-    """The dialect whose error shape fits a path."""
+def dialect_for(path: str, extra: dict[str, Dialect] | None = None) -> Dialect:
+    """The dialect whose error shape fits a path (extra: the configured extra paths)."""
+    if extra and path in extra:
+        return extra[path]
     if path.startswith("/v1/messages"):
         return MESSAGES
+    if path.startswith("/openai/"):
+        return CHAT
     if path.startswith("/v1beta/") or ":" in path or "%3A" in path.upper():
         return GEMINI
     return CHAT
@@ -45,6 +59,17 @@ def dialect_for(path: str) -> Dialect:
 
 def _route(dialect: Dialect):  # noqa: ANN202
     async def handler(request: web.Request) -> web.StreamResponse:
+        return await Exchange(request.app[GW_KEY], dialect, request).run()
+
+    return handler
+
+
+def _azure_route(dialect: Dialect):  # noqa: ANN202
+    """An Azure OpenAI deployment route: `api-version` is required before anything else."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if not request.query.get("api-version"):
+            return await send_error(request, request["ctx"], dialect, 400, "invalid_request", API_VERSION_MISSING,
+                                    "api-version", code="MissingApiVersionParameter")
         return await Exchange(request.app[GW_KEY], dialect, request).run()
 
     return handler
@@ -89,15 +114,18 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     rid = new_request_id()
     attempt = request.headers.get("X-Client-Attempt-ID")
     entry = gw.truth.open(rid, client_attempt_id=attempt, received=time.time(), method=request.method,
-                          path=request.path)
-    ctx = {"request_id": rid, "created": int(time.time()), "entry": entry, "attempt_key": attempt or rid}
+                          path=request.path, query=redacted_query(request.rel_url.raw_query_string),
+                          client_headers=client_headers(request.headers))
+    ctx = {"request_id": rid, "created": int(time.time()), "entry": entry, "attempt_key": attempt or rid,
+           "client_attempt_id": attempt}
     request["ctx"] = ctx
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         category = "unknown_url" if exc.status == 404 else "invalid_request"
         message = "Unknown request URL: " + request.method + " " + request.path if exc.status in (404, 405) else exc.reason
-        response = await send_error(request, ctx, dialect_for(request.path), exc.status, category, message)
+        response = await send_error(request, ctx, dialect_for(request.path, request.app[EXTRA_PATHS]), exc.status,
+                                    category, message)
     except Aborted:
         response = web.Response(status=499)
     except ConnectionError:
@@ -112,7 +140,8 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     except Exception:
         log.exception("internal error on %s", request.path)
         entry["outcome"] = "error"
-        response = await send_error(request, ctx, dialect_for(request.path), 500, "server_error",
+        response = await send_error(request, ctx, dialect_for(request.path, request.app[EXTRA_PATHS]), 500,
+                                    "server_error",
                                     "The server had an error while processing your request.")
     endpoint = entry.get("endpoint") or "other"
     gw.served[endpoint] = gw.served.get(endpoint, 0) + 1
@@ -133,6 +162,19 @@ def make_app(gw: Gateway) -> web.Application:
     app.router.add_get("/v1beta/models", list_models)
     app.router.add_post("/v1beta/models/{spec:.+}", gemini_route)
     app.router.add_post("/v1/models/{spec:.+}", gemini_route)
+    for tail, dialect in (("chat/completions", AZURE_CHAT), ("embeddings", AZURE_EMBEDDINGS),
+                          ("images/generations", AZURE_IMAGES)):
+        app.router.add_post("/openai/deployments/{deployment}/" + tail, _azure_route(dialect))
+    extra: dict[str, Dialect] = {}
+    for endpoint, paths in gw.config.section("routes").items():
+        dialect = ENDPOINT_DIALECTS[endpoint]
+        for path in paths:
+            extra[path] = dialect
+            if endpoint == "models":
+                app.router.add_get(path, list_models)
+            else:
+                app.router.add_post(path, _route(dialect))
+    app[EXTRA_PATHS] = extra
 
     async def flush_ledger() -> None:
         while True:

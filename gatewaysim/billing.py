@@ -68,10 +68,11 @@ class Biller:
 
     def _row(self, kind: str, ctx: dict[str, Any], call: Call, usage: Usage, amount: Decimal,
              request_id: str | None = None) -> None:
-        # a charge under a request id nobody sent (unknown_request) carries no idempotency key either
+        # a charge under a request id nobody sent (unknown_request) carries no idempotency key nor attempt id
         key = ctx.get("idempotency_key") if request_id is None else None
+        attempt = ctx.get("client_attempt_id") if request_id is None else None
         self.ledger.add(kind, request_id or ctx["request_id"], key, call.endpoint, call.model, usage, amount,
-                        self.currency)
+                        self.currency, client_attempt_id=attempt)
 
     def hold(self, ctx: dict[str, Any], call: Call, usage: Usage) -> Decimal:
         """Place a hold for the estimate; returns its amount."""

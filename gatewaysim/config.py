@@ -36,6 +36,10 @@ BILLING_ERROR_KINDS = (
     "cache_discount_missing",
 )
 MODEL_KINDS = ("chat", "embedding", "image")
+#: Paths the simulator serves itself, which `routes:` may not name again.
+BUILTIN_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/images/generations", "/v1/models",
+                 "/v1beta/models")
+RESERVED_PREFIXES = ("/_sim/", "/openai/deployments/", "/v1/models/", "/v1beta/models/")
 
 
 class ConfigError(ValueError):
@@ -184,6 +188,24 @@ def _resolve_models(where: str, raw: dict[str, Any]) -> None:
     raw["models"] = resolved
 
 
+def _check_routes(where: str, routes: dict[str, Any]) -> None:
+    """Each extra path: a string, an exact absolute path, not taken by a built-in route or another entry."""
+    seen: dict[str, str] = {}
+    for endpoint, paths in routes.items():
+        for i, path in enumerate(paths):
+            key = f"routes.{endpoint}[{i}]"
+            if not isinstance(path, str):
+                raise ConfigError(f"{where}: {key}: expected a string, got {_type_name(path)}")
+            if not path.startswith("/") or any(c in path for c in "{}?#% \t\r\n") or "//" in path:
+                raise ConfigError(f"{where}: {key}: expected an exact path starting with '/' (no {{}}, ?, #, % "
+                                  f"or spaces), got {path!r}")
+            if path in BUILTIN_PATHS or path.startswith(RESERVED_PREFIXES) or path.rstrip("/") == "/_sim":
+                raise ConfigError(f"{where}: {key}: {path} is a built-in route of the simulator")
+            if path in seen:
+                raise ConfigError(f"{where}: {key}: {path} is already listed under {seen[path]}")
+            seen[path] = key
+
+
 def load_config(path: str | Path | None = None, seed: int | None = None) -> SimConfig:
     """Load the defaults, merge the given file over them, validate, and load the price sheet."""
     defaults = _read_yaml(DEFAULT_CONFIG, "the default config")
@@ -203,6 +225,7 @@ def load_config(path: str | Path | None = None, seed: int | None = None) -> SimC
     _resolve_models(where, raw)
     _check_planting(where, "faults", raw["faults"], FAULT_KINDS)
     _check_planting(where, "billing_errors", raw["billing_errors"], BILLING_ERROR_KINDS)
+    _check_routes(where, raw["routes"])
     prices_spec = raw["prices"]
     try:
         if isinstance(prices_spec, str):

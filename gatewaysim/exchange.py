@@ -128,8 +128,8 @@ class Exchange:
         spec = self.gw.config.models.get(call.model)
         expected_kind = {"embeddings": "embedding", "images": "image"}.get(call.endpoint, "chat")
         if spec is None or spec["kind"] != expected_kind:
-            return await self.error(404, "not_found", f"The model `{call.model}` does not exist or you do not "
-                                    "have access to it.", "model")
+            message, param, code = self.dialect.unknown_model(call.model)
+            return await self.error(404, "not_found", message, param, code=code)
         dry = self.request.headers.get("X-TT-Dry-Run", "").strip().lower() in ("true", "1", "yes")
         self.entry.update(endpoint=call.endpoint, model=call.model, stream=call.stream, dry_run=dry)
         if call.endpoint == "images":

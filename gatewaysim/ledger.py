@@ -17,6 +17,7 @@ COLUMNS = (
     "type",
     "request_id",
     "idempotency_key",
+    "client_attempt_id",
     "endpoint",
     "model",
     "input_tokens",
@@ -37,19 +38,32 @@ def format_amount(amount: Decimal) -> str:
     return text or "0"
 
 
+class LedgerError(ValueError):
+    """A ledger file that cannot be used: the message names the file and the problem."""
+
+
 class Ledger:
     """Append-only billing rows in SQLite, exported in time order."""
 
     def __init__(self, path: str = ":memory:") -> None:
         self.path = path
-        self.db = sqlite3.connect(path, check_same_thread=False)
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, type TEXT,"
-            " request_id TEXT, idempotency_key TEXT, endpoint TEXT, model TEXT, input_tokens INTEGER,"
-            " output_tokens INTEGER, cached_input_tokens INTEGER, cache_write_tokens INTEGER, images INTEGER,"
-            " amount TEXT, currency TEXT)"
-        )
-        self.db.commit()
+        try:
+            self.db = sqlite3.connect(path, check_same_thread=False)
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, type TEXT,"
+                " request_id TEXT, idempotency_key TEXT, client_attempt_id TEXT, endpoint TEXT, model TEXT,"
+                " input_tokens INTEGER, output_tokens INTEGER, cached_input_tokens INTEGER,"
+                " cache_write_tokens INTEGER, images INTEGER, amount TEXT, currency TEXT)"
+            )
+            self.db.commit()
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(ledger)")}
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+        missing = [c for c in COLUMNS if c not in have]
+        if missing:  # no migrations: a file from an older simulator is refused, not altered
+            self.db.close()
+            raise LedgerError(f"{path}: the ledger file has no column {missing[0]!r} (written by an older "
+                              "simulator); use a new file")
         self._pending = 0
 
     def add(
@@ -63,17 +77,19 @@ class Ledger:
         amount: Decimal,
         currency: str,
         at: float | None = None,
+        client_attempt_id: str | None = None,
     ) -> None:
         """Append one row: kind is 'hold', 'release' or 'charge'."""
         self.db.execute(
-            "INSERT INTO ledger (time, type, request_id, idempotency_key, endpoint, model, input_tokens,"
-            " output_tokens, cached_input_tokens, cache_write_tokens, images, amount, currency)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO ledger (time, type, request_id, idempotency_key, client_attempt_id, endpoint, model,"
+            " input_tokens, output_tokens, cached_input_tokens, cache_write_tokens, images, amount, currency)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 time.time() if at is None else at,
                 kind,
                 request_id,
                 idempotency_key,
+                client_attempt_id,
                 endpoint,
                 model,
                 usage.input_tokens,

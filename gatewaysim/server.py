@@ -14,11 +14,23 @@ from .app import make_app
 from .state import Gateway
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server TLS context from a certificate chain and key file."""
+def tls_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """A server TLS context from a certificate chain and key file.
+
+    With client_ca (a PEM file of CA certificates), mutual TLS: every client must present a certificate
+    signed by one of them, else the handshake fails.
+    """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
+    if client_ca is not None:
+        require_client_certs(ctx, client_ca)
     return ctx
+
+
+def require_client_certs(ctx: ssl.SSLContext, client_ca: str) -> None:
+    """Mutual TLS: refuse every client without a certificate signed by a CA in the PEM file client_ca."""
+    ctx.load_verify_locations(cafile=client_ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
 
 
 async def start(gw: Gateway, host: str = "127.0.0.1", port: int = 0,

@@ -4,6 +4,44 @@ from __future__ import annotations
 
 import json
 from typing import IO, Any
+from urllib.parse import unquote_plus
+
+from multidict import CIMultiDictProxy
+
+#: Request headers the truth never records: credentials, then hop-by-hop and transport ones.
+DROPPED_HEADERS = frozenset((
+    "authorization", "x-api-key", "x-goog-api-key", "api-key", "ocp-apim-subscription-key", "proxy-authorization",
+    "cookie", "host", "content-length", "connection", "accept-encoding", "transfer-encoding",
+))
+HEADER_VALUE_MAX = 200
+
+
+def client_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
+    """The request's headers by lower-case name, minus DROPPED_HEADERS, each value cut to 200 characters.
+
+    A header sent more than once keeps its values joined by ", " (as HTTP folds them).
+    """
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        low = name.lower()
+        if low in DROPPED_HEADERS:
+            continue
+        if low in out:
+            value = out[low] + ", " + value
+        out[low] = value[:HEADER_VALUE_MAX]
+    return out
+
+
+def redacted_query(query_string: str) -> str:
+    """The raw query string with the value of every `key` parameter replaced by `[redacted]`."""
+    if "=" not in query_string:
+        return query_string
+    parts = query_string.split("&")
+    for i, part in enumerate(parts):
+        name = part.split("=", 1)[0]
+        if name == "key" or unquote_plus(name) == "key":
+            parts[i] = name + "=[redacted]"
+    return "&".join(parts)
 
 
 class Truth:
@@ -19,6 +57,10 @@ class Truth:
             "request_id": request_id,
             "client_attempt_id": None,
             "received": None,
+            "method": None,
+            "path": None,
+            "query": None,
+            "client_headers": None,
             "endpoint": None,
             "model": None,
             "stream": False,

@@ -173,7 +173,7 @@ class Profile:
                     out.append(s.value())
                 except ProfileError:
                     pass
-        return [v for v in out if v and len(v) >= 4]
+        return list(dict.fromkeys(v for v in out if v and len(v) >= 4))
 
     def apply(self, wire: WireRequest, spec: CallSpec, api_key: str, extra: dict[str, Secret] | None = None) -> None:
         """Put auth, the path template and extra headers on a request the dialect built."""

@@ -136,7 +136,7 @@ def test_ledger_export_holds_only_billing_columns(sim):
     chat(sim, CHAT)
     csv_text = sim.admin("/_sim/ledger", format="csv").text
     header = csv_text.splitlines()[0].split(",")
-    assert header == ["time", "type", "request_id", "idempotency_key", "endpoint", "model", "input_tokens",
+    assert header == ["time", "type", "request_id", "idempotency_key", "client_attempt_id", "endpoint", "model", "input_tokens",
                       "output_tokens", "cached_input_tokens", "cache_write_tokens", "images", "amount", "currency"]
     rows = sim.ledger()
     assert rows and set(rows[0]) == set(header)

@@ -104,6 +104,10 @@ class Dialect:
         """An error body in the dialect's shape."""
         raise NotImplementedError
 
+    def unknown_model(self, model: str) -> tuple[str, str | None, str | None]:
+        """The (message, param, code) of the 404 for a model that is not configured."""
+        return f"The model `{model}` does not exist or you do not have access to it.", "model", None
+
     def parse(self, body: Any, request: web.Request) -> Call:
         """Validate a request body and turn it into a Call."""
         raise NotImplementedError

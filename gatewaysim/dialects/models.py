@@ -27,8 +27,9 @@ class ModelList(OpenAIBase):
         return "openai"
 
     def api_key(self, request: web.Request) -> str | None:
-        """Any of the three dialects' credentials."""
-        return Gemini().api_key(request) or AnthropicMessages().api_key(request)
+        """Any of the three dialects' credentials (and the OpenAI routes' `Ocp-Apim-Subscription-Key`)."""
+        return (Gemini().api_key(request) or AnthropicMessages().api_key(request)
+                or request.headers.get("Ocp-Apim-Subscription-Key"))
 
     def listing(self, request: web.Request, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The model list in the shape the client expects."""

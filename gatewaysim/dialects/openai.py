@@ -9,7 +9,7 @@ from aiohttp import web
 from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
-from .base import Dialect, content_key, sse, texts_of, want_bool, want_int
+from .base import Dialect, bearer, content_key, sse, texts_of, want_bool, want_int
 
 _OPENAI_TYPES = {
     "invalid_request": ("invalid_request_error", None),
@@ -30,6 +30,10 @@ class OpenAIBase(Dialect):
     """Auth and errors shared by the OpenAI-shaped routes."""
 
     name = "openai"
+
+    def api_key(self, request: web.Request) -> str | None:
+        """`Authorization: Bearer`, else `Ocp-Apim-Subscription-Key` (Azure API Management)."""
+        return bearer(request) or request.headers.get("Ocp-Apim-Subscription-Key")
 
     def error(self, status: int, category: str, message: str, param: str | None = None,
               code: str | None = None) -> dict[str, Any]:
