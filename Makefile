@@ -2,6 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# A real gateway for the tests: LiteLLM proxy in its own venv (it pins many packages of its own).
+# The stamp's name carries the pins, so changing a pin here re-installs.
+LITELLM_VENV ?= .venv-litellm
+LITELLM_VERSION := 1.108.7
+PRISMA_VERSION := 0.15.0
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-$(LITELLM_VERSION)-prisma-$(PRISMA_VERSION)
 
 .PHONY: setup run test lint sim clean
 
@@ -12,10 +18,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(LITELLM_STAMP):
+	python3 -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -qq --disable-pip-version-check \
+		'litellm[proxy]==$(LITELLM_VERSION)' 'prisma==$(PRISMA_VERSION)'
+	rm -f $(LITELLM_VENV)/.installed-litellm-*
+	touch $@
+
 run: setup
 	$(VENV)/bin/ttbench run scenarios/smoke.yaml
 
-test: setup
+test: setup $(LITELLM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -26,4 +39,4 @@ sim: setup
 	$(VENV)/bin/ttbench sim --port 8080
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LITELLM_VENV) build *.egg-info .pytest_cache .ruff_cache

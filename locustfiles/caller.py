@@ -40,6 +40,7 @@ class Caller:
                  profile: Profile | None = None) -> None:
         self.profile = profile or Profile()
         self.on_dry_run_ignored: Callable[[], None] | None = None
+        self.admit: Callable[[], bool] | None = None  # False: the spend cap forbids starting the call
         self.run_id = run_id
         self.worker = worker
         self.api_key = api_key
@@ -63,6 +64,8 @@ class Caller:
 
         With `answer`, the final attempt's answer text is appended to it (a conversation's next turn needs it).
         """
+        if self.admit is not None and not self.admit():
+            return []
         dialect = DIALECTS[spec.endpoint]
         profile = self.profile
         idempotent = profile.idempotency_honoured is True

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 from locust import events
 from locust.runners import WORKER_REPORT_INTERVAL, LocalRunner, MasterRunner, WorkerRunner
 
@@ -27,7 +28,7 @@ from .prompts import Calibrator
 from .records import FLUSH_INTERVAL_S, RecordSink
 from .retry import BudgetPool, LeasedBudget, RetryBudget
 from .scenario import Scenario, ScenarioError, gateway_profile, load_scenario
-from .spend import SpendCap, unpriced_models
+from .spend import SpendCap, SpendPool, unpriced_models
 from .workload import Workload
 
 SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"
@@ -36,6 +37,8 @@ MSG_WORKERS = "ttbench_workers"
 MSG_STOP = "ttbench_stop"
 MSG_BUDGET_ASK = "ttbench_budget_ask"
 MSG_BUDGET_GRANT = "ttbench_budget_grant"
+MSG_SPEND_ASK = "ttbench_spend_ask"
+MSG_SPEND_GRANT = "ttbench_spend_grant"
 #: Locust's own TTFT rows: its bucketed histogram (exact figures are in the LLM tab and the report).
 TTFT_TYPE = "TTFT (bucketed)"
 
@@ -130,10 +133,13 @@ class Runtime:
                      "count it (add it to a price sheet passed with --prices, or set spend.max: off with "
                      "spend.max_tokens)")
         self.max_spend = max_spend
-        # the run's one cap and one retry budget are held by the master (local runs: by the process)
-        caps = (None, None, None) if self.role == "worker" else \
-            (max_spend, scenario.spend_max_tokens, scenario.spend_max_images)
-        self.spend = SpendCap(self.prices, *caps)
+        # the run's one cap and one retry budget are held by the master (local runs: by the process); a worker
+        # spends a share of the cap leased from the master, and asks for more before it starts a call past it
+        self.spend = SpendCap(self.prices, max_spend, scenario.spend_max_tokens, scenario.spend_max_images,
+                              share=0.0 if self.role == "worker" else 1.0)
+        self.spend_pool = SpendPool() if self.role == "master" else None
+        self._spend_event: Any = None
+        self.spend_denied = False
         self.spend_in_flight_at_cap: int | None = None
         if self.role in ("local", "master"):
             self.out_dir = Path(opts.ttbench_out or Path("results") / f"{time.strftime('%Y%m%d-%H%M%S')}-{scenario.name}")
@@ -154,10 +160,43 @@ class Runtime:
         self.caller = Caller(self.run_id, self.worker, self.api_key, scenario.retry, budget, self._emit, self.rng,
                              on_call=self._on_call, profile=self.profile)
         self.caller.on_dry_run_ignored = self._dry_run_ignored
+        if self.role == "worker" and self.spend.capped:
+            self.caller.admit = self.admit
         try:
             self.secrets = tuple(self.profile.secrets(self.api_key))
         except ProfileError as exc:
             fail(str(exc))
+
+    def admit(self) -> bool:
+        """Worker: whether a call may start under the spend cap, asking the master for a further share first
+        when this worker's lease is spent (at most 2 s)."""
+        if not self.spend.exceeded:
+            return True
+        if self.spend_denied:
+            return False
+        if self._spend_event is None:
+            self._spend_event = gevent.event.Event()
+            self.environment.runner.send_message(MSG_SPEND_ASK, 1)
+        event = self._spend_event
+        event.wait(2.0)
+        if self._spend_event is event:
+            self._spend_event = None
+        return not self.spend.exceeded
+
+    def on_spend_grant(self, share: float) -> None:
+        """Worker: the master's answer; 0 means the run's cap is all leased."""
+        if share <= 0:
+            self.spend_denied = True
+        else:
+            self.spend.set_share(self.spend.share + share)
+        if self._spend_event is not None:
+            self._spend_event.set()
+
+    def on_spend_ask(self, node_id: str) -> None:
+        """Master: lease a further share of the run's spend cap to a worker."""
+        assert self.spend_pool is not None
+        share = 0.0 if self.spend.exceeded else self.spend_pool.lease(max(1, len(self.workers_seen)))
+        self.environment.runner.send_message(MSG_SPEND_GRANT, share, client_id=node_id)
 
     def _ask_budget(self) -> None:
         self.environment.runner.send_message(MSG_BUDGET_ASK, 1)
@@ -188,6 +227,8 @@ class Runtime:
 
     def _count_spend(self, rec: dict[str, Any]) -> None:
         self.spend.add(rec)
+        if self.role == "worker":
+            return  # the master holds the cap: a worker only stops starting calls past its lease
         if self.spend.exceeded and not self.stopping:
             self.spend_in_flight_at_cap = self.in_flight()
             self.request_stop(self.spend.reason or "spend cap reached")
@@ -464,8 +505,8 @@ class Runtime:
                       "cap": None if self.max_spend is None else str(self.max_spend),
                       "max_tokens": self.scenario.spend_max_tokens, "max_images": self.scenario.spend_max_images,
                       "held_by": self.role, "in_flight_at_cap": self.spend_in_flight_at_cap,
-                      "overshoot_bound": "the calls in flight when the cap was reached (at most one per user) plus "
-                                         "those that finished in the last record shipment (0.5 s)"},
+                      "overshoot_bound": "at most one call per user: the calls in flight when the cap (on a worker, its "
+                                         "lease of it) was reached"},
             "gateway": self.profile.name, "dry_runs_ignored": self.dry_runs_ignored,
             "exit_code": self.exit_code,
         }
@@ -519,6 +560,7 @@ def install() -> None:
         if rt.role == "master":
             runner.register_message(MSG_RECORDS, lambda environment, msg, **k: rt.on_shipped(msg.data, msg.node_id))
             runner.register_message(MSG_BUDGET_ASK, lambda environment, msg, **k: rt.on_budget_ask(msg.node_id))
+            runner.register_message(MSG_SPEND_ASK, lambda environment, msg, **k: rt.on_spend_ask(msg.node_id))
 
             def _stop_msg(environment: Any, msg: Any, **_k: Any) -> None:
                 data = msg.data if isinstance(msg.data, dict) else {"reason": str(msg.data), "code": 0}
@@ -536,6 +578,7 @@ def install() -> None:
             budget = rt.budget
             assert isinstance(budget, LeasedBudget)
             runner.register_message(MSG_BUDGET_GRANT, lambda environment, msg, **k: budget.granted(int(msg.data)))
+            runner.register_message(MSG_SPEND_GRANT, lambda environment, msg, **k: rt.on_spend_grant(float(msg.data)))
 
     @events.test_start.add_listener
     def _start(environment: Any, **_kw: Any) -> None:

@@ -23,14 +23,17 @@ def unpriced_models(scenario: Scenario, prices: PriceSheet) -> list[str]:
 
 
 class SpendCap:
-    """Tracks this process's estimated spend; `exceeded` turns true once any cap is reached."""
+    """Tracks this process's estimated spend; `exceeded` turns true once any cap is reached.
+
+    A worker's cap is its lease: the share of the run's caps the master has granted it so far (`grant`).
+    """
 
     def __init__(self, prices: PriceSheet | None, max_money: float | None, max_tokens: int | None,
                  max_images: int | None, share: float = 1.0) -> None:
         self.prices = prices
-        self.max_money = Decimal(str(max_money * share)) if max_money is not None else None
-        self.max_tokens = max_tokens * share if max_tokens is not None else None
-        self.max_images = max_images * share if max_images is not None else None
+        self.caps = (max_money, max_tokens, max_images)
+        self.share = 0.0
+        self.set_share(share)
         self.money = Decimal(0)
         self.tokens = 0
         self.images = 0
@@ -55,6 +58,22 @@ class SpendCap:
                 image_size=record.get("image_size") or "auto", image_quality=record.get("image_quality") or "auto"))
         self._check()
 
+    @property
+    def capped(self) -> bool:
+        """Whether any cap is set."""
+        return any(c is not None for c in self.caps)
+
+    def set_share(self, share: float) -> None:
+        """Hold `share` of the run's caps (1.0: all of them)."""
+        max_money, max_tokens, max_images = self.caps
+        self.share = share
+        self.max_money = Decimal(str(max_money)) * Decimal(str(share)) if max_money is not None else None
+        self.max_tokens = max_tokens * share if max_tokens is not None else None
+        self.max_images = max_images * share if max_images is not None else None
+        self.reason = None
+        if hasattr(self, "money"):
+            self._check()
+
     def _check(self) -> None:
         if self.max_money is not None and self.money >= self.max_money:
             self.reason = f"spend cap reached: {self.money:.6f} >= {self.max_money}"
@@ -67,3 +86,20 @@ class SpendCap:
     def exceeded(self) -> bool:
         """Whether a cap has been reached."""
         return self.reason is not None
+
+
+class SpendPool:
+    """The master's side of the run's one spend cap: shares of it leased to workers as they spend."""
+
+    def __init__(self) -> None:
+        self.granted = 0.0
+
+    def lease(self, workers: int) -> float:
+        """The share to grant one request: half of what is left split over the workers (0 once all is leased)."""
+        left = 1.0 - self.granted
+        if left <= 1e-6:
+            return 0.0
+        n = left if left <= 0.002 else max(0.002, left / (2 * max(1, workers)))
+        n = min(n, left)
+        self.granted += n
+        return n
