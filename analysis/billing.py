@@ -11,6 +11,8 @@ import pandas as pd
 
 from ttbench.prices import PriceSheet, Usage
 
+from .load import InputError
+
 FINDING_KINDS = ("double_charge", "missing_charge", "dry_run_billed", "failed_billed", "amount_mismatch",
                  "token_mismatch", "image_count_mismatch", "unknown_request", "cache_discount_missing")
 
@@ -27,10 +29,13 @@ class Policy:
 
     @classmethod
     def from_mapping(cls, m: dict[str, Any] | None) -> Policy:
-        """From the scenario's `analysis.billing`."""
+        """From the scenario's `analysis.billing` (flags must be true or false: "no" is an error, not true)."""
         m = m or {}
-        p = cls(bill_failed=bool(m.get("bill_failed", False)), bill_dry_runs=bool(m.get("bill_dry_runs", False)),
-                bill_replays=bool(m.get("bill_replays", False)))
+        for k in ("bill_failed", "bill_dry_runs", "bill_replays"):
+            if k in m and not isinstance(m[k], bool):
+                raise InputError(f"analysis.billing.{k}: expected true or false, got {m[k]!r}")
+        p = cls(bill_failed=m.get("bill_failed", False), bill_dry_runs=m.get("bill_dry_runs", False),
+                bill_replays=m.get("bill_replays", False))
         if "abs_tolerance" in m:
             p.abs_tolerance = Decimal(str(m["abs_tolerance"]))
         if "rel_tolerance" in m:
@@ -73,47 +78,110 @@ def _produced_then_lost(row: Any) -> bool:
             and row.endpoint in ("chat", "messages"))
 
 
+def _ids(row: Any) -> list[str]:
+    """Every join id an attempt's response carried: its request_id and the other ids of `ids`."""
+    out = [row.request_id] if isinstance(row.request_id, str) else []
+    extra = getattr(row, "ids", None)
+    if isinstance(extra, dict):
+        out += [v for v in extra.values() if isinstance(v, str) and v not in out]
+    return out
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+@dataclass
+class _Charge:
+    """One ledger charge and what it joined: the attempt (by request id or attempt id) or only the call (by key)."""
+
+    row: Any
+    call_id: str | None = None
+    attempt: Any = None
+    via: str | None = None  # request_id, attempt_id, idempotency_key, lost_worker or None (joins nothing)
+
+
+JOINS = ("request_id", "attempt_id", "idempotency_key", "lost_worker")
+
+
 def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: Policy | None = None,
           lost_workers: set[int] | None = None) -> dict[str, Any]:
-    """Findings, one per (kind, request id), with the precedence documented in README ("Billing accuracy")."""
+    """Findings, one per charge (and one per call missing its charge), with the precedence documented in README
+    ("Billing accuracy"): every charge is either a call's one correct charge, accepted by the policy, or gets
+    exactly one finding kind."""
     policy = policy or Policy()
     findings: list[dict[str, Any]] = []
     lost = lost_workers or set()
     run_id = str(att["run_id"].iloc[0]) if len(att) and "run_id" in att else None
     lost_charges: dict[int, dict[str, Any]] = {}
+    joined = dict.fromkeys(JOINS, 0)
     if att.empty:
-        return {"calls": 0, "accuracy": None, "findings": [], "counts": dict.fromkeys(FINDING_KINDS, 0)}
+        return {"calls": 0, "accuracy": None, "findings": [], "counts": dict.fromkeys(FINDING_KINDS, 0),
+                "charges": int(len(charges)), "charges_joined": 0, "joins": joined}
     att = att.sort_values(["call_id", "attempt"])
     rid_att: dict[str, Any] = {}
+    aid_att: dict[str, Any] = {}
+    key_call: dict[str, str] = {}
     calls: dict[str, list[Any]] = defaultdict(list)
-    for row in att.itertuples(index=False):
+    rows = list(att.itertuples(index=False))
+    for row in rows:
         calls[row.call_id].append(row)
         if isinstance(row.request_id, str):
-            rid_att[row.request_id] = row
-    by_key = {k for k in calls}
-    per_call: dict[str, list[Any]] = defaultdict(list)
+            rid_att.setdefault(row.request_id, row)
+        if isinstance(row.attempt_id, str):
+            aid_att.setdefault(row.attempt_id, row)
+        if isinstance(row.idempotency_key, str):
+            key_call.setdefault(row.idempotency_key, row.call_id)
+    for row in rows:  # the other ids of each response (a gateway's own id and the upstream's)
+        extra = getattr(row, "ids", None)
+        if isinstance(extra, dict):
+            for v in extra.values():
+                if isinstance(v, str):
+                    rid_att.setdefault(v, row)
+    for cid in calls:
+        key_call.setdefault(cid, cid)
+    per_call: dict[str, list[_Charge]] = defaultdict(list)
     for ch in charges.itertuples(index=False):
-        hit = rid_att.get(ch.request_id) if isinstance(ch.request_id, str) else None
+        c = _Charge(ch)
+        rid, upstream = _str(ch.request_id), _str(getattr(ch, "upstream_request_id", None))
+        aid = _str(getattr(ch, "attempt_id", None))
+        hit = rid_att.get(rid) if rid else None
+        if hit is None and upstream:
+            hit = rid_att.get(upstream)
         if hit is not None:
-            per_call[hit.call_id].append(ch)
-        elif isinstance(ch.idempotency_key, str) and ch.idempotency_key in by_key:
-            per_call[ch.idempotency_key].append(ch)
+            c.attempt, c.via = hit, "request_id"
+        elif aid and aid in aid_att:
+            c.attempt, c.via = aid_att[aid], "attempt_id"
+        elif _str(ch.idempotency_key) in key_call:
+            c.call_id, c.via = key_call[ch.idempotency_key], "idempotency_key"
         elif (w := _lost_worker(ch.idempotency_key, run_id, lost)) is not None:
+            c.via = "lost_worker"
             slot = lost_charges.setdefault(w, {"charges": 0, "amount": Decimal(0)})
             slot["charges"] += 1
             slot["amount"] += ch.amount
-        else:
+        if c.attempt is not None:
+            c.call_id = c.attempt.call_id
+        if c.via is not None:
+            joined[c.via] += 1
+        if c.call_id is not None:
+            per_call[c.call_id].append(c)
+        elif c.via is None:
             findings.append({"kind": "unknown_request", "request_id": ch.request_id, "call_id": None,
-                             "idempotency_key": ch.idempotency_key, "charged": ch.amount, "expected": Decimal(0)})
+                             "idempotency_key": ch.idempotency_key, "attempt_id": aid, "charged": ch.amount,
+                             "expected": Decimal(0)})
     bad_calls: set[str] = set()
     over = Decimal(0)
     under = Decimal(0)
     pair_est: dict[str, Decimal] = {}
     pair_charge: dict[str, Decimal] = {}
 
-    def add(kind: str, rid: Any, call_id: str, key: Any, charged: Decimal, expected: Decimal) -> None:
+    def add(kind: str, c: _Charge | None, call_id: str, charged: Decimal, expected: Decimal,
+            rid: Any = None) -> None:
         nonlocal over, under
-        findings.append({"kind": kind, "request_id": rid, "call_id": call_id, "idempotency_key": key,
+        ch = c.row if c is not None else None
+        findings.append({"kind": kind, "request_id": ch.request_id if ch is not None else rid, "call_id": call_id,
+                         "idempotency_key": ch.idempotency_key if ch is not None else call_id,
+                         "attempt_id": _str(getattr(ch, "attempt_id", None)) if ch is not None else None,
                          "charged": charged, "expected": expected})
         bad_calls.add(call_id)
         if charged > expected:
@@ -127,70 +195,75 @@ def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: 
         mine = per_call.get(call_id, [])
         if final.endpoint == "models":  # listing models is free: any charge is wrong by its amount
             free_calls += 1
-            for ch in mine:
-                add("amount_mismatch", ch.request_id, call_id, ch.idempotency_key, ch.amount, Decimal(0))
+            for c in mine:
+                add("amount_mismatch", c, call_id, c.row.amount, Decimal(0))
             continue
-        if final.dry_run:
+        if final.dry_run and not getattr(final, "dry_run_ignored", False):
             if final.pair_id and final.est_amount:
                 try:
                     pair_est[final.pair_id] = Decimal(str(final.est_amount))
                 except ArithmeticError:
                     pass
             if not policy.bill_dry_runs:
-                for ch in mine:
-                    add("dry_run_billed", ch.request_id, call_id, ch.idempotency_key, ch.amount, Decimal(0))
+                for c in mine:
+                    add("dry_run_billed", c, call_id, c.row.amount, Decimal(0))
             continue
         if not final.ok:
             if not policy.bill_failed:
-                for ch in mine:
-                    lost = rid_att.get(ch.request_id)
-                    if lost is not None and _produced_then_lost(lost):
+                billed_once: set[str] = set()
+                for c in mine:
+                    a = c.attempt
+                    if a is not None and _produced_then_lost(a) and a.attempt_id not in billed_once:
                         # produced and billed, then lost in transit (no retry got the replay): billed once
                         # for the usage the client saw before the cut
-                        exp = prices.cost(lost.model, expected_usage(lost))
-                        if not policy.same(ch.amount, exp):
-                            add("amount_mismatch", ch.request_id, call_id, ch.idempotency_key, ch.amount, exp)
+                        billed_once.add(a.attempt_id)
+                        exp = prices.cost(a.model, expected_usage(a))
+                        if not policy.same(c.row.amount, exp):
+                            add("amount_mismatch", c, call_id, c.row.amount, exp)
                         continue
-                    add("failed_billed", ch.request_id, call_id, ch.idempotency_key, ch.amount, Decimal(0))
+                    add("double_charge" if a is not None and a.attempt_id in billed_once else "failed_billed",
+                        c, call_id, c.row.amount, Decimal(0))
             continue
-        billing_rid = final.original_request_id if final.replayed else final.request_id
         usage = expected_usage(final)
         expected = prices.cost(final.model, usage)
-        primary = next((ch for ch in mine if ch.request_id == billing_rid), None)
+        primary = _primary(final, atts, mine, expected, policy)
         if primary is None:
-            add("missing_charge", billing_rid, call_id, call_id, Decimal(0), expected)
+            billing_rid = final.original_request_id if final.replayed else final.request_id
+            add("missing_charge", None, call_id, Decimal(0), expected, rid=billing_rid)
         else:
+            ch = primary.row
             if final.pair_id:
-                pair_charge[final.pair_id] = primary.amount
+                pair_charge[final.pair_id] = ch.amount
             kind = None
             if final.endpoint == "images":
-                if primary.images is not None and primary.images != usage.images:
+                if _known_count(ch.images) and ch.images != usage.images:
                     kind = "image_count_mismatch"
-            elif (primary.input_tokens is not None and primary.input_tokens != usage.input_tokens) or \
-                    (primary.output_tokens is not None and primary.output_tokens != usage.output_tokens) or \
-                    (primary.cached_input_tokens is not None and primary.cached_input_tokens != usage.cached_input_tokens):
+            elif (_known_count(ch.input_tokens) and ch.input_tokens != usage.input_tokens) or \
+                    (_known_count(ch.output_tokens) and ch.output_tokens != usage.output_tokens) or \
+                    (_known_count(ch.cached_input_tokens) and ch.cached_input_tokens != usage.cached_input_tokens):
                 kind = "token_mismatch"
-            if kind is None and not policy.same(primary.amount, expected):
+            if kind is None and not policy.same(ch.amount, expected):
                 full = prices.cost(final.model, replace(usage, cached_input_tokens=0))
                 discounted = usage.cached_input_tokens > 0 and full != expected
-                kind = "cache_discount_missing" if discounted and policy.same(primary.amount, full) else \
+                kind = "cache_discount_missing" if discounted and policy.same(ch.amount, full) else \
                     "amount_mismatch"
             if kind is not None:
-                add(kind, primary.request_id, call_id, primary.idempotency_key, primary.amount, expected)
-        ok_rids = {a.request_id for a in atts if a.ok}
-        failed_rids = {a.request_id for a in atts if not a.ok and isinstance(a.request_id, str)}
-        headerless = any(not a.ok and not isinstance(a.request_id, str) for a in atts)
-        for ch in mine:
-            if ch is primary:
+                add(kind, primary, call_id, ch.amount, expected)
+        # a failed attempt that was sent and whose response carried no id: a charge joined only by the key
+        # may be its own
+        headerless = any(not a.ok and getattr(a, "sent", True) and not _ids(a) for a in atts)
+        for c in mine:
+            if c is primary:
                 continue
-            if ch.request_id in ok_rids:
-                if not policy.bill_replays:
-                    add("double_charge", ch.request_id, call_id, ch.idempotency_key, ch.amount, Decimal(0))
-            elif ch.request_id in failed_rids or headerless:
+            a = c.attempt
+            if a is not None and a.ok:  # a second charge of a successful attempt (a replay's, or a hidden retry)
+                if not (a.replayed and policy.bill_replays):
+                    add("double_charge", c, call_id, c.row.amount, Decimal(0))
+            elif a is not None or headerless:  # a failed attempt's (or perhaps one that never got headers)
                 if not policy.bill_failed:
-                    add("failed_billed", ch.request_id, call_id, ch.idempotency_key, ch.amount, Decimal(0))
+                    add("failed_billed", c, call_id, c.row.amount, Decimal(0))
             else:
-                add("double_charge", ch.request_id, call_id, ch.idempotency_key, ch.amount, Decimal(0))
+                add("double_charge", c, call_id, c.row.amount, Decimal(0))
     n_calls = len(calls) - free_calls + len({c for c in bad_calls if calls[c][-1].endpoint == "models"})
     counts = dict.fromkeys(FINDING_KINDS, 0)
     for f in findings:
@@ -201,6 +274,8 @@ def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: 
         "correct_calls": n_calls - len(bad_calls),
         "accuracy": (n_calls - len(bad_calls)) / n_calls if n_calls else None,
         "charges": int(len(charges)),
+        "charges_joined": sum(joined.values()),
+        "joins": joined,
         "charged_total": str(sum((c for c in charges["amount"]), Decimal(0))) if len(charges) else "0",
         "overcharged": str(over + sum((f["charged"] for f in findings if f["kind"] == "unknown_request"), Decimal(0))),
         "undercharged": str(under),
@@ -215,3 +290,30 @@ def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: 
                    "bill_replays": policy.bill_replays, "abs_tolerance": str(policy.abs_tolerance),
                    "rel_tolerance": str(policy.rel_tolerance)},
     }
+
+
+def _known_count(v: Any) -> bool:
+    return v is not None and v == v
+
+
+def _primary(final: Any, atts: list[Any], mine: list[_Charge], expected: Decimal, policy: Policy) -> _Charge | None:
+    """A successful call's one charge: the one under its billing request id (the successful attempt's ids, or for
+    a replay the original request's); else the first joined to the successful attempt by attempt id (for a replay
+    whose original id is unknown: to a failed attempt, one of which was replayed); else, of the charges joined
+    only by the key, the first whose amount is the expected one, else the first."""
+    if final.replayed:
+        billing = {final.original_request_id} if isinstance(final.original_request_id, str) else set()
+    else:
+        billing = set(_ids(final))
+    for c in mine:
+        if _str(c.row.request_id) in billing or _str(getattr(c.row, "upstream_request_id", None)) in billing:
+            return c
+    for c in mine:
+        if c.via == "attempt_id" and c.attempt is final:
+            return c
+    if final.replayed and not billing:
+        for c in mine:
+            if c.attempt is not None and not c.attempt.ok:
+                return c
+    by_key = [c for c in mine if c.via == "idempotency_key"]
+    return next((c for c in by_key if policy.same(c.row.amount, expected)), by_key[0] if by_key else None)

@@ -36,17 +36,28 @@ def check_names(gates: dict[str, Any], where: str) -> None:
             raise InputError(f"{where}: gates.{name}: expected a number, got {value!r}")
 
 
+#: gates on the billing audit: they fail whenever the audit cannot be trusted (billing.trusted false)
+BILLING_GATES = ("billing_accuracy", "double_charges", "missing_charges", "billing_findings")
+
+
 def evaluate(gates: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each gate with its value and whether it held; a missing value fails the gate."""
+    """Each gate with its value, whether it held and why not; a missing value or an untrusted audit fails it."""
     out = []
+    billing = summary.get("billing") or {}
     for name, threshold in gates.items():
         path, sense = GATES[name]
         value: Any = summary
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
+        reason = None
         if value is None:
             ok = False
+            reason = "no value (no ledger?)" if name in BILLING_GATES and not billing else "no value"
         else:
             ok = value <= threshold if sense == "max" else value >= threshold
-        out.append({"gate": name, "threshold": threshold, "sense": sense, "value": value, "ok": bool(ok)})
+        if name in BILLING_GATES and billing and billing.get("trusted") is False:
+            ok = False
+            reason = "the billing audit cannot be trusted: " + "; ".join(billing.get("trust_issues") or [])
+        out.append({"gate": name, "threshold": threshold, "sense": sense, "value": value, "ok": bool(ok),
+                    "reason": reason})
     return out

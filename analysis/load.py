@@ -29,11 +29,19 @@ SCALARS = ("run_id", "worker", "attempt_id", "call_id", "attempt", "final", "ide
            "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms", "first_reasoning_ms", "end_ms",
            "status", "ok", "error_kind", "retry_after_s", "finish_reason", "images_requested", "images_returned",
            "image_size", "image_quality", "prompt_tokens_target", "max_tokens")
+V2_SCALARS = ("ids", "sent", "dry_run_ignored", "framing_mismatch")  # version 2 only (defaults for version 1)
+SCALARS = (*SCALARS, *V2_SCALARS)
 DERIVED = ("chunks_n", "chunks_us", "u_input", "u_output", "u_cached", "u_write", "u_reasoning", "est_amount")
 COLUMNS = SCALARS + DERIVED
-LEDGER_COLUMNS = ("time", "type", "request_id", "idempotency_key", "endpoint", "model", "input_tokens",
-                  "output_tokens", "cached_input_tokens", "cache_write_tokens", "images", "amount", "currency")
-LEDGER_REQUIRED = ("request_id", "amount")
+RECORD_VERSIONS = (1, 2)  # version 2 adds ids, request_id_header, sent, dry_run_ignored, framing_mismatch, ...
+LEDGER_COLUMNS = ("time", "type", "request_id", "idempotency_key", "attempt_id", "upstream_request_id", "endpoint",
+                  "model", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "images",
+                  "amount", "currency")
+#: a charge joins a call by one of these (at least one must be a column of the ledger)
+LEDGER_JOIN_COLUMNS = ("request_id", "attempt_id", "idempotency_key")
+#: other names a column mapping may use for a canonical column
+LEDGER_ALIASES = {"client_attempt_id": "attempt_id"}
+LEDGER_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "images")
 
 
 class InputError(ValueError):
@@ -52,7 +60,7 @@ class LoadReport:
 NUMERIC = ("t_start", "end_ms", "headers_ms", "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms",
            "first_reasoning_ms", "schedule_lag_ms", "scheduled", "u_input", "u_output", "u_cached", "u_write",
            "u_reasoning", "images_returned", "images_requested", "stage", "status")
-FLAGS = ("final", "ok", "stream", "dry_run", "replayed")
+FLAGS = ("final", "ok", "stream", "dry_run", "replayed", "dry_run_ignored", "framing_mismatch")
 COUNTS = {"attempt": 1, "chunks_n": 0}  # integer columns, and what a missing value becomes
 #: low-cardinality text columns: one string object per distinct value instead of one per record
 SHARED = ("run_id", "endpoint", "model", "stream_format", "name", "error_kind", "finish_reason", "image_size",
@@ -76,9 +84,12 @@ _INT = {int}
 _EMPTY: dict[str, Any] = {}
 _NO_USAGE = (None,) * len(_USAGE)
 _CALL_ID, _IDEMPOTENCY_KEY = COLUMNS.index("call_id"), COLUMNS.index("idempotency_key")
+_REQUEST_ID, _IDS, _ERROR_KIND = COLUMNS.index("request_id"), COLUMNS.index("ids"), COLUMNS.index("error_kind")
+assert V2_SCALARS == ("ids", "sent", "dry_run_ignored", "framing_mismatch")  # the order _columns fills them in
 _v_of = itemgetter("v")
 _ROW_KEYS = (*SCALARS, "chunks", "usage", "estimate")
 _row_of = itemgetter(*_ROW_KEYS)
+_row_of_v1 = itemgetter(*SCALARS[:-len(V2_SCALARS)], "chunks", "usage", "estimate")
 _usage_of = itemgetter(*_USAGE)
 
 
@@ -89,14 +100,33 @@ def _amount(est: Any) -> Any:
     return inner.get("amount") if isinstance(inner, dict) else est.get("amount")
 
 
+def _extra_ids(ids: Any, request_id: Any) -> dict[str, str] | None:
+    """A record's `ids` when they hold a join id besides its request_id (else None: nothing to keep)."""
+    if not isinstance(ids, dict):
+        return None
+    for v in ids.values():
+        if isinstance(v, str) and v != request_id:
+            return ids
+    return None
+
+
 def _columns(ds: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The COLUMNS of parsed records, column by column."""
+    v1 = False
     try:
         rows = list(map(_row_of, ds))  # the harness writes every key
     except KeyError:
-        rows = [tuple(map(d.get, _ROW_KEYS)) for d in ds]
+        try:
+            rows, v1 = list(map(_row_of_v1, ds)), True  # version 1: every key but V2_SCALARS
+        except KeyError:
+            rows = [tuple(map(d.get, _ROW_KEYS)) for d in ds]
     cols = list(zip(*rows, strict=False))
     estimates, usages, chunks = cols.pop(), cols.pop(), cols.pop()
+    if v1:  # the version-1 defaults: no other ids, sent unless the connection failed, no dry run ignored, ...
+        n = len(ds)
+        cols.extend([(None,) * n, tuple([k != "connect" for k in cols[_ERROR_KIND]]), (False,) * n, (False,) * n])
+    elif any(cols[_IDS]):
+        cols[_IDS] = tuple(map(_extra_ids, cols[_IDS], cols[_REQUEST_ID]))
     cs = [c or _EMPTY for c in chunks]
     cols.append(tuple([c.get("n", 0) for c in cs]))
     cols.append(tuple([c.get("us") for c in cs]))
@@ -126,8 +156,8 @@ class _Column:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.kind = ("number" if name in NUMERIC else "flag" if name in FLAGS else "count" if name in COUNTS
-                     else "text" if name in TEXTS else "other")
+        self.kind = ("number" if name in NUMERIC else "flag" if name in FLAGS or name == "sent"
+                     else "count" if name in COUNTS else "text" if name in TEXTS else "other")
         self.dtype = {"number": np.float64, "flag": bool, "count": np.int64, "text": object}.get(self.kind)
         self.capacity = 1024  # rows; the reader sets it from the file's size before the first rows come
         self.array: np.ndarray | None = None
@@ -290,7 +320,7 @@ class _Reader:
         try:
             ds = list(map(loads, lines))
             vs = list(map(_v_of, ds))
-            clean = vs.count(1) == len(vs)
+            clean = vs.count(1) + vs.count(2) == len(vs)
         except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
             clean = False
         if clean:
@@ -313,7 +343,8 @@ class _Reader:
                 except orjson.JSONDecodeError:
                     self.failed = True
                     continue
-                if not isinstance(d, dict) or d.get("v") != 1:
+                v = d.get("v") if isinstance(d, dict) else None
+                if v not in RECORD_VERSIONS or isinstance(v, bool):
                     self.report.bad_lines += 1
                     continue
                 ds.append(d)
@@ -370,6 +401,9 @@ class _Reader:
                 df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
             elif col in COUNTS:
                 df[col] = pd.to_numeric(df[col], errors="coerce").fillna(COUNTS[col]).astype("int64")
+        if df["sent"].dtype != bool:  # version 1 records have no `sent`: all but connect failures were sent
+            sent = df["sent"]
+            df["sent"] = sent.where(sent.notna(), df["error_kind"].ne("connect")).astype(bool)
         return df
 
 
@@ -492,7 +526,7 @@ def load_records(path: str | Path, report: LoadReport | None = None, batch: int 
         if gc_on:
             gc.enable()
     if report.bad_lines:
-        report.warnings.append(f"{p}: skipped {report.bad_lines} lines that are not version-1 records")
+        report.warnings.append(f"{p}: skipped {report.bad_lines} lines that are not version-1 or -2 records")
     return df
 
 
@@ -554,32 +588,71 @@ def chunk_gaps(values: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _dec(value: Any, where: str) -> Decimal:
     try:
-        return Decimal(str(value).strip())
+        if isinstance(value, bool) or value is None:
+            raise InvalidOperation
+        out = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
         raise InputError(f"{where}: not an amount: {value!r}") from None
+    if not out.is_finite():
+        raise InputError(f"{where}: not an amount: {value!r}")
+    return out
 
 
-def load_ledger(source: str | Path, fmt: str | None = None, columns: dict[str, str] | None = None,
-                charge_type: str = "charge", text: str | None = None) -> pd.DataFrame:
-    """A billing ledger (JSONL or CSV, columns renamed by `columns`: canonical -> source) as charge rows."""
-    name = str(source)
-    if text is None:
-        try:
-            text = Path(source).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{name}: cannot read the ledger: {getattr(exc, 'strerror', None) or exc}") from None
-    fmt = fmt or ("csv" if name.endswith(".csv") or (text[:1] not in "{[" and "," in text.split("\n", 1)[0]) else "jsonl")
-    mapping = dict(columns or {})
-    for canon in mapping:
-        if canon not in LEDGER_COLUMNS:
-            raise InputError(f"{name}: ledger column mapping: unknown column {canon!r} "
-                             f"(known: {', '.join(LEDGER_COLUMNS)})")
+def _count(value: Any, where: str) -> int | None:
+    """A token or image count cell: a whole number (or empty)."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        f = float(value)
+        if f != f or f in (float("inf"), float("-inf")) or f != int(f) or f < 0:
+            raise ValueError
+        return int(f)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: not a token count: {value!r}") from None
+
+
+def _ledger_rows(name: str, text: str, fmt: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """(where each row is, the row) and the column names, from CSV, JSON Lines or a JSON array."""
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
-        raw_rows = list(reader)
-        header = reader.fieldnames or []
-    elif fmt == "jsonl":
-        raw_rows = []
+        rows = []
+        while True:
+            try:
+                r = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise InputError(f"{name}: line {reader.line_num}: not CSV: {exc}") from None
+            rows.append((f"line {reader.line_num}", r))
+        return rows, list(reader.fieldnames or [])
+    stripped = text.lstrip()
+    items: Any = None
+    if fmt == "json" or stripped.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            raise InputError(f"{name}: not a JSON document") from None
+    elif stripped.startswith("{"):  # one object wrapping the list ({"data": [...]}), or JSON Lines
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and isinstance(doc.get("data"), list):
+            items = doc["data"]
+    if items is not None:
+        if isinstance(items, dict) and isinstance(items.get("data"), list):
+            items = items["data"]
+        if not isinstance(items, list):
+            raise InputError(f"{name}: expected a JSON list of charge objects")
+        out = []
+        for i, obj in enumerate(items):
+            if not isinstance(obj, dict):
+                raise InputError(f"{name}: item {i + 1}: expected a JSON object")
+            out.append((f"item {i + 1}", obj))
+    else:
+        out = []
         for i, line in enumerate(text.splitlines()):
             if line.strip():
                 try:
@@ -588,27 +661,74 @@ def load_ledger(source: str | Path, fmt: str | None = None, columns: dict[str, s
                     raise InputError(f"{name}: line {i + 1}: not JSON") from None
                 if not isinstance(obj, dict):
                     raise InputError(f"{name}: line {i + 1}: expected a JSON object")
-                raw_rows.append(obj)
-        header = sorted({k for r in raw_rows for k in r})
-    else:
-        raise InputError(f"{name}: ledger format: expected csv or jsonl, got {fmt!r}")
-    source_of = {c: mapping.get(c, c) for c in LEDGER_COLUMNS}
-    for canon in LEDGER_REQUIRED:
-        if raw_rows and source_of[canon] not in header:
-            raise InputError(f"{name}: the ledger has no column {source_of[canon]!r} (for {canon})")
+                out.append((f"line {i + 1}", obj))
+    return out, sorted({k for _, r in out for k in r})
+
+
+def load_ledger(source: str | Path, fmt: str | None = None, columns: dict[str, str] | None = None,
+                charge_type: str | list[str] | tuple[str, ...] | None = "charge", text: str | None = None, *,
+                default_columns: dict[str, str] | None = None, charge_if_amount: bool = False,
+                amount_scale: Decimal = Decimal(1)) -> pd.DataFrame:
+    """A billing ledger (CSV, JSON Lines or a JSON array) as charge rows in the canonical LEDGER_COLUMNS.
+
+    `columns` (canonical -> source) must all be in the file; `default_columns` (a named mapping's) are used where
+    the file has them; any other canonical column reads the column of its own name. Rows whose `type` holds one of
+    `charge_type` (None: any), or have no type, are charges; so is any row with a non-zero amount when
+    `charge_if_amount`. Amounts are multiplied by `amount_scale`."""
+    name = str(source)
+    if text is None:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{name}: cannot read the ledger: {getattr(exc, 'strerror', None) or exc}") from None
+    if fmt in (None, "auto"):
+        first = text.lstrip()[:1]
+        fmt = "csv" if name.endswith(".csv") or (first not in "{[" and "," in text.split("\n", 1)[0]) else "jsonl"
+    if fmt not in ("csv", "jsonl", "json"):
+        raise InputError(f"{name}: ledger format: expected csv, jsonl or json, got {fmt!r}")
+    mapping = {LEDGER_ALIASES.get(k, k): v for k, v in (columns or {}).items()}
+    default_columns = {LEDGER_ALIASES.get(k, k): v for k, v in (default_columns or {}).items()}
+    for canon in [*mapping, *default_columns]:
+        if canon not in LEDGER_COLUMNS:
+            raise InputError(f"{name}: ledger column mapping: unknown column {canon!r} "
+                             f"(known: {', '.join(LEDGER_COLUMNS)})")
+    raw_rows, header = _ledger_rows(name, text, fmt)
+    have = set(header)
+    source_of = {}
+    for c in LEDGER_COLUMNS:
+        default = default_columns.get(c)
+        if c in mapping:
+            source_of[c] = mapping[c]
+        elif default is not None and (default in have or c not in have):
+            source_of[c] = default
+        else:
+            source_of[c] = c
+    if raw_rows and source_of["amount"] not in have:
+        raise InputError(f"{name}: the ledger has no column {source_of['amount']!r} (for amount)")
     for canon, src in mapping.items():
-        if raw_rows and src not in header:
+        if raw_rows and src not in have:
             raise InputError(f"{name}: the ledger has no column {src!r} (mapped to {canon})")
+    if raw_rows and not any(source_of[c] in have for c in LEDGER_JOIN_COLUMNS):
+        raise InputError(f"{name}: the ledger has none of the columns "
+                         + ", ".join(f"{source_of[c]!r} (for {c})" for c in LEDGER_JOIN_COLUMNS)
+                         + ": a charge needs one to join a call")
+    kinds = None if charge_type is None else {str(charge_type)} if isinstance(charge_type, str) else \
+        {str(k) for k in charge_type}
     rows = []
-    for i, r in enumerate(raw_rows):
+    for where, r in raw_rows:
         row = {c: r.get(source_of[c]) for c in LEDGER_COLUMNS}
-        if row["type"] is not None and str(row["type"]) != charge_type:
+        typed = row["type"] is not None and row["type"] != "" and kinds is not None
+        is_charge = not typed or str(row["type"]) in kinds
+        if not is_charge and not charge_if_amount:
             continue
-        row["amount"] = _dec(row["amount"], f"{name}: row {i + 1}: {source_of['amount']}")
-        for c in ("input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "images"):
-            v = row[c]
-            row[c] = None if v in (None, "") else int(float(v))
-        for c in ("request_id", "idempotency_key"):
+        if not is_charge and row["amount"] in (None, ""):
+            continue
+        row["amount"] = _dec(row["amount"], f"{name}: {where}: {source_of['amount']}") * amount_scale
+        if not is_charge and row["amount"] == 0:
+            continue
+        for c in LEDGER_TOKEN_COLUMNS:
+            row[c] = _count(row[c], f"{name}: {where}: {source_of[c]}")
+        for c in ("request_id", "idempotency_key", "attempt_id", "upstream_request_id"):
             row[c] = None if row[c] in (None, "") else str(row[c])
         rows.append(row)
     return pd.DataFrame(rows, columns=LEDGER_COLUMNS)

@@ -187,7 +187,7 @@ def good_mask(calls: pd.DataFrame, slo: SLO, itl_mean: pd.Series | None = None) 
 #: the call columns group_metrics reads (besides what itl_values reads when no ITL figures are given)
 GROUP_COLUMNS = ("cancelled", "ok", "dry_run", "endpoint", "u_output", "u_input", "first_attempt_ok", "ttft_ms",
                  "ttft_text_ms", "ttft_tool_ms", "ttft_reasoning_ms", "first_event_ms", "headers_ms", "tpot_ms",
-                 "e2e_ms", "out_tps")
+                 "e2e_ms", "out_tps", "dry_run_ignored", "framing_mismatch")
 
 
 def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo: SLO,
@@ -214,6 +214,8 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
         "errors": {str(k): int(v) for k, v in errors.items()},
         "retries": int((att["attempt"] > 1).sum()),
         "replays": int(att["replayed"].sum()),
+        "dry_runs_ignored": _flagged(live, "dry_run_ignored"),
+        "framing_mismatches": _flagged(live, "framing_mismatch"),
         "requests_per_s": len(okc) / d,
         "attempts_per_s": len(att) / d,
         "ttft_ms": dist(okc["ttft_ms"]),
@@ -236,6 +238,11 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
         "goodput_per_s": float(good.sum()) / d,
         "goodput_share": float(good.sum()) / len(live) if len(live) else None,
     }
+
+
+def _flagged(calls: pd.DataFrame, column: str) -> int:
+    """Calls whose final attempt has the flag (0 when the records predate it)."""
+    return int(calls[column].fillna(False).astype(bool).sum()) if column in calls else 0
 
 
 def group_key(row: pd.Series) -> str:

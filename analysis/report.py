@@ -14,15 +14,16 @@ import yaml
 
 from ttbench.prices import PriceError, PriceSheet, load_price_sheet
 
-from . import plots
+from . import plots, settings, trust
 from .billing import Policy, audit
 from .capacity import analyse as capacity_analyse
 from .conversations import by_turn
 from .gates import check_names, evaluate
-from .load import InputError, LoadReport, decode_chunk_column, load_jsonl, load_ledger, load_records
+from .load import InputError, LoadReport, decode_chunk_column, load_jsonl, load_records
 from .metrics import SLO, Options, compute, finite
 
 SUMMARY_VERSION = 1
+UNTRUSTED = "the billing audit cannot be trusted: "
 BOTTLENECK_CPU_PCT = 90.0
 BOTTLENECK_LAG_P99_MS = 100.0
 BOTTLENECK_TIMING_P99_MS = 10.0
@@ -33,42 +34,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _ledger(run_dir: Path, source: str | None, scenario: dict[str, Any], token: str | None,
-            warnings: list[str]) -> pd.DataFrame | None:
-    cfg = scenario.get("ledger") or {}
-    src = source or cfg.get("file")
-    fmt = cfg.get("format")
-    columns = cfg.get("columns")
-    charge_type = str(cfg.get("charge_type", "charge"))
-    if source is None and src is not None and not str(src).startswith(("http://", "https://")):
-        path = Path(src) if Path(src).is_absolute() else run_dir / src
-        if not path.exists():
-            warnings.append(f"ledger file {src} not found (yet): billing checked against the run's own "
-                            "ledger.jsonl if any; `ttbench report RUN --ledger FILE` once you have it")
-            src = None
-    if src is None:
-        default = run_dir / "ledger.jsonl"
-        if not default.exists():
-            return None
-        src, columns, fmt, charge_type = str(default), None, "jsonl", "charge"
-    if str(src).startswith(("http://", "https://")):
-        import httpx
-
-        headers = {"X-Admin-Token": token} if token else {}
-        try:
-            resp = httpx.get(str(src), headers=headers, timeout=30)
-        except httpx.HTTPError as exc:
-            raise InputError(f"{src}: cannot fetch the ledger: {type(exc).__name__}") from None
-        if resp.status_code != 200:
-            raise InputError(f"{src}: cannot fetch the ledger: HTTP {resp.status_code}")
-        fmt = fmt or ("csv" if "csv" in resp.headers.get("content-type", "") else "jsonl")
-        return load_ledger(str(src), fmt, columns, charge_type, text=resp.text)
-    path = Path(src)
-    if not path.is_absolute() and not path.exists():
-        path = run_dir / src
-    return load_ledger(path, fmt, columns, charge_type)
 
 
 def _timing_error(att: pd.DataFrame, truth: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -143,8 +108,13 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
 
 
 def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None = None,
-            ledger_token: str | None = None) -> tuple[dict[str, Any], int]:
-    """Analyse a run folder; writes summary.json, report.md, report.html; returns (summary, exit code)."""
+            ledger_token: str | None = None, ledger_mapping: str | None = None,
+            ledger_headers: list[str] | None = None,
+            ledger_header_envs: list[str] | None = None) -> tuple[dict[str, Any], int]:
+    """Analyse a run folder; writes summary.json, report.md, report.html; returns (summary, exit code).
+
+    `ledger_headers` ('Name: value') and `ledger_header_envs` (VARIABLE holding 'Name: value', or
+    Name=VARIABLE) go with a ledger URL and are never written anywhere."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a run folder")
@@ -156,7 +126,9 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     scenario = scenario if isinstance(scenario, dict) else {}
     gates_cfg = scenario.get("gates") or {}
     check_names(gates_cfg, str(scenario_path))
-    an = scenario.get("analysis") or {}
+    an = settings.check_analysis(scenario.get("analysis"), f"{scenario_path}: analysis")
+    ledger_cfg = settings.resolve(scenario.get("ledger") or {}, ledger, ledger_mapping, ledger_headers,
+                                  ledger_header_envs, base=run_dir, where=f"{scenario_path}: ledger")
     opts = Options(warmup_s=float(an.get("warmup_s", 0)), slo=SLO.from_mapping(an.get("slo")))
     lr = LoadReport()
     att = load_records(run_dir / "records.jsonl", lr) if (run_dir / "records.jsonl").exists() else None
@@ -180,13 +152,25 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
         sheet: PriceSheet | None = load_price_sheet(price_path) if price_path.exists() else None
     except PriceError as exc:
         raise InputError(str(exc)) from None
-    ledger_df = _ledger(run_dir, ledger, scenario, ledger_token, summary["warnings"])
+    gateway = _read_json(run_dir / "gateway.json") if (run_dir / "gateway.json").exists() else None
+    summary["gateway"] = gateway
+    overall = m.get("overall") or {}
+    if overall.get("dry_runs_ignored"):
+        summary["warnings"].append(
+            f"{overall['dry_runs_ignored']} dry runs were answered with a real completion: the gateway ignored the "
+            "dry-run header, made the calls and may bill them (they are audited as ordinary calls)")
+    ledger_df, ledger_cfg = settings.read_ledger(run_dir, ledger_cfg, ledger_token, summary["warnings"])
     if ledger_df is not None:
         if sheet is None:
             raise InputError(f"{price_path}: a ledger needs a price sheet (--prices)")
         lost = {int(w["worker_index"]) for w in harness.get("lost_workers") or [] if w.get("worker_index") is not None}
         bill = audit(att, ledger_df, sheet, Policy.from_mapping(an.get("billing")), lost)
         bill["findings_total"] = len(bill["findings"])
+        bill["ledger"] = ledger_cfg.describe()
+        problems = trust.issues(att, bill, summary["run"], gateway, price_path)
+        bill["trusted"] = not problems
+        bill["trust_issues"] = problems
+        summary["warnings"] += [UNTRUSTED + p for p in problems]
         summary["billing"] = bill
     if calls is not None and not calls.empty:
         dropped_by_stage: dict[int, int] = {}
@@ -239,6 +223,8 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
             ["duration", _fmt(m["duration_s"], " s")], ["logical calls", _fmt(o["calls"])],
             ["attempts", _fmt(o["attempts"])], ["successes", _fmt(o["successes"])],
             ["error rate", _fmt(o["error_rate"])], ["retries", _fmt(o["retries"])], ["replays", _fmt(o["replays"])],
+            ["dry runs answered for real (dry-run header ignored)", _fmt(o.get("dry_runs_ignored", 0))],
+            ["streams answered in another framing", _fmt(o.get("framing_mismatches", 0))],
             ["dropped arrivals", _fmt(o["dropped_arrivals"])], ["requests/s", _fmt(o["requests_per_s"])],
             ["TTFT p50 / p95 / p99", " / ".join(_fmt(o["ttft_ms"][k], " ms") for k in ("p50", "p95", "p99"))],
             ["ITL p50 / p95 (pooled)", " / ".join(_fmt(o["itl_ms"][k], " ms") for k in ("p50", "p95"))],
@@ -260,7 +246,16 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
                      "E2E p95 ms", "out tok/s p50", "errors"], rows))
     b = summary.get("billing")
     if b:
+        joins = b.get("joins") or {}
+        led = b.get("ledger") or {}
         out.append(("Billing accuracy", ["metric", "value"], [
+            ["audit trusted", "yes" if b.get("trusted", True) else
+             f"NO: {len(b.get('trust_issues') or [])} reasons (at the top of the report)"],
+            ["ledger", f"{led.get('source') or '–'} (mapping {led.get('mapping') or '–'})"],
+            ["charges joined (request id / attempt id / key / lost worker)",
+             f"{_fmt(b.get('charges_joined'))} of {_fmt(b['charges'])} ("
+             + " / ".join(str(joins.get(k, 0)) for k in ("request_id", "attempt_id", "idempotency_key",
+                                                         "lost_worker")) + ")"],
             ["logical calls", _fmt(b["calls"])], ["correctly billed", _fmt(b["correct_calls"])],
             ["billing accuracy", _fmt(b["accuracy"])], ["charges", _fmt(b["charges"])],
             ["charged in total", f"{b['charged_total']} {b['currency']}"],
@@ -306,17 +301,27 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
             ["TLS verification", "OFF (--insecure)" if h["insecure_tls"] else "on"],
         ]))
     if summary["gates"]:
-        out.append(("Gates", ["gate", "threshold", "value", "result"],
-                    [[g["gate"], f"{g['sense']} {g['threshold']}", _fmt(g["value"]), "pass" if g["ok"] else "FAIL"]
-                     for g in summary["gates"]]))
+        out.append(("Gates", ["gate", "threshold", "value", "result", "why"],
+                    [[g["gate"], f"{g['sense']} {g['threshold']}", _fmt(g["value"]), "pass" if g["ok"] else "FAIL",
+                      g.get("reason") or ""] for g in summary["gates"]]))
     return out
+
+
+def _trust_issues(summary: dict[str, Any]) -> list[str]:
+    b = summary.get("billing") or {}
+    return list(b.get("trust_issues") or []) if b.get("trusted") is False else []
 
 
 def render_md(summary: dict[str, Any], figs: dict[str, bytes]) -> str:
     """The report as Markdown (plots are in report.html)."""
     lines = [f"# ttbench report: {summary.get('scenario') or 'run'}", ""]
+    issues = _trust_issues(summary)
+    if issues:
+        lines += ["> **WARNING: THE BILLING AUDIT CANNOT BE TRUSTED** (billing gates fail):", ">"]
+        lines += [f"> - {i}" for i in issues] + [""]
     for w in summary["warnings"]:
-        lines += [f"> **warning:** {w}", ""]
+        if not w.startswith(UNTRUSTED):
+            lines += [f"> **warning:** {w}", ""]
     h = summary.get("harness") or {}
     if h.get("bottleneck_warning"):
         lines += [f"> **{h['bottleneck_warning']}**", ""]
@@ -342,8 +347,13 @@ def render_html(summary: dict[str, Any], figs: dict[str, bytes]) -> str:
              "border:1px solid #e0c060}.bad{background:#f8d7da;padding:8px;border:1px solid #d08080}"
              "img{max-width:100%}</style></head><body>",
              f"<h1>ttbench report: {e(str(summary.get('scenario') or 'run'))}</h1>"]
+    issues = _trust_issues(summary)
+    if issues:
+        parts.append("<div class='bad' id='billing-untrusted'><b>WARNING: THE BILLING AUDIT CANNOT BE TRUSTED</b> "
+                     "(billing gates fail):<ul>" + "".join(f"<li>{e(i)}</li>" for i in issues) + "</ul></div>")
     for w in summary["warnings"]:
-        parts.append(f"<p class='warn'>warning: {e(w)}</p>")
+        if not w.startswith(UNTRUSTED):
+            parts.append(f"<p class='warn'>warning: {e(w)}</p>")
     h = summary.get("harness") or {}
     if h.get("bottleneck_warning"):
         parts.append(f"<p class='bad'><b>{e(h['bottleneck_warning'])}</b></p>")

@@ -24,7 +24,7 @@ PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "tt"
 
 #: Request-id headers captured whatever the profile says; the profile's own come first for the join id.
-COMMON_ID_HEADERS = ("x-tt-request-id", "x-request-id", "request-id", "x-litellm-call-id",
+COMMON_ID_HEADERS = ("x-tt-request-id", "x-litellm-call-id", "x-request-id", "request-id",
                      "llm_provider-x-tt-request-id", "llm_provider-x-request-id", "llm_provider-request-id",
                      "apim-request-id", "x-ms-request-id", "x-amzn-requestid")
 #: Retry waits, in the order they are read: milliseconds first (as the OpenAI SDK does), prefixed copies after.

@@ -14,7 +14,7 @@ from .runs import ROOT, jsonl, ttbench
 pytestmark = pytest.mark.timeout(240)
 
 CSV_COLUMNS = {"time": "Timestamp", "type": "Entry Kind", "request_id": "Request ID", "idempotency_key": "Idem Key",
-               "endpoint": "API", "model": "Model Name", "input_tokens": "Prompt Tokens",
+               "client_attempt_id": "Attempt ID", "endpoint": "API", "model": "Model Name", "input_tokens": "Prompt Tokens",
                "output_tokens": "Completion Tokens", "cached_input_tokens": "Cached Tokens",
                "cache_write_tokens": "Cache Writes", "images": "Images", "amount": "Cost (USD)",
                "currency": "Currency"}

@@ -15,7 +15,8 @@ class UsageError(Exception):
 
 def _sim(args: argparse.Namespace) -> int:
     from gatewaysim.config import ConfigError, load_config
-    from gatewaysim.server import serve_forever, tls_context
+    from gatewaysim.ledger import LedgerError
+    from gatewaysim.server import require_client_certs, serve_forever, tls_context
     from gatewaysim.state import DEFAULT_ADMIN_TOKEN, DEFAULT_API_KEY, Gateway
 
     try:
@@ -24,15 +25,26 @@ def _sim(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise UsageError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS)")
     ssl_ctx = None
     if args.tls_cert:
         try:
             ssl_ctx = tls_context(args.tls_cert, args.tls_key)
         except (OSError, ValueError) as exc:
             raise UsageError(f"{args.tls_cert}: cannot load the TLS certificate and key: {exc}") from None
+        if args.tls_client_ca:
+            try:
+                require_client_certs(ssl_ctx, args.tls_client_ca)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"{args.tls_client_ca}: cannot load the client CA certificates: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
     api_key = args.api_key or os.environ.get("TT_API_KEY") or DEFAULT_API_KEY
-    gw = Gateway(config, api_key=api_key, admin_token=args.admin_token or DEFAULT_ADMIN_TOKEN,
-                 ledger_path=args.ledger, truth_path=args.truth)
+    try:
+        gw = Gateway(config, api_key=api_key, admin_token=args.admin_token or DEFAULT_ADMIN_TOKEN,
+                     ledger_path=args.ledger, truth_path=args.truth)
+    except LedgerError as exc:
+        raise UsageError(str(exc)) from None
     try:
         asyncio.run(serve_forever(gw, args.host, args.port, ssl_ctx))
     except OSError as exc:
@@ -54,7 +66,9 @@ def _report(args: argparse.Namespace) -> int:
     from analysis.report import analyze
 
     try:
-        summary, rc = analyze(args.run_dir, ledger=args.ledger, prices=args.prices, ledger_token=args.ledger_token)
+        summary, rc = analyze(args.run_dir, ledger=args.ledger, prices=args.prices, ledger_token=args.ledger_token,
+                              ledger_mapping=args.ledger_mapping, ledger_headers=args.ledger_header,
+                              ledger_header_envs=args.ledger_header_env)
     except InputError as exc:
         raise UsageError(str(exc)) from None
     print_summary(summary, args.run_dir)
@@ -83,7 +97,8 @@ def print_summary(summary: dict, run_dir: str) -> None:
         print(f"max sustainable throughput {c['max_sustainable_rps']} req/s")
     for g in summary.get("gates", []):
         if not g["ok"]:
-            print(f"ttbench: gate breached: {g['gate']} = {g['value']} ({g['sense']} {g['threshold']})",
+            why = f": {g['reason']}" if g.get("reason") else ""
+            print(f"ttbench: gate breached: {g['gate']} = {g['value']} ({g['sense']} {g['threshold']}){why}",
                   file=sys.stderr)
     print(f"report: {run_dir}/report.html, {run_dir}/summary.json")
 
@@ -123,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--truth", default=None, help="append the truth log to this JSONL file")
     sim.add_argument("--tls-cert", default=None)
     sim.add_argument("--tls-key", default=None)
+    sim.add_argument("--tls-client-ca", default=None,
+                     help="mutual TLS: require a client certificate signed by a CA in this PEM file")
     sim.set_defaults(func=_sim)
 
     run = sub.add_parser("run", help="run a scenario (against the embedded simulator by default)")
@@ -136,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
     run.add_argument("--max-spend", type=float, default=None, help="stop once this much is spent")
     run.add_argument("--prices", default=None, help="price sheet for a URL target")
+    run.add_argument("--gateway", default=None, help="gateway profile: tt (default), openai-compatible, litellm, "
+                                                     "or a YAML file")
     run.set_defaults(func=_run)
 
     ui = sub.add_parser("ui", help="the Locust web UI with ttbench's LLM views, against the simulator by default")
@@ -151,12 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--insecure", action="store_true")
     ui.add_argument("--max-spend", type=float, default=None)
     ui.add_argument("--prices", default=None)
+    ui.add_argument("--gateway", default=None)
     ui.set_defaults(func=_run)
 
     rep = sub.add_parser("report", help="(re)analyse a run folder: summary.json, report.md, report.html")
     rep.add_argument("run_dir")
-    rep.add_argument("--ledger", default=None, help="ledger file (JSONL or CSV) or URL (e.g. .../_sim/ledger)")
-    rep.add_argument("--ledger-token", default=None, help="admin token for a ledger URL")
+    rep.add_argument("--ledger", default=None, help="ledger file (JSONL, JSON or CSV) or URL (e.g. .../_sim/ledger)")
+    rep.add_argument("--ledger-mapping", default=None, metavar="NAME|FILE",
+                     help="how the ledger reads: tt-sim (default), litellm-spendlogs, litellm-costlog, or a .yaml")
+    rep.add_argument("--ledger-token", default=None, help="the simulator's admin token for a ledger URL")
+    rep.add_argument("--ledger-header", action="append", default=None, metavar="'NAME: VALUE'",
+                     help="a header for a ledger URL (repeatable), e.g. 'Authorization: Bearer ...'")
+    rep.add_argument("--ledger-header-env", action="append", default=None, metavar="VAR|NAME=VAR",
+                     help="a header for a ledger URL from the environment: VAR holds 'NAME: VALUE', or NAME=VAR "
+                          "(VAR holds the value); repeatable")
     rep.add_argument("--prices", default=None, help="price sheet (default: the run folder's prices.yaml)")
     rep.set_defaults(func=_report)
 

@@ -148,6 +148,14 @@ def run(args: Any) -> int:
         profile = gateway_profile(scenario, args.gateway) if getattr(args, "gateway", None) else scenario.profile
     except ScenarioError as exc:
         raise RunError(str(exc)) from None
+    from analysis.load import InputError
+    from analysis.settings import check_analysis, check_ledger
+
+    try:  # the analysis reads these only after the load: a typo is caught before it
+        check_analysis(scenario.analysis, f"{scenario.path}: analysis")
+        check_ledger(scenario.ledger, f"{scenario.path}: ledger")
+    except InputError as exc:
+        raise RunError(str(exc)) from None
     out, run_id = prepare(scenario, args)
     (out / "gateway.json").write_text(json.dumps(profile.describe(), indent=2))
     started = time.time()
@@ -247,7 +255,6 @@ def run(args: Any) -> int:
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
     n = sum(1 for _ in open(out / "records.jsonl")) if (out / "records.jsonl").exists() else 0
     print(f"ttbench: run folder {out} ({n} attempt records)")
-    from analysis.load import InputError
     from analysis.report import analyze
 
     from .cli import print_summary
