@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from ttbench.prices import PriceSheet, Usage
+from ttformats.prices import PriceSheet, Usage
 
 from .load import InputError
 

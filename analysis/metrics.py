@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ttformats.calls import call_e2e_ms, call_output_tps, call_tpot_ms, call_ttft_ms, counts_as_attempt
+
 from .load import chunk_gap_stats
 
 PCTS = (50, 90, 95, 99, 99.9)
@@ -129,18 +131,18 @@ def _call_columns(calls: pd.DataFrame, first_start: Any, n_att: Any) -> pd.DataF
     calls["n_attempts"] = n_att
     calls["first_attempt_ok"] = calls["n_attempts"].eq(1) & calls["ok"]
     calls["cancelled"] = calls["error_kind"].eq("cancelled")
-    offset = (calls["t_start"] - calls["first_start"]) * 1000.0
-    calls["e2e_ms"] = offset + calls["end_ms"]
+    first, t_start = calls["first_start"], calls["t_start"]
+    calls["e2e_ms"] = call_e2e_ms(first, t_start, calls["end_ms"])
     calls["attempt_e2e_ms"] = calls["end_ms"]
     streamed = calls["stream"] & ~calls["dry_run"]
     for name, col in ANCHORS.items():
-        calls[name + "_ms"] = np.where(streamed, offset + calls[col], np.nan)
+        calls[name + "_ms"] = np.where(streamed, call_ttft_ms(first, t_start, calls[col]), np.nan)
     out_tok = calls["u_output"]
-    calls["tpot_ms"] = np.where(streamed & (out_tok > 1),
-                                (calls["end_ms"] - calls["first_content_ms"]) / (out_tok - 1), np.nan)
+    replayed = calls["replayed"].to_numpy(dtype=bool)
+    calls["tpot_ms"] = np.where(streamed, call_tpot_ms(calls["first_content_ms"], calls["end_ms"], out_tok,
+                                                       replayed), np.nan)
     textual = calls["endpoint"].isin(("chat", "messages", "gemini"))
-    calls["out_tps"] = np.where(calls["ok"] & textual & (out_tok > 0) & (calls["end_ms"] > 0),
-                                out_tok / (calls["end_ms"] / 1000.0), np.nan)
+    calls["out_tps"] = np.where(calls["ok"] & textual, call_output_tps(out_tok, calls["end_ms"], replayed), np.nan)
     calls["end_time"] = calls["t_start"] + calls["end_ms"] / 1000.0
     return calls
 
@@ -199,6 +201,8 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
     if itl is None:
         pooled, means = itl_values(live)
         itl = dist(pooled), dist(means)
+    if "sent" in att:  # the marker of a call cut while it waited to retry is no attempt
+        att = att[counts_as_attempt(att["error_kind"], att["sent"])]
     errors = att[att["error_kind"].notna() & att["error_kind"].ne("cancelled")]["error_kind"].value_counts()
     good = good_mask(live, slo) if len(live) else live["ok"]
     d = max(duration_s, 1e-9)
@@ -279,7 +283,7 @@ def compute(att: pd.DataFrame, opts: Options, dropped: int = 0) -> dict[str, Any
             att, rows = att[rows >= 0], rows[rows >= 0]
         calls["group"] = labels  # calls is a frame of its own: no copy (assign would make one)
         narrow = calls[list(GROUP_COLUMNS)].reset_index(drop=True)  # cheap index checks on every mask
-        att_n = att[["error_kind", "attempt", "replayed"]]
+        att_n = att[["error_kind", "attempt", "replayed", "sent"]]
         overall = group_metrics(narrow, att_n, duration, opts.slo, itl.pop(None))
         for k, key in enumerate(keys):
             mine = codes == k

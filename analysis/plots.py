@@ -87,7 +87,9 @@ def capacity_curve(cap: dict[str, Any] | None) -> bytes | None:
     """Offered vs achieved rate per stage, with p95 TTFT."""
     if not cap:
         return None
-    df = pd.DataFrame(cap["stages"])
+    df = pd.DataFrame([s for s in cap["stages"] if s.get("ran", True) and s.get("achieved_rps") is not None])
+    if df.empty:
+        return None
     x = df["offered_rps"].where(df["offered_rps"].notna(), df["users"]).astype(float)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(x, df["achieved_rps"], "o-", label="achieved req/s")

@@ -12,17 +12,18 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ttbench.prices import PriceError, PriceSheet, load_price_sheet
+from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 
 from . import plots, settings, trust
 from .billing import Policy, audit
+from .capacity import SETTLE_S
 from .capacity import analyse as capacity_analyse
 from .conversations import by_turn
 from .gates import check_names, evaluate
 from .load import InputError, LoadReport, decode_chunk_column, load_jsonl, load_records
 from .metrics import SLO, Options, compute, finite
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers
 UNTRUSTED = "the billing audit cannot be trusted: "
 BOTTLENECK_CPU_PCT = 90.0
 BOTTLENECK_LAG_P99_MS = 100.0
@@ -57,16 +58,33 @@ def _timing_error(att: pd.DataFrame, truth: list[dict[str, Any]]) -> dict[str, A
             "max_ms": float(a.max())}
 
 
+def _workers(h: dict[str, Any]) -> list[dict[str, Any]]:
+    """harness.json's workers (a distributed run's master), each with its CPU mean and peak (% of a core)."""
+    out = []
+    for w in h.get("workers") or []:
+        if not isinstance(w, dict):
+            continue
+        arr = w.get("arrivals") if isinstance(w.get("arrivals"), dict) else None
+        out.append({"client_id": w.get("client_id"), "worker_index": w.get("worker_index"),
+                    "records": w.get("records"), "cpu_percent_mean": w.get("cpu_percent_mean"),
+                    "cpu_percent_peak": w.get("cpu_percent_peak"), "arrivals": arr})
+    return out
+
+
 def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], metrics: dict[str, Any],
                    truth: list[dict[str, Any]]) -> dict[str, Any]:
-    """The load generator's own figures, and a loud warning when it was the bottleneck."""
+    """The load generator's own figures (per worker in a distributed run), and a loud warning when it was the
+    bottleneck."""
     h = _read_json(run_dir / "harness.json")
     lag = att["schedule_lag_ms"].dropna()
-    cpu_pct = None
+    cpu_pct = None  # the local process, or the master
     if h.get("cpu_s") is not None and h.get("wall_s"):
         cpu_pct = 100.0 * h["cpu_s"] / h["wall_s"]
-    if h.get("peak_worker_cpu_percent") is not None:
-        cpu_pct = max(cpu_pct or 0.0, float(h["peak_worker_cpu_percent"]))
+    workers = _workers(h)
+    peaks = [float(w["cpu_percent_peak"]) for w in workers if isinstance(w["cpu_percent_peak"], int | float)]
+    peak_worker = h.get("peak_worker_cpu_percent")
+    if peak_worker is None and peaks:
+        peak_worker = max(peaks)
     arrivals = h.get("arrivals") or {}
     target_rate = None
     arr = scenario.get("arrivals") or {}
@@ -82,7 +100,13 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
     timing = _timing_error(att, truth)
     reasons = []
     if cpu_pct is not None and cpu_pct >= BOTTLENECK_CPU_PCT:
-        reasons.append(f"client CPU {cpu_pct:.0f}% of a core")
+        reasons.append(f"{'master' if workers else 'client'} CPU {cpu_pct:.0f}% of a core")
+    hot = [w for w in workers if isinstance(w["cpu_percent_peak"], int | float)
+           and w["cpu_percent_peak"] >= BOTTLENECK_CPU_PCT]
+    for w in hot:
+        reasons.append(f"worker {w['worker_index']} CPU peaked at {w['cpu_percent_peak']:.0f}% of a core")
+    if not hot and peak_worker is not None and float(peak_worker) >= BOTTLENECK_CPU_PCT:
+        reasons.append(f"a worker's CPU peaked at {float(peak_worker):.0f}% of a core")
     if h.get("cpu_warning"):
         reasons.append("Locust reported high CPU on a worker")
     if len(lag) and float(np.percentile(lag, 99)) > BOTTLENECK_LAG_P99_MS:
@@ -91,6 +115,9 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
         reasons.append(f"TTFT timing error p99 {timing['p99_ms']:.1f} ms against the simulator's truth")
     return {
         "client_cpu_percent": cpu_pct,
+        "peak_worker_cpu_percent": peak_worker,
+        "workers": workers,
+        "resplits": [r for r in h.get("resplits") or [] if isinstance(r, dict)],
         "schedule_lag_ms": {"p50": float(lag.median()), "p99": float(np.percentile(lag, 99)),
                             "max": float(lag.max())} if len(lag) else None,
         "arrivals_offered": arrivals.get("offered"),
@@ -100,8 +127,9 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
         "ttft_timing_error": timing,
         "retry_budget": h.get("retry_budget"),
         "stop_reason": h.get("stop_reason"),
+        "early_stop": h.get("early_stop") if isinstance(h.get("early_stop"), dict) else None,
         "insecure_tls": _read_json(run_dir / "run.json").get("insecure", False),
-        "lost_workers": h.get("lost_workers") or [],
+        "lost_workers": [w for w in h.get("lost_workers") or [] if isinstance(w, dict)],
         "bottleneck_warning": ("WARNING: the load generator, not the gateway, was the bottleneck: " +
                                "; ".join(reasons)) if reasons else None,
     }
@@ -174,15 +202,20 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
         summary["billing"] = bill
     if calls is not None and not calls.empty:
         dropped_by_stage: dict[int, int] = {}
+        early = harness.get("early_stop") if isinstance(harness.get("early_stop"), dict) else None
         summary["capacity"] = capacity_analyse(calls, scenario, opts.slo, dropped_by_stage,
-                                               float(an.get("slo_share", 0.95)))
+                                               float(an.get("slo_share", 0.95)),
+                                               float(an.get("settle_s", SETTLE_S)), early)
+        if early is not None:
+            summary["warnings"].append(f"the sweep stopped early after stage {early.get('stage')}: "
+                                       f"{early.get('reason') or 'no reason given'}; later stages never ran")
     summary["conversations"] = by_turn(calls) if calls is not None and not calls.empty else None
     truth = load_jsonl(run_dir / "truth.jsonl")
     summary["harness"] = harness_health(att, run_dir, scenario, m, truth) if not att.empty else None
     for w in (summary["harness"] or {}).get("lost_workers", []):
         summary["warnings"].append(
-            f"worker {w['worker_index']} was lost mid-run (client {w['client_id']}): up to "
-            f"{w['possibly_missing_records']} of its records may be missing; the gateway's charges for its "
+            f"worker {w.get('worker_index')} was lost mid-run (client {w.get('client_id')}): up to "
+            f"{w.get('possibly_missing_records')} of its records may be missing; the gateway's charges for its "
             "unfinished calls are attributed to it (billing.lost_worker_charges)")
     summary["gates"] = evaluate(gates_cfg, summary)
     summary["gates_ok"] = all(g["ok"] for g in summary["gates"])
@@ -211,6 +244,15 @@ def _fmt(v: Any, unit: str = "") -> str:
     if isinstance(v, float):
         return f"{v:,.1f}{unit}" if abs(v) >= 10 else f"{v:,.3g}{unit}"
     return f"{v}{unit}"
+
+
+def _epoch(t: Any) -> str:
+    """An epoch time as UTC, or –."""
+    if not isinstance(t, int | float) or isinstance(t, bool):
+        return "–"
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%H:%M:%S UTC")
 
 
 def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -256,15 +298,15 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
              f"{_fmt(b.get('charges_joined'))} of {_fmt(b['charges'])} ("
              + " / ".join(str(joins.get(k, 0)) for k in ("request_id", "attempt_id", "idempotency_key",
                                                          "lost_worker")) + ")"],
-            ["logical calls", _fmt(b["calls"])], ["correctly billed", _fmt(b["correct_calls"])],
-            ["billing accuracy", _fmt(b["accuracy"])], ["charges", _fmt(b["charges"])],
-            ["charged in total", f"{b['charged_total']} {b['currency']}"],
-            ["overcharged", f"{b['overcharged']} {b['currency']}"],
-            ["undercharged", f"{b['undercharged']} {b['currency']}"],
-            ["dry-run pairs (hold covers charge)", f"{b['dry_run_pairs']['pairs']} "
-                                                   f"({_fmt(b['dry_run_pairs']['hold_covers_share'])})"],
-        ] + [[f"findings: {k}", str(v)] for k, v in b["counts"].items()]
-          + [[f"charges attributed to lost worker {w}", f"{v['charges']} ({v['amount']} {b['currency']})"]
+            ["logical calls", _fmt(b.get("calls"))], ["correctly billed", _fmt(b.get("correct_calls"))],
+            ["billing accuracy", _fmt(b.get("accuracy"))], ["charges", _fmt(b.get("charges"))],
+            ["charged in total", f"{_fmt(b.get('charged_total'))} {b.get('currency') or ''}"],
+            ["overcharged", f"{_fmt(b.get('overcharged'))} {b.get('currency') or ''}"],
+            ["undercharged", f"{_fmt(b.get('undercharged'))} {b.get('currency') or ''}"],
+            ["dry-run pairs (hold covers charge)", f"{(b.get('dry_run_pairs') or {}).get('pairs', 0)} "
+                                                   f"({_fmt((b.get('dry_run_pairs') or {}).get('hold_covers_share'))})"],
+        ] + [[f"findings: {k}", str(v)] for k, v in (b.get("counts") or {}).items()]
+          + [[f"charges attributed to lost worker {w}", f"{v['charges']} ({v['amount']} {b.get('currency')})"]
              for w, v in (b.get("lost_worker_charges") or {}).items()]))
     conv = summary.get("conversations")
     if conv:
@@ -279,19 +321,35 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
                          for c in conv["by_context_length"]]))
     c = summary.get("capacity")
     if c:
-        rows = [[str(r["stage"]), _fmt(r["offered_rps"]), _fmt(r["users"]), _fmt(r["achieved_rps"]),
-                 _fmt(r["served_share"]), _fmt(r["error_rate"]), str(r["rate_limited"]), _fmt(r["ttft_p95_ms"]),
-                 _fmt(r["e2e_p95_ms"]), _fmt(r["goodput_share"])] for r in c["stages"]]
+        rows = []
+        for r in c["stages"]:
+            ex = r.get("excluded") or {}
+            excluded = f"{ex.get('settle', 0)} / {ex.get('drain', 0)}"
+            if not r.get("ran", True):
+                rows.append([str(r["stage"]), _fmt(r["offered_rps"]), _fmt(r["users"]), "not run", "–", "–", "–",
+                             "–", "–", "–", excluded])
+                continue
+            rows.append([str(r["stage"]), _fmt(r["offered_rps"]), _fmt(r["users"]), _fmt(r["achieved_rps"]),
+                         _fmt(r["served_share"]), _fmt(r["error_rate"]), str(r["rate_limited"]),
+                         _fmt(r["ttft_p95_ms"]), _fmt(r["e2e_p95_ms"]), _fmt(r["goodput_share"]), excluded])
+        settle = (c.get("definitions") or {}).get("settle_s")
         out.append(("Capacity per stage", ["stage", "offered req/s", "users", "achieved req/s", "served share",
-                                           "error rate", "429s", "TTFT p95 ms", "E2E p95 ms", "goodput share"], rows))
-        out.append(("Capacity", ["figure", "value"], [
+                                           "error rate", "429s", "TTFT p95 ms", "E2E p95 ms", "goodput share",
+                                           f"calls excluded: first {_fmt(settle)} s / drain"], rows))
+        stop = c.get("early_stop")
+        figures = [
             ["maximum sustainable throughput", _fmt(c["max_sustainable_rps"], " req/s")],
             ["latency knee (stage, offered)", _fmt((c["knee"] or {}).get("offered_rps"))],
-            ["highest stage meeting the SLOs", json.dumps(c["at_slo"])]]))
+            ["highest stage meeting the SLOs", json.dumps(c["at_slo"])]]
+        if stop:
+            not_run = ", ".join(map(str, stop.get("stages_not_run") or [])) or "none"
+            figures.append(["sweep stopped early",
+                            f"after stage {stop['stage']}: {stop.get('reason') or '–'} (not run: {not_run})"])
+        out.append(("Capacity", ["figure", "value"], figures))
     h = summary.get("harness")
     if h:
-        out.append(("Harness health", ["figure", "value"], [
-            ["client CPU", _fmt(h["client_cpu_percent"], " %")],
+        rows = [
+            ["client CPU" + (" (master)" if h.get("workers") else ""), _fmt(h["client_cpu_percent"], " %")],
             ["schedule lag p50 / p99", " / ".join(_fmt((h["schedule_lag_ms"] or {}).get(k), " ms")
                                                   for k in ("p50", "p99"))],
             ["dropped arrivals", _fmt(h["dropped_arrivals"])],
@@ -299,10 +357,29 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
             ["TTFT timing error vs truth p50 / p99 / max", " / ".join(
                 _fmt((h["ttft_timing_error"] or {}).get(k), " ms") for k in ("p50_ms", "p99_ms", "max_ms"))],
             ["TLS verification", "OFF (--insecure)" if h["insecure_tls"] else "on"],
-        ]))
+        ]
+        if h.get("peak_worker_cpu_percent") is not None:
+            rows.append(["peak worker CPU", _fmt(h["peak_worker_cpu_percent"], " %")])
+        for w in h.get("workers") or []:
+            arr = w.get("arrivals") or {}
+            flag = " (BOTTLENECK)" if (w.get("cpu_percent_peak") or 0) >= BOTTLENECK_CPU_PCT else ""
+            rows.append([f"worker {w.get('worker_index')} CPU mean / peak, records, arrivals offered / dropped",
+                         f"{_fmt(w.get('cpu_percent_mean'), ' %')} / {_fmt(w.get('cpu_percent_peak'), ' %')}{flag}, "
+                         f"{_fmt(w.get('records'))}, {_fmt(arr.get('offered'))} / {_fmt(arr.get('dropped'))}"])
+        for r in h.get("resplits") or []:
+            ranks = ", ".join(f"worker {k} → {v}" for k, v in (r.get("ranks") or {}).items())
+            rows.append([f"arrivals re-split at +{_fmt(r.get('from_t'))} s",
+                         f"{_fmt(r.get('workers'))} workers ({ranks or '–'})"])
+        for w in h.get("lost_workers") or []:
+            rows.append([f"worker {w.get('worker_index')} LOST", f"client {w.get('client_id')}; last shipment at "
+                         f"{_epoch(w.get('last_shipment_at'))}; up to {_fmt(w.get('possibly_missing_records'))} "
+                         "records may be missing"])
+        out.append(("Harness health", ["figure", "value"], rows))
     if summary["gates"]:
-        out.append(("Gates", ["gate", "threshold", "value", "result", "why"],
-                    [[g["gate"], f"{g['sense']} {g['threshold']}", _fmt(g["value"]), "pass" if g["ok"] else "FAIL",
+        out.append(("Gates", ["gate", "threshold", "value", "samples (min)", "result", "why"],
+                    [[g["gate"], f"{g['sense']} {g['threshold']}", _fmt(g["value"]),
+                      f"{_fmt(g.get('n'))} ({_fmt(g.get('min_samples'))})",
+                      ("not enough data" if g.get("insufficient") and g["ok"] else "pass" if g["ok"] else "FAIL"),
                       g.get("reason") or ""] for g in summary["gates"]]))
     return out
 

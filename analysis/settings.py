@@ -19,7 +19,8 @@ DEFAULT_MAPPING = "tt-sim"
 MAPPING_KEYS = ("kind", "name", "description", "format", "columns", "charge_type", "charge_if_amount", "amount_scale")
 LEDGER_KEYS = ("file", "mapping", "format", "columns", "charge_type", "charge_if_amount", "amount_scale", "headers")
 FORMATS = ("auto", "csv", "jsonl", "json")
-ANALYSIS_KEYS = ("warmup_s", "slo", "slo_share", "billing")
+ANALYSIS_KEYS = ("warmup_s", "settle_s", "slo", "slo_share", "billing", "early_stop")
+EARLY_STOP_KEYS = ("served_share_below", "ttft_p95_growth", "consecutive")
 SLO_KEYS = ("ttft_ms", "e2e_ms", "tpot_ms", "itl_ms")
 BILLING_FLAGS = ("bill_failed", "bill_dry_runs", "bill_replays")
 BILLING_KEYS = (*BILLING_FLAGS, "abs_tolerance", "rel_tolerance")
@@ -48,8 +49,12 @@ def check_analysis(an: Any, where: str = "analysis") -> dict[str, Any]:
     an = _known(an, ANALYSIS_KEYS, where)
     if "warmup_s" in an:
         _number(an["warmup_s"], f"{where}.warmup_s")
+    if "settle_s" in an:
+        _number(an["settle_s"], f"{where}.settle_s")
     if "slo_share" in an:
         _number(an["slo_share"], f"{where}.slo_share", 0.0, 1.0)
+    if "early_stop" in an:
+        check_early_stop(an["early_stop"], f"{where}.early_stop")
     for k, v in _known(an.get("slo"), SLO_KEYS, f"{where}.slo").items():
         if v is not None:
             _number(v, f"{where}.slo.{k}")
@@ -67,6 +72,27 @@ def check_analysis(an: Any, where: str = "analysis") -> dict[str, Any]:
             if not ok:
                 raise InputError(f"{where}.billing.{k}: expected a non-negative number, got {v!r}")
     return an
+
+
+def check_early_stop(rule: Any, where: str = "analysis.early_stop") -> None:
+    """`analysis.early_stop`: false (off), true (the defaults) or {served_share_below, ttft_p95_growth,
+    consecutive}; a one-line InputError naming the bad key."""
+    if isinstance(rule, bool):
+        return
+    if not isinstance(rule, dict):
+        raise InputError(f"{where}: expected false or a mapping ({', '.join(EARLY_STOP_KEYS)}), got {rule!r}")
+    _known(rule, EARLY_STOP_KEYS, where)
+    if rule.get("served_share_below") is not None:
+        _number(rule["served_share_below"], f"{where}.served_share_below", 0.0, 1.0)
+    if rule.get("ttft_p95_growth") is not None:
+        _number(rule["ttft_p95_growth"], f"{where}.ttft_p95_growth", 1.0)
+    if rule.get("served_share_below") is None and rule.get("ttft_p95_growth") is None and (
+            "served_share_below" in rule and "ttft_p95_growth" in rule):
+        raise InputError(f"{where}: served_share_below and ttft_p95_growth are both null: nothing to stop on")
+    if "consecutive" in rule:
+        c = rule["consecutive"]
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise InputError(f"{where}.consecutive: expected a whole number >= 1, got {c!r}")
 
 
 def known_mappings() -> list[str]:

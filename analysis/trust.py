@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from ttbench.prices import PriceError, load_price_sheet
+from ttformats.prices import PriceError, load_price_sheet
 
 #: the simulator's shipped price sheet, read as a file (the analysis never imports the simulator)
 SIM_DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"

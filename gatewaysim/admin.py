@@ -7,10 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .appkeys import GW_KEY
 from .capacity import capacity
-from .state import Gateway
-
-GW_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
 
 def _denied(request: web.Request) -> web.Response | None:

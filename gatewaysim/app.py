@@ -1,108 +1,45 @@
-"""The aiohttp application: routes per dialect, request ids, truth entries, error shapes."""
+"""The aiohttp application: routes from the dialect registry, request ids, truth entries, error shapes."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from urllib.parse import unquote
 
 from aiohttp import web
 
-from .admin import GW_KEY, add_routes
+from .admin import add_routes
+from .appkeys import GW_KEY
 from .billing import new_request_id
-from .dialects.anthropic import AnthropicMessages
-from .dialects.azure import API_VERSION_MISSING, AzureChat, AzureEmbeddings, AzureImages
-from .dialects.base import Dialect
-from .dialects.embeddings import Embeddings
-from .dialects.gemini import Gemini
-from .dialects.images import Images
-from .dialects.models import ModelList
-from .dialects.openai import OpenAIChat
-from .exchange import Aborted, Exchange, send_bytes, send_error
+from .dialects import DIALECTS, configurable
+from .dialects.base import Dialect, Route
+from .exchange import Aborted, send_error
 from .state import Gateway
 from .truth import client_headers, redacted_query
 
 log = logging.getLogger("gatewaysim")
 
-CHAT = OpenAIChat()
-MESSAGES = AnthropicMessages()
-GEMINI = Gemini()
-EMBEDDINGS = Embeddings()
-IMAGES = Images()
-MODELS = ModelList()
-AZURE_CHAT = AzureChat()
-AZURE_EMBEDDINGS = AzureEmbeddings()
-AZURE_IMAGES = AzureImages()
-GEMINI_METHODS = ("generateContent", "streamGenerateContent")
 FLUSHER: web.AppKey[asyncio.Task[None]] = web.AppKey("flusher", asyncio.Task)
 #: The extra paths of the config's `routes:`, each with the dialect whose error shape it answers in.
 EXTRA_PATHS: web.AppKey[dict[str, Dialect]] = web.AppKey("extra_paths", dict)
-#: Built-in routes by endpoint name, as `routes:` in the config names them.
-ENDPOINT_DIALECTS: dict[str, Dialect] = {"chat": CHAT, "messages": MESSAGES, "embeddings": EMBEDDINGS,
-                                         "images": IMAGES, "models": MODELS}
 
 
 def dialect_for(path: str, extra: dict[str, Dialect] | None = None) -> Dialect:
     """The dialect whose error shape fits a path (extra: the configured extra paths)."""
     if extra and path in extra:
         return extra[path]
-    if path.startswith("/v1/messages"):
-        return MESSAGES
-    if path.startswith("/openai/"):
-        return CHAT
-    if path.startswith("/v1beta/") or ":" in path or "%3A" in path.upper():
-        return GEMINI
-    return CHAT
+    for dialect in DIALECTS:
+        if dialect.owns_path(path):
+            return dialect
+    return DIALECTS[0]
 
 
-def _route(dialect: Dialect):  # noqa: ANN202
+def _handler(dialect: Dialect, route: Route):  # noqa: ANN202
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await Exchange(request.app[GW_KEY], dialect, request).run()
+        request["route"] = route
+        return await dialect.handle(request.app[GW_KEY], request)
 
     return handler
-
-
-def _azure_route(dialect: Dialect):  # noqa: ANN202
-    """An Azure OpenAI deployment route: `api-version` is required before anything else."""
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if not request.query.get("api-version"):
-            return await send_error(request, request["ctx"], dialect, 400, "invalid_request", API_VERSION_MISSING,
-                                    "api-version", code="MissingApiVersionParameter")
-        return await Exchange(request.app[GW_KEY], dialect, request).run()
-
-    return handler
-
-
-async def gemini_route(request: web.Request) -> web.StreamResponse:
-    """POST /v1beta/models/{model}:{method} (and /v1/...): split on the last colon."""
-    spec = unquote(request.match_info["spec"])
-    while spec.startswith("models/"):
-        spec = spec[len("models/"):]
-    model, _, method = spec.rpartition(":")
-    if not model or method not in GEMINI_METHODS:
-        raise web.HTTPNotFound()
-    request["gemini"] = (model, method)
-    return await Exchange(request.app[GW_KEY], GEMINI, request).run()
-
-
-async def list_models(request: web.Request) -> web.StreamResponse:
-    """GET /v1/models and /v1beta/models."""
-    gw = request.app[GW_KEY]
-    ctx = request["ctx"]
-    ctx["entry"].update(endpoint="models")
-    exchange = Exchange(gw, GEMINI if MODELS.shape(request) == "gemini" else MODELS, request)
-    key = MODELS.api_key(request)
-    if not key:
-        return await exchange.error(401 if exchange.dialect is MODELS else 403, "auth_missing",
-                                    "You didn't provide an API key.")
-    if key != gw.api_key:
-        return await exchange.error(401 if exchange.dialect is MODELS else 400, "auth_invalid",
-                                    "Incorrect API key provided.")
-    body = json.dumps(MODELS.listing(request, gw.config.models)).encode()
-    ctx["entry"]["outcome"] = "ok"
-    return await send_bytes(request, ctx, 200, body)
 
 
 @web.middleware
@@ -154,26 +91,23 @@ def make_app(gw: Gateway) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=64 * 1024 * 1024)
     app[GW_KEY] = gw
     add_routes(app)
-    app.router.add_post("/v1/chat/completions", _route(CHAT))
-    app.router.add_post("/v1/messages", _route(MESSAGES))
-    app.router.add_post("/v1/embeddings", _route(EMBEDDINGS))
-    app.router.add_post("/v1/images/generations", _route(IMAGES))
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1beta/models", list_models)
-    app.router.add_post("/v1beta/models/{spec:.+}", gemini_route)
-    app.router.add_post("/v1/models/{spec:.+}", gemini_route)
-    for tail, dialect in (("chat/completions", AZURE_CHAT), ("embeddings", AZURE_EMBEDDINGS),
-                          ("images/generations", AZURE_IMAGES)):
-        app.router.add_post("/openai/deployments/{deployment}/" + tail, _azure_route(dialect))
+
+    def serve(dialect: Dialect, route: Route) -> None:
+        if route.method == "GET":
+            app.router.add_get(route.path, _handler(dialect, route))  # HEAD too, as aiohttp's GET routes do
+        else:
+            app.router.add_route(route.method, route.path, _handler(dialect, route))
+
+    for dialect in DIALECTS:
+        for route in dialect.routes:
+            serve(dialect, route)
+    by_endpoint = configurable()
     extra: dict[str, Dialect] = {}
     for endpoint, paths in gw.config.section("routes").items():
-        dialect = ENDPOINT_DIALECTS[endpoint]
-        for path in paths:
+        dialect = by_endpoint[endpoint]
+        for path in paths:  # served exactly like the dialect's first built-in route
             extra[path] = dialect
-            if endpoint == "models":
-                app.router.add_get(path, list_models)
-            else:
-                app.router.add_post(path, _route(dialect))
+            serve(dialect, Route(dialect.routes[0].method, path))
     app[EXTRA_PATHS] = extra
 
     async def flush_ledger() -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from ttbench.prices import PriceSheet, Usage
+from ttformats.prices import PriceSheet, Usage
 
 from .calls import Call, Plan
 from .config import BILLING_ERROR_KINDS
@@ -44,7 +44,7 @@ class Biller:
     def usage(self, call: Call, plan: Plan, images: int | None = None) -> Usage:
         """Billable usage of a produced answer."""
         return Usage(
-            input_tokens=plan.input_tokens if call.endpoint != "images" else 0,
+            input_tokens=plan.input_tokens if call.kind != "image" else 0,
             output_tokens=plan.output_tokens,
             cached_input_tokens=plan.cached_input_tokens,
             cache_write_tokens=plan.cache_write_tokens,
@@ -55,9 +55,9 @@ class Biller:
 
     def estimate(self, call: Call, spec: dict[str, Any]) -> Usage:
         """The basis of a hold: the prompt and the most output the call may produce."""
-        if call.endpoint == "images":
+        if call.kind == "image":
             return Usage(images=call.images_n, image_size=call.image_size, image_quality=call.image_quality)
-        if call.endpoint == "embeddings":
+        if call.kind == "embedding":
             return Usage(input_tokens=call.input_tokens)
         cap = call.max_tokens if call.max_tokens is not None else int(spec["max_output_default"])
         return Usage(input_tokens=call.input_tokens, output_tokens=cap)
@@ -103,7 +103,7 @@ class Biller:
         apply = ["missing_charge", "unknown_request"]
         if usage.cached_input_tokens > 0:
             apply.append("cache_discount_missing")
-        if call.endpoint != "images":  # images are billed per image, not per token
+        if call.kind != "image":  # images are billed per image, not per token
             apply.append("token_mismatch")
         if fair > 0:
             apply.append("amount_mismatch")

@@ -21,8 +21,9 @@ class BadRequest(Exception):
 class Call:
     """A dialect-neutral view of one request."""
 
-    endpoint: str  # chat | messages | gemini | embeddings | images | models
+    endpoint: str  # the dialect's endpoint name: chat | messages | gemini | embeddings | images | responses
     model: str
+    kind: str = "chat"  # the served model's kind (chat | embedding | image), set once the model is found
     stream: bool = False
     input_tokens: int = 0
     max_tokens: int | None = None
@@ -43,6 +44,7 @@ class Call:
     image_quality: str = "auto"
     content_key: str = ""  # seeds the output: same request, same answer
     segments: list[tuple[str, int]] = field(default_factory=list)  # (message, tokens): what the prefix cache sees
+    extra: dict[str, Any] = field(default_factory=dict)  # what one dialect keeps for its own rendering
 
 
 @dataclass

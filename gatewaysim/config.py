@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ttbench.prices import PriceError, PriceSheet, load_price_sheet
-from ttbench.yamlfile import YamlFileError, read_yaml
+from ttformats.prices import PriceError, PriceSheet, load_price_sheet
+from ttformats.yamlfile import YamlFileError, read_yaml
 
 DEFAULTS_DIR = Path(__file__).parent / "defaults"
 DEFAULT_CONFIG = DEFAULTS_DIR / "sim.yaml"
@@ -36,10 +36,8 @@ BILLING_ERROR_KINDS = (
     "cache_discount_missing",
 )
 MODEL_KINDS = ("chat", "embedding", "image")
-#: Paths the simulator serves itself, which `routes:` may not name again.
-BUILTIN_PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/images/generations", "/v1/models",
-                 "/v1beta/models")
-RESERVED_PREFIXES = ("/_sim/", "/openai/deployments/", "/v1/models/", "/v1beta/models/")
+#: Paths no `routes:` entry may start with, besides the dialects' own routes.
+RESERVED_PREFIXES = ("/_sim/",)
 
 
 class ConfigError(ValueError):
@@ -119,7 +117,7 @@ def _merge(where: str, path: str, base: dict[str, Any], over: dict[str, Any], fr
             raise ConfigError(f"{where}: {dotted}: unknown key")
         _check_like(where, dotted, value, base[key])
         if isinstance(base[key], dict) and isinstance(value, dict) and key not in ("weights", "quota"):
-            out[key] = _merge(where, dotted, base[key], value, free=key in ("models",))
+            out[key] = _merge(where, dotted, base[key], value, free=key in ("models", "routes"))
         else:
             out[key] = value
     return out
@@ -189,9 +187,19 @@ def _resolve_models(where: str, raw: dict[str, Any]) -> None:
 
 
 def _check_routes(where: str, routes: dict[str, Any]) -> None:
-    """Each extra path: a string, an exact absolute path, not taken by a built-in route or another entry."""
+    """Each key a configurable dialect's endpoint; each path exact, not taken by a built-in route or another entry."""
+    from .dialects import builtin_routes, configurable  # the registry imports the app's modules: import late
+
+    known = configurable()
+    builtin = builtin_routes()
+    exact = {r.path for r in builtin if r.exact}
+    prefixes = RESERVED_PREFIXES + tuple(r.prefix for r in builtin if not r.exact)
     seen: dict[str, str] = {}
     for endpoint, paths in routes.items():
+        if endpoint not in known:
+            raise ConfigError(f"{where}: routes.{endpoint}: unknown key (known: {', '.join(known)})")
+        if not isinstance(paths, list):
+            raise ConfigError(f"{where}: routes.{endpoint}: expected a list, got {_type_name(paths)}")
         for i, path in enumerate(paths):
             key = f"routes.{endpoint}[{i}]"
             if not isinstance(path, str):
@@ -199,7 +207,7 @@ def _check_routes(where: str, routes: dict[str, Any]) -> None:
             if not path.startswith("/") or any(c in path for c in "{}?#% \t\r\n") or "//" in path:
                 raise ConfigError(f"{where}: {key}: expected an exact path starting with '/' (no {{}}, ?, #, % "
                                   f"or spaces), got {path!r}")
-            if path in BUILTIN_PATHS or path.startswith(RESERVED_PREFIXES) or path.rstrip("/") == "/_sim":
+            if path in exact or path.startswith(prefixes) or path.rstrip("/") == "/_sim":
                 raise ConfigError(f"{where}: {key}: {path} is a built-in route of the simulator")
             if path in seen:
                 raise ConfigError(f"{where}: {key}: {path} is already listed under {seen[path]}")

@@ -13,7 +13,6 @@ from aiohttp import web
 
 from .calls import BadRequest, Call, Plan
 from .capacity import QueueFull
-from .dialects.base import Dialect
 from .draws import rng
 from .faults import FAULT_TABLE, REPLAY_FAULTS, applicable
 from .generation import plan_chat, plan_embeddings, plan_images
@@ -21,6 +20,7 @@ from .idempotency import MAX_KEY_LENGTH, StoredResponse, fingerprint, normalize_
 from .ledger import format_amount
 
 if TYPE_CHECKING:
+    from .dialects.base import Dialect
     from .state import Gateway
 
 REPLAY_HEADERS = ("Content-Type", "Cache-Control")
@@ -98,16 +98,12 @@ class Exchange:
     async def authenticate(self) -> web.StreamResponse | None:
         """An error response when the key is missing or wrong, else None."""
         key = self.dialect.api_key(self.request)
-        gemini = self.dialect.name == "gemini"
         if not key:
-            if gemini:
-                return await self.error(403, "auth_missing", "Method doesn't allow unregistered callers. "
-                                        "Please use API Key or other form of API consumer identity to call this API.")
-            return await self.error(401, "auth_missing", "You didn't provide an API key.")
+            status, message = self.dialect.auth_failure(missing=True)
+            return await self.error(status, "auth_missing", message)
         if key != self.gw.api_key:
-            if gemini:
-                return await self.error(400, "auth_invalid", "API key not valid. Please pass a valid API key.")
-            return await self.error(401, "auth_invalid", "Incorrect API key provided.")
+            status, message = self.dialect.auth_failure(missing=False)
+            return await self.error(status, "auth_invalid", message)
         self.ctx["api_key"] = key
         return None
 
@@ -126,13 +122,13 @@ class Exchange:
         except BadRequest as exc:
             return await self.error(exc.status, "invalid_request", exc.message, exc.param, code=exc.code)
         spec = self.gw.config.models.get(call.model)
-        expected_kind = {"embeddings": "embedding", "images": "image"}.get(call.endpoint, "chat")
-        if spec is None or spec["kind"] != expected_kind:
+        if spec is None or spec["kind"] != self.dialect.model_kind:
             message, param, code = self.dialect.unknown_model(call.model)
             return await self.error(404, "not_found", message, param, code=code)
+        call.kind = spec["kind"]
         dry = self.request.headers.get("X-TT-Dry-Run", "").strip().lower() in ("true", "1", "yes")
         self.entry.update(endpoint=call.endpoint, model=call.model, stream=call.stream, dry_run=dry)
-        if call.endpoint == "images":
+        if call.kind == "image":
             self.entry["images_requested"] = call.images_n
         raw_key = self.request.headers.get("Idempotency-Key")
         if raw_key is None:
@@ -172,9 +168,9 @@ class Exchange:
 
     def _plan(self, call: Call, spec: dict[str, Any], fault: str | None) -> Plan:
         seed = self.gw.config.seed
-        if call.endpoint == "embeddings":
+        if call.kind == "embedding":
             return plan_embeddings(spec, call, seed)
-        if call.endpoint == "images":
+        if call.kind == "image":
             returned = call.images_n
             if fault == "fewer_images":
                 returned = rng(seed, "fewer", self.ctx["attempt_key"]).randint(1, call.images_n - 1)
@@ -192,8 +188,7 @@ class Exchange:
         if fault == "server_error":
             statuses = list(cfg["server_error_statuses"])
             status = statuses[rng(self.gw.config.seed, "status", self.ctx["attempt_key"]).randrange(len(statuses))]
-            if self.dialect.name == "anthropic" and status in (502, 503):
-                status = 529
+            status = self.dialect.server_error_status(status)
             self.entry["fault_detail"] = {"status": status}
             if on_fail is not None:
                 on_fail()
@@ -216,7 +211,7 @@ class Exchange:
         """A first (not replayed) attempt."""
         gw = self.gw
         fault = gw.faults.choose(self.ctx["attempt_key"],
-                                 applicable(call.stream, dry, call.endpoint, call.images_n, replay=False))
+                                 applicable(call.stream, dry, call.kind, call.images_n, replay=False))
         self.entry["fault"] = fault
         if fault is not None:
             self.entry["expected_error_kind"] = FAULT_TABLE[fault].client_error_kind
@@ -239,11 +234,11 @@ class Exchange:
             return await self.error(429, "rate_limit", f"The model `{call.model}` is at capacity; retry later.",
                                     headers={"Retry-After": str(full.retry_after_s)})
         self.entry["queue_ms"] = round(queued * 1000, 3)
-        if call.endpoint in ("chat", "messages", "gemini") and call.segments:
+        if call.kind == "chat" and call.segments:
             self._apply_cache(call, plan, spec)
         gw.biller.hold(self.ctx, call, gw.biller.estimate(call, spec))
         try:
-            if call.stream and call.endpoint in ("chat", "messages", "gemini"):
+            if call.stream and call.kind == "chat":
                 return await self.stream(call, plan, pool, fault)
             return await self.plain(call, plan, pool, fault)
         except (asyncio.CancelledError, ConnectionError):
@@ -260,7 +255,7 @@ class Exchange:
         if not hit.cached_tokens and not hit.write_tokens:
             return
         plan.cached_input_tokens = hit.cached_tokens
-        plan.cache_write_tokens = hit.write_tokens if self.dialect.name == "anthropic" else 0
+        plan.cache_write_tokens = hit.write_tokens if self.dialect.cache_writes else 0
         saved = float(spec["prefill_ms_per_token"]) * hit.cached_tokens * (1 - cache.prefill_factor) / 1000.0
         plan.ttft_s = max(0.0, plan.ttft_s - saved)
         self.entry["cache"] = {"cached_tokens": hit.cached_tokens, "write_tokens": plan.cache_write_tokens}
@@ -269,6 +264,7 @@ class Exchange:
         """Auth and billing hold only: a JSON estimate, no model call, no charge."""
         gw = self.gw
         basis = gw.biller.estimate(call, spec)
+        images = call.kind == "image"
         amount = gw.biller.hold(self.ctx, call, basis)
         gw.biller.settle_dry_run(self.ctx, call, basis, amount)
         body_obj = {
@@ -284,8 +280,8 @@ class Exchange:
                     "input_tokens": basis.input_tokens,
                     "max_output_tokens": basis.output_tokens,
                     "images": basis.images,
-                    "image_size": call.image_size if call.endpoint == "images" else None,
-                    "image_quality": call.image_quality if call.endpoint == "images" else None,
+                    "image_size": call.image_size if images else None,
+                    "image_quality": call.image_quality if images else None,
                 },
             },
             "hold": {"hold_id": "hold_" + self.ctx["request_id"], "amount": format_amount(amount),
@@ -309,7 +305,7 @@ class Exchange:
     async def plain(self, call: Call, plan: Plan, pool: Any, fault: str | None) -> web.StreamResponse:
         """A whole JSON answer after the model's full time."""
         gw = self.gw
-        if call.endpoint in ("embeddings", "images"):
+        if call.kind != "chat":  # embeddings and images hold the slot for their work time
             await asyncio.sleep(plan.work_s)
         else:
             await asyncio.sleep(plan.ttft_s)
@@ -317,16 +313,18 @@ class Exchange:
         body = json.dumps(self.dialect.render(call, plan, self.ctx)).encode()
         usage = gw.biller.usage(call, plan)
         self.entry["usage"] = plan.usage_dict()
-        requested = call.images_n if call.endpoint == "images" else None
+        requested = self.entry["images_requested"]
         if fault == "disconnect_after_billing":
             gw.biller.settle_success(self.ctx, call, usage, requested)
             self._store(200, {"Content-Type": "application/json"}, body, None, usage)
+            self.dialect.completed(gw, call, plan, self.ctx)
             self.entry["outcome"] = "failed"
             await send_bytes(self.request, self.ctx, 200, body, cut=True)
         resp = await send_bytes(self.request, self.ctx, 200, body)
         self.entry["outcome"] = "ok"
         gw.biller.settle_success(self.ctx, call, usage, requested)
         self._store(200, {"Content-Type": "application/json"}, body, None, usage)
+        self.dialect.completed(gw, call, plan, self.ctx)
         return resp
 
     async def stream(self, call: Call, plan: Plan, pool: Any, fault: str | None) -> web.StreamResponse:
@@ -334,7 +332,7 @@ class Exchange:
         gw = self.gw
         entry = self.entry
         frames = self.dialect.frames(call, plan, self.ctx)
-        ctype = "text/event-stream" if (call.endpoint != "gemini" or call.sse) else "application/json"
+        ctype = self.dialect.stream_content_type(call)
         headers = {**id_headers(self.ctx), "Cache-Control": "no-cache"}
         resp = web.StreamResponse(status=200, headers=headers)
         resp.content_type = ctype
@@ -363,11 +361,12 @@ class Exchange:
                 if delay > 0:
                     await asyncio.sleep(delay)
             if i == cut_at and fault in ("disconnect_midstream", "stream_error", "malformed_chunk"):
-                return await self._stream_fault(call, plan, resp, fault)
+                return await self._stream_fault(call, plan, resp, fault, i)
             if i == last and fault == "disconnect_after_billing":
                 gw.biller.settle_success(self.ctx, call, usage, None)
                 self._store(200, {"Content-Type": ctype, "Cache-Control": "no-cache"}, None,
                             [f.data for f in frames], usage)
+                self.dialect.completed(gw, call, plan, self.ctx)
                 entry["outcome"] = "failed"
                 abort_connection(self.request)
                 raise Aborted
@@ -379,16 +378,18 @@ class Exchange:
         entry["outcome"] = "ok"
         gw.biller.settle_success(self.ctx, call, usage, None)
         self._store(200, {"Content-Type": ctype, "Cache-Control": "no-cache"}, None, [f.data for f in frames], usage)
+        self.dialect.completed(gw, call, plan, self.ctx)
         return resp
 
-    async def _stream_fault(self, call: Call, plan: Plan, resp: web.StreamResponse, fault: str) -> web.StreamResponse:
+    async def _stream_fault(self, call: Call, plan: Plan, resp: web.StreamResponse, fault: str,
+                            sent: int) -> web.StreamResponse:
         entry = self.entry
         entry["outcome"] = "failed"
         self.gw.biller.settle_failure(self.ctx, call, self.gw.biller.usage(call, plan), fault)
         if fault == "disconnect_midstream":
             abort_connection(self.request)
             raise Aborted
-        data = self.dialect.inband_error(call, self.ctx) if fault == "stream_error" else self.dialect.malformed(call)
+        data = self.dialect.inband_error(call, self.ctx, sent) if fault == "stream_error" else self.dialect.malformed(call)
         if fault == "stream_error":
             data += self.dialect.stream_tail(call)
         await resp.write(data)

@@ -31,15 +31,15 @@ FAULT_TABLE: dict[str, FaultSpec] = {
 REPLAY_FAULTS = ("server_error", "rate_limited", "reset", "stall")
 
 
-def applicable(stream: bool, dry_run: bool, endpoint: str, images_n: int, replay: bool) -> list[str]:
-    """The fault kinds that can meet an attempt of this shape."""
+def applicable(stream: bool, dry_run: bool, kind: str, images_n: int, replay: bool) -> list[str]:
+    """The fault kinds that can meet an attempt of this shape (kind: the served model's kind)."""
     kinds = ["server_error", "rate_limited", "reset", "stall"]
     if replay:
         return kinds
     if stream and not dry_run:
         kinds += ["disconnect_midstream", "stream_error", "malformed_chunk"]
-    if endpoint == "images" and images_n >= 2 and not dry_run:
+    if kind == "image" and images_n >= 2 and not dry_run:
         kinds.append("fewer_images")
-    if not dry_run and endpoint != "models":
+    if not dry_run:
         kinds.append("disconnect_after_billing")
     return kinds

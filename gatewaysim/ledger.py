@@ -10,7 +10,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from ttbench.prices import Usage
+from ttformats.prices import Usage
 
 COLUMNS = (
     "time",

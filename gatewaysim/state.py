@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .billing import Biller
 from .cache import PrefixCache
 from .capacity import ModelPool
@@ -31,3 +33,5 @@ class Gateway:
         self.faults = Planter(config.seed, "fault", config.section("faults"), FAULT_KINDS)
         self.biller = Biller(config.prices, self.ledger, self.truth, config.seed, config.section("billing_errors"))
         self.served: dict[str, int] = {}
+        #: Server-side state a dialect keeps across requests (e.g. stored responses), by endpoint name.
+        self.dialect_state: dict[str, Any] = {}

@@ -1,9 +1,11 @@
 """Open-loop arrivals shared by a process's users: constant, Poisson, gamma, on/off or a trace's timestamps.
 
 The schedule is the run's whole arrival sequence, drawn from the scenario's seed alone, so every worker
-process computes the same one and takes the arrivals whose index modulo the worker count is its own
-(`arrival_times` and `traces.schedule` are pure functions of their inputs). An arrival that finds no
-free user is dropped and counted, never queued into a later burst.
+process computes the same one and takes the arrivals whose index modulo the worker count is its rank
+(`arrival_times` and `traces.schedule` are pure functions of their inputs). In a distributed run the master
+gives the live workers dense ranks 0..n-1 and announces each re-split with the schedule time it takes effect
+from, so every worker switches at the same arrival. An arrival that finds no free user is dropped and counted,
+never queued into a later burst.
 """
 
 from __future__ import annotations
@@ -67,20 +69,46 @@ def _advance_on_time(t: float, gap: float, on_s: float, period: float) -> float:
     return k * period + phase + gap
 
 
-def is_mine(index: int, worker: int, workers: int) -> bool:
-    """Whether the schedule's arrival `index` belongs to this worker."""
-    return index % workers == worker % workers
+def is_mine(index: int, rank: int, workers: int) -> bool:
+    """Whether the schedule's arrival `index` belongs to the worker of this rank."""
+    return index % workers == rank % workers
+
+
+class Split:
+    """Which ranks own which arrivals over the schedule's time: (from_t, rank, workers) entries, in order."""
+
+    def __init__(self, rank: int = 0, workers: int = 1) -> None:
+        self.entries: list[tuple[float, int, int]] = [(0.0, rank, max(1, workers))]
+
+    def set(self, rank: int, workers: int, from_t: float) -> None:
+        """From schedule time `from_t` on, this process has `rank` of `workers` (a rank < 0: none)."""
+        self.entries = [e for e in self.entries if e[0] < from_t] + [(from_t, rank, max(1, workers))]
+
+    def owner(self, t: float) -> tuple[int, int]:
+        """(rank, workers) in force at schedule time t (rank -1: none of the arrivals)."""
+        rank, workers = -1, 1
+        for from_t, r, n in self.entries:
+            if from_t > t:
+                break
+            rank, workers = r, n
+        return rank, workers
+
+    def mine(self, index: int, t: float) -> bool:
+        """Whether arrival `index` at schedule time t is this process's."""
+        rank, workers = self.owner(t)
+        return rank >= 0 and is_mine(index, rank, workers)
 
 
 class Arrivals:
     """Replays this process's share of the scenario's arrivals and hands each one to a free user."""
 
-    def __init__(self, scenario: Scenario, seed: int, worker: int, workers: int = 1) -> None:
+    def __init__(self, scenario: Scenario, seed: int, rank: int = 0, workers: int = 1,
+                 duration_s: float | None = None, split: Split | None = None) -> None:
         self.scenario = scenario
         self.seed = seed
         self.rng = random.Random(f"{seed}:arrivals")  # the same on every worker: one shared sequence
-        self.worker = worker
-        self.workers = max(1, workers)
+        self.split = split or Split(rank, workers)
+        self.duration_s = duration_s if duration_s is not None else scenario.total_duration_s
         self.tickets: Queue = Queue()
         self.idle = 0
         self.offered = 0
@@ -92,9 +120,6 @@ class Arrivals:
         if scenario.trace is not None and scenario.trace_data is not None:
             self.trace = schedule(scenario.trace_data, scenario.trace, seed, scenario.mix, DEFAULT_MODELS)
 
-    def set_workers(self, workers: int) -> None:
-        """Re-split the arrivals over a new number of worker processes (from the next arrival on)."""
-        self.workers = max(1, workers)
 
     def stage_at(self, elapsed: float) -> tuple[int | None, float]:
         """The stage index and total rate in force `elapsed` seconds into the run."""
@@ -112,13 +137,13 @@ class Arrivals:
         """The run's whole arrival sequence (all workers'), seconds from the start."""
         sc = self.scenario
         return arrival_times(sc.arrivals, lambda t: self.stage_at(t)[1], self.rng, burstiness=sc.burstiness,
-                             on_s=sc.on_s, off_s=sc.off_s,
-                             until=sc.total_duration_s + 1 if sc.stages else math.inf)  # else until stop()
+                             on_s=sc.on_s, off_s=sc.off_s, until=self.duration_s)
 
-    def start(self) -> None:
-        """Start the scheduling greenlet."""
+    def start(self, started_at: float | None = None) -> None:
+        """Start the scheduling greenlet; `started_at` (epoch) is schedule time 0 (default now; in a distributed
+        run the master's start, so a worker that joins late keeps the run's timeline)."""
         if self._greenlet is None:
-            self.started_at = time.time()
+            self.started_at = time.time() if started_at is None else started_at
             self._greenlet = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -135,23 +160,28 @@ class Arrivals:
     def _run(self) -> None:
         assert self.started_at is not None
         start_wall = self.started_at
-        start = time.perf_counter()
+        start = time.perf_counter() - (time.time() - start_wall)  # schedule time 0 on the perf_counter clock
         for i, (t, stage, item) in enumerate(self._plan()):
             if self.stopped:
                 return
-            if not is_mine(i, self.worker, self.workers):
+            if not self.split.mine(i, t):
                 continue
             delay = start + t - time.perf_counter()
             if delay > 0:
                 gevent.sleep(delay)
+                if self.stopped:
+                    return
+            elif delay < -1.0:
+                continue  # from before this process joined the run: another rank's then
             self.offered += 1
             if self.idle > self.tickets.qsize():
-                self.tickets.put((start_wall + t, stage, item))
+                self.tickets.put((start_wall + t, stage, item, i))
             else:
                 self.dropped += 1  # no free user: counted, never queued into a later burst
 
-    def wait(self, timeout: float | None = None) -> tuple[float, int | None, Any] | None:
-        """Block a user until an arrival is handed to it: (scheduled epoch, stage index, trace arrival or None)."""
+    def wait(self, timeout: float | None = None) -> tuple[float, int | None, Any, int] | None:
+        """Block a user until an arrival is handed to it: (scheduled epoch, stage index, trace arrival or None,
+        the arrival's index in the run's schedule)."""
         self.idle += 1
         try:
             return self.tickets.get(timeout=timeout)

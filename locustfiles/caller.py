@@ -59,7 +59,8 @@ class Caller:
         return f"{self.run_id}-w{self.worker}-{self.seq}"
 
     def run(self, transports: Transports, spec: CallSpec, scheduled: float | None = None,
-            stage: int | None = None, answer: list[str] | None = None) -> list[dict[str, Any]]:
+            stage: int | None = None, answer: list[str] | None = None,
+            arrival: int | None = None) -> list[dict[str, Any]]:
         """Make the call, retrying idempotently; returns its records (the last one is final).
 
         With `answer`, the final attempt's answer text is appended to it (a conversation's next turn needs it).
@@ -89,7 +90,7 @@ class Caller:
                     reader.text_parts = []
                 epoch0 = time.time()
                 t0 = time.perf_counter()
-                rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage)
+                rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage, arrival)
                 out = Outcome()
                 try:
                     transports.get(wire.base).send(wire, reader, spec.stream, spec.dry_run, out)
@@ -116,7 +117,20 @@ class Caller:
                         answer.append(reader.text or "")
                     break
                 self.retries += 1
-                gevent.sleep(self.retry.delay(attempt, out.retry_after_s, self.rng))
+                try:
+                    gevent.sleep(self.retry.delay(attempt, out.retry_after_s, self.rng))
+                except gevent.GreenletExit:
+                    # the run stopped while the call waited to retry: a marker closes the call as cancelled
+                    # (never sent, so no attempt); its last error is not the call's outcome
+                    epoch0, t0 = time.time(), time.perf_counter()
+                    rec = self._record(spec, call_id, f"{call_id}-a{attempt + 1}", attempt + 1, epoch0, scheduled,
+                                       stage, arrival)
+                    marker = Outcome(error_kind="cancelled", error="the run stopped while the call waited to retry",
+                                     t_end=t0)
+                    self._fill(rec, spec, marker, dialect.Reader(None), t0)
+                    records.append(rec)
+                    self.emit(rec)
+                    raise
         finally:
             self.in_flight -= 1
             if self.on_call is not None and records:
@@ -124,7 +138,7 @@ class Caller:
         return records
 
     def _record(self, spec: CallSpec, call_id: str, attempt_id: str, attempt: int, epoch0: float,
-                scheduled: float | None, stage: int | None) -> dict[str, Any]:
+                scheduled: float | None, stage: int | None, arrival: int | None = None) -> dict[str, Any]:
         return {
             "v": RECORD_VERSION, "run_id": self.run_id, "worker": self.worker, "attempt_id": attempt_id,
             "call_id": call_id, "attempt": attempt, "final": True, "idempotency_key": call_id,
@@ -134,7 +148,7 @@ class Caller:
             "dry_run": spec.dry_run, "pair_id": spec.pair_id, "session_id": spec.session_id, "turn": spec.turn,
             "name": stats_name(spec), "t_start": epoch0, "scheduled": scheduled,
             "schedule_lag_ms": None if scheduled is None or attempt > 1 else round((epoch0 - scheduled) * 1000, 3),
-            "stage": stage,
+            "stage": stage, "arrival": arrival,
             "prompt_tokens_target": spec.prompt_tokens_target, "max_tokens": spec.max_tokens,
             "images_requested": spec.images_n if spec.endpoint == "images" else None,
             "image_size": spec.image_size if spec.endpoint == "images" else None,

@@ -6,6 +6,8 @@ import time
 from collections import Counter, deque
 from typing import Any
 
+from ttformats.calls import call_ttft_ms, counts_as_attempt
+
 from .records import decode_chunks
 
 
@@ -38,11 +40,11 @@ class Bucket:
         self.last_end: float | None = None
         self.recent: deque[float] = deque(maxlen=window)
 
-    def add(self, rec: dict[str, Any]) -> None:
-        """Fold one attempt record in."""
-        if rec["attempt"] > 1:
-            self.retries += 1
+    def add(self, rec: dict[str, Any], first_t_start: float | None = None) -> None:
+        """Fold one attempt record in; `first_t_start`: the start of its call's first attempt (default: its own)."""
         kind = rec.get("error_kind")
+        if rec["attempt"] > 1 and counts_as_attempt(kind, rec.get("sent")):
+            self.retries += 1
         if kind == "cancelled":
             self.cancelled += 1
         elif kind:
@@ -64,10 +66,12 @@ class Bucket:
                 self.estimate_total += float((est.get("estimate") or {}).get("amount"))
             except (TypeError, ValueError):
                 pass
-        if rec.get("stream") and rec.get("first_content_ms") is not None and not rec.get("replayed"):
-            self.ttft.append(rec["first_content_ms"])
-            times = decode_chunks(rec.get("chunks"))
-            self.itl.extend(b - a for a, b in zip(times, times[1:], strict=False))
+        if rec.get("stream") and not rec.get("dry_run") and rec.get("first_content_ms") is not None:
+            first = rec["t_start"] if first_t_start is None else first_t_start
+            self.ttft.append(call_ttft_ms(first, rec["t_start"], rec["first_content_ms"]))  # replays too
+            if not rec.get("replayed"):  # a replay's frames arrive in one burst
+                times = decode_chunks(rec.get("chunks"))
+                self.itl.extend(b - a for a, b in zip(times, times[1:], strict=False))
         if rec.get("endpoint") in ("chat", "messages", "gemini"):
             self.tokens_out += int((rec.get("usage") or {}).get("output") or 0)
 
@@ -94,15 +98,24 @@ class Live:
         self.overall = Bucket(window)
         self.by_name: dict[str, Bucket] = {}
         self.attempts = 0
+        self.open_calls: dict[str, float] = {}  # call id -> its first attempt's start, until its final record
 
     def add(self, rec: dict[str, Any]) -> None:
         """Fold one attempt record in."""
-        self.attempts += 1
-        self.overall.add(rec)
+        call = rec.get("call_id")
+        if call is None:
+            first = None
+        elif rec.get("final"):
+            first = self.open_calls.pop(call, rec["t_start"])
+        else:
+            first = self.open_calls.setdefault(call, rec["t_start"])
+        if counts_as_attempt(rec.get("error_kind"), rec.get("sent")):
+            self.attempts += 1
+        self.overall.add(rec, first)
         bucket = self.by_name.get(rec["name"])
         if bucket is None:
             bucket = self.by_name[rec["name"]] = Bucket(self.window)
-        bucket.add(rec)
+        bucket.add(rec, first)
 
     def reset(self) -> None:
         """Start over (a new run from the web UI)."""

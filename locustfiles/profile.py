@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ttbench.yamlfile import YamlFileError, read_yaml
+from ttformats.yamlfile import YamlFileError, read_yaml
 
 from .calls import CallSpec, WireRequest
 

@@ -72,9 +72,9 @@ class RecordSink:
         self._file.flush()
         self.written += len(records)
 
-    def flush(self) -> None:
-        """Write or ship what is buffered."""
-        if not self._buffer:
+    def flush(self, always: bool = False) -> None:
+        """Write or ship what is buffered (`always`: ship even an empty batch)."""
+        if not self._buffer and not (always and self.ship is not None):
             return
         batch, self._buffer = self._buffer, []
         if self.ship is not None:

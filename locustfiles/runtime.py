@@ -17,8 +17,11 @@ import gevent.event
 from locust import events
 from locust.runners import WORKER_REPORT_INTERVAL, LocalRunner, MasterRunner, WorkerRunner
 
-from ttbench.prices import PriceError, PriceSheet, load_price_sheet
+from ttformats.calls import call_e2e_ms, call_ttft_ms, counts_as_attempt
+from ttformats.prices import PriceError, PriceSheet, load_price_sheet
+from ttformats.sweep import rule_of
 
+from .arrivals import Split
 from .caller import Caller
 from .calls import CallSpec
 from .guards import EXIT_BAD_INPUT, EXIT_OK, Hopeless
@@ -29,6 +32,7 @@ from .records import FLUSH_INTERVAL_S, RecordSink
 from .retry import BudgetPool, LeasedBudget, RetryBudget
 from .scenario import Scenario, ScenarioError, gateway_profile, load_scenario
 from .spend import SpendCap, SpendPool, unpriced_models
+from .sweep import SweepWatch
 from .workload import Workload
 
 SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"
@@ -37,6 +41,8 @@ MSG_WORKERS = "ttbench_workers"
 MSG_STOP = "ttbench_stop"
 MSG_BUDGET_ASK = "ttbench_budget_ask"
 MSG_BUDGET_GRANT = "ttbench_budget_grant"
+#: A re-split of the open-loop arrivals takes effect this far past the master's announcement (schedule time).
+RESPLIT_DELAY_S = 1.5
 MSG_SPEND_ASK = "ttbench_spend_ask"
 MSG_SPEND_GRANT = "ttbench_spend_grant"
 #: Locust's own TTFT rows: its bucketed histogram (exact figures are in the LLM tab and the report).
@@ -116,8 +122,18 @@ class Runtime:
         self.rng = random.Random(f"{scenario.seed}:{self.worker}")
         self.calibrator = Calibrator()
         self.workload = Workload(scenario, self.rng, self.calibrator)
-        self.workers = max(1, int(getattr(opts, "processes", 0) or 0)) if self.role == "worker" else 1
+        # open-loop arrivals: this process's share (a worker owns none until the master announces its rank)
+        self.split = Split(-1 if self.role == "worker" else 0, 1)
+        self.run_start_epoch: float | None = None
+        self.announced_duration: float | None = None
+        self._announced: tuple[str, ...] | None = None
+        self.resplits: list[dict[str, Any]] = []
+        self.sweep: SweepWatch | None = None
+        self.early_stop: dict[str, Any] | None = None
         self.worker_arrivals: dict[str, tuple[int, int]] = {}
+        self.worker_cpu: dict[str, list[float]] = {}
+        self.worker_last_report: dict[str, float] = {}
+        self._cpu_mark = (time.time(), self._cpu_s())
         prices_path = opts.prices or str(SHIPPED_PRICES)
         try:
             self.prices: PriceSheet | None = load_price_sheet(prices_path)
@@ -223,9 +239,12 @@ class Runtime:
         self.sink.add(rec)
         if self.role == "local":
             self.live.add(rec)
-        self._count_spend(rec)
+        self._account(rec)
 
-    def _count_spend(self, rec: dict[str, Any]) -> None:
+    def _account(self, rec: dict[str, Any]) -> None:
+        """A record's share of the run's spend (and of a sweep stage's figures)."""
+        if self.sweep is not None:
+            self.sweep.add(rec)
         self.spend.add(rec)
         if self.role == "worker":
             return  # the master holds the cap: a worker only stops starting calls past its lease
@@ -234,23 +253,55 @@ class Runtime:
             self.request_stop(self.spend.reason or "spend cap reached")
 
     def _ship(self, batch: list[dict[str, Any]]) -> None:
-        self.environment.runner.send_message(MSG_RECORDS, batch)
+        """Worker: a batch of records with this worker's state (calls in flight, CPU), every flush."""
+        arr = self.arrivals
+        self.environment.runner.send_message(MSG_RECORDS, {
+            "records": batch, "in_flight": self.caller.in_flight, "cpu": self._cpu_percent(), "worker": self.worker,
+            "arrivals": None if arr is None else [arr.offered, arr.dropped]})
 
-    def on_shipped(self, batch: list[dict[str, Any]], node_id: str | None = None) -> None:
-        """Master: a worker's batch of records."""
+    @staticmethod
+    def _cpu_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def _cpu_percent(self) -> float | None:
+        """This process's CPU (% of a core) since the last reading at least 2 s ago; None in between."""
+        wall, cpu = time.time(), self._cpu_s()
+        wall0, cpu0 = self._cpu_mark
+        if wall - wall0 < 2.0:
+            return None
+        self._cpu_mark = (wall, cpu)
+        return round(100.0 * (cpu - cpu0) / (wall - wall0), 1)
+
+    def on_shipped(self, data: Any, node_id: str | None = None) -> None:
+        """Master: a worker's batch of records and its state."""
         assert self.sink is not None
+        batch = data["records"] if isinstance(data, dict) else data
         self.sink.write_lines(batch)
         for rec in batch:
             self.live.add(rec)
-            self._count_spend(rec)
-            self.retries_seen += rec["attempt"] > 1
-        if node_id is not None and batch:
-            info = self._worker_info(node_id)
+            self._account(rec)
+            self.retries_seen += rec["attempt"] > 1 and counts_as_attempt(rec.get("error_kind"), rec.get("sent", True))
+        if node_id is None:
+            return
+        info = self._worker_info(node_id)
+        now = time.time()
+        info["last_state_at"] = now
+        if isinstance(data, dict):
+            info["in_flight"] = int(data.get("in_flight") or 0)
+            self.worker_in_flight[node_id] = info["in_flight"]
+            if data.get("worker") is not None:
+                info["worker_index"] = int(data["worker"])
+            if data.get("cpu") is not None:
+                self.worker_cpu.setdefault(node_id, []).append(float(data["cpu"]))
+            if data.get("arrivals") is not None:
+                self.worker_arrivals[node_id] = (int(data["arrivals"][0]), int(data["arrivals"][1]))
+        info["recent"].append((now, len(batch)))
+        if batch:
             info["records"] += len(batch)
             info["worker_index"] = batch[-1]["worker"]
             info["last_record_end"] = max(info["last_record_end"] or 0.0,
                                           max(r["t_start"] + r["end_ms"] / 1000.0 for r in batch))
-            info["recent"].append((time.time(), len(batch)))
 
     def _worker_info(self, node_id: str) -> dict[str, Any]:
         from collections import deque
@@ -265,7 +316,8 @@ class Runtime:
                 except Exception:  # noqa: BLE001 - an unknown id just has no index yet
                     index = None
             info = self.workers_seen[node_id] = {"client_id": node_id, "worker_index": index, "records": 0,
-                                                 "last_record_end": None, "recent": deque(maxlen=50)}
+                                                 "last_record_end": None, "recent": deque(maxlen=40),
+                                                 "last_state_at": None, "in_flight": 0}
         return info
 
     def _check_lost_workers(self) -> None:
@@ -280,13 +332,15 @@ class Runtime:
             if not gone or node_id in lost_ids or self.stopping:
                 continue
             now = time.time()
-            recent = [n for t, n in info["recent"] if now - t <= 10.0]
-            rate = sum(recent) / 10.0
-            in_flight = self.worker_in_flight.get(node_id, 0)
+            # what it had not shipped at its last shipment (every 0.5 s): the attempts then in flight, plus what
+            # it may have finished before it died, bounded by twice its biggest shipment of the last 10 s
+            last = info["last_state_at"]
+            peak = max((n for t, n in info["recent"] if last is not None and last - t <= 10.0), default=0)
+            in_flight = int(info["in_flight"])
             entry = {"client_id": node_id, "worker_index": info["worker_index"], "lost_at": now,
-                     "records_received": info["records"], "last_record_end": info["last_record_end"],
-                     "in_flight_at_last_report": in_flight,
-                     "possibly_missing_records": int(in_flight + round(rate * (FLUSH_INTERVAL_S + 0.5)))}
+                     "last_shipment_at": last, "records_received": info["records"],
+                     "last_record_end": info["last_record_end"], "in_flight_at_last_shipment": in_flight,
+                     "possibly_missing_records": in_flight + 2 * peak + 1}
             self.lost_workers.append(entry)
             print(f"ttbench: warning: worker {info['worker_index']} ({node_id}) was lost; the run goes on; up to "
                   f"{entry['possibly_missing_records']} of its records may be missing", file=sys.stderr, flush=True)
@@ -343,7 +397,7 @@ class Runtime:
         if verdict is not None and not self.stopping:
             self.request_stop(verdict[1], verdict[0])
         first = records[0]
-        e2e = (last["t_start"] - first["t_start"]) * 1000.0 + last["end_ms"]
+        e2e = call_e2e_ms(first["t_start"], last["t_start"], last["end_ms"])
         exc = None if last["ok"] else RuntimeError(f"{last['error_kind']}: {last.get('error') or ''}")
         method = "GET" if spec.endpoint == "models" else "POST"
         env = self.environment
@@ -351,7 +405,7 @@ class Runtime:
                                 response_length=last.get("output_chars") or 0, exception=exc,
                                 context={"call_id": last["call_id"]}, start_time=first["t_start"])
         if last["ok"] and last.get("first_content_ms") is not None:
-            ttft = (last["t_start"] - first["t_start"]) * 1000.0 + last["first_content_ms"]
+            ttft = call_ttft_ms(first["t_start"], last["t_start"], last["first_content_ms"])
             env.stats.get(last["name"], TTFT_TYPE).log(ttft, 0)
         usage = last.get("usage") or {}
         if last["ok"] and spec.prompt_words and usage.get("input") and spec.messages is None \
@@ -381,15 +435,25 @@ class Runtime:
         first = not self._started_once
         self._started_once = True
         self.stopping = False
+        if self.role in ("local", "master"):
+            self.run_start_epoch = time.time()  # schedule time 0 (a worker learns it from the master)
         if self.role != "master":
             if first:
                 gevent.spawn(self._flusher)
             if self.scenario.open_loop:
                 if self.arrivals is not None:
                     self.arrivals.stop()
-                self.arrivals = Arrivals(self.scenario, self.scenario.seed, self.worker, self.workers)
-                self.arrivals.start()
+                self.arrivals = Arrivals(self.scenario, self.scenario.seed,
+                                         duration_s=self.announced_duration or self._duration(), split=self.split)
+                if self.role == "local":
+                    self.arrivals.start(self.run_start_epoch)
+                elif self.run_start_epoch is not None:  # the master's announcement came first
+                    self.arrivals.start(self.run_start_epoch)
+        if self.role == "master":
+            self._announced = None
+            self._announce()  # now, so it reaches each worker before the master's spawn message
         if self.role in ("local", "master"):
+            self._watch_sweep()
             self.live.reset()
             if self._clock_greenlet is not None:
                 self._clock_greenlet.kill(block=False)
@@ -399,25 +463,89 @@ class Runtime:
                 if self.role == "master":
                     gevent.spawn(self._announce_workers)
 
+    def _watch_sweep(self) -> None:
+        """Local or master: with `analysis.early_stop`, judge each open-loop stage once it is over."""
+        sc = self.scenario
+        rule = rule_of((sc.analysis or {}).get("early_stop"))
+        if not rule or not sc.open_loop or not sc.stages or any(st.rate is None for st in sc.stages):
+            self.sweep = None
+            return
+        from .arrivals import Arrivals
+
+        schedule = list(Arrivals(sc, sc.seed, duration_s=self._duration()).times())
+        self.sweep = SweepWatch(sc, rule, float((sc.analysis or {}).get("settle_s", 2.0)), schedule)
+        start = self.run_start_epoch or time.time()
+
+        def stop(stage: int, reason: str) -> None:
+            self.early_stop = {"stage": stage, "reason": reason}
+            self.request_stop(f"the sweep stopped early after stage {stage}: {reason}")
+
+        durations = [st.duration_s for st in sc.stages]
+        grace = min(5.0, 0.9 * min(durations[1:] or durations))
+        gevent.spawn(self.sweep.run, start, grace, stop, gevent.sleep)
+
     def _flusher(self) -> None:
         assert self.sink is not None
         while True:
             gevent.sleep(FLUSH_INTERVAL_S)
             try:
-                self.sink.flush()
+                if self.role == "worker":
+                    self.sink.flush(always=True)  # an empty batch still carries the worker's state
+                else:
+                    self.sink.flush()
             except Exception as exc:  # noqa: BLE001 - never let the flusher die silently
                 print(f"ttbench: warning: record flush failed: {exc}", file=sys.stderr, flush=True)
 
     def _announce_workers(self) -> None:
-        runner = self.environment.runner
-        last = -1
         while True:
-            n = max(1, len(runner.clients.ready) + len(runner.clients.running) + len(runner.clients.spawning))
-            if n != last:
-                runner.send_message(MSG_WORKERS, n)
-                last = n
             self._check_lost_workers()
+            self._announce()
             gevent.sleep(1.0)
+
+    def _announce(self) -> None:
+        """Master: give the live workers dense ranks 0..n-1; a change takes effect RESPLIT_DELAY_S into the
+        future on the schedule's own clock, so every worker switches at the same arrival."""
+        if self.run_start_epoch is None or self.stopping:
+            return  # (at the end workers leave one by one: no re-split then)
+        runner = self.environment.runner
+        live = [*runner.clients.ready, *runner.clients.running, *runner.clients.spawning]
+        getter = getattr(runner, "get_worker_index", None)
+
+        def index(node: Any) -> int:
+            try:
+                return int(getter(node.id)) if getter is not None else 0
+            except Exception:  # noqa: BLE001 - a node without an index yet sorts last
+                return 1 << 30
+
+        nodes = sorted(live, key=index)
+        key = tuple(node.id for node in nodes)
+        if not nodes or key == self._announced:
+            return
+        first = self._announced is None
+        self._announced = key
+        now = time.time()
+        from_t = 0.0 if first else max(0.0, now - self.run_start_epoch + RESPLIT_DELAY_S)
+        ranks = {}
+        for rank, node in enumerate(nodes):
+            ranks[str(index(node))] = rank
+            runner.send_message(MSG_WORKERS, {"rank": rank, "workers": len(nodes), "from_t": from_t,
+                                              "start": self.run_start_epoch, "duration": self._duration(),
+                                              "run_id": self.run_id}, client_id=node.id)
+        self.resplits.append({"at": now, "from_t": round(from_t, 3), "workers": len(nodes), "ranks": ranks})
+
+    def on_split(self, data: dict[str, Any]) -> None:
+        """Worker: the master's rank announcement (and the run's id: idempotency keys must carry the master's)."""
+        if data.get("run_id"):
+            self.run_id = self.caller.run_id = str(data["run_id"])
+        start = float(data["start"])
+        if self.run_start_epoch != start:  # a new run (the web UI starts several): a fresh timeline
+            self.split.entries = [(0.0, -1, 1)]
+        self.run_start_epoch = start
+        self.announced_duration = float(data["duration"])
+        self.split.set(int(data["rank"]), int(data["workers"]), float(data["from_t"]))
+        if self.arrivals is not None and self.arrivals.started_at is None:
+            self.arrivals.duration_s = float(data["duration"])
+            self.arrivals.start(start)
 
     def _duration(self) -> float:
         opt = self.environment.parsed_options.ttbench_duration
@@ -495,7 +623,9 @@ class Runtime:
             "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.time() - self.live.started,
             "cpu_warning": bool(getattr(runner, "cpu_warning_emitted", False)
                                 or getattr(runner, "worker_cpu_warning_emitted", False)),
-            "peak_worker_cpu_percent": self.peak_worker_cpu,
+            "peak_worker_cpu_percent": self._peak_worker_cpu(),
+            "workers": self._workers_summary(),
+            "resplits": self.resplits,
             "lost_workers": self.lost_workers,
             "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,
             "stop_reason": self.stop_reason, "live": self.live.snapshot(),
@@ -508,10 +638,29 @@ class Runtime:
                       "overshoot_bound": "at most one call per user: the calls in flight when the cap (on a worker, its "
                                          "lease of it) was reached"},
             "gateway": self.profile.name, "dry_runs_ignored": self.dry_runs_ignored,
+            "early_stop": self.early_stop, "run_start": self.run_start_epoch,
             "exit_code": self.exit_code,
         }
         (self.out_dir / "harness.json").write_text(json.dumps(harness, indent=2, default=str))
         self.environment.process_exit_code = self.exit_code
+
+    def _workers_summary(self) -> list[dict[str, Any]]:
+        """Master: each worker's index, records shipped and CPU (mean and peak of 2-s readings, % of a core)."""
+        out = []
+        for node_id, info in self.workers_seen.items():
+            cpu = self.worker_cpu.get(node_id, [])
+            arr = self.worker_arrivals.get(node_id)
+            out.append({"client_id": node_id, "worker_index": info["worker_index"], "records": info["records"],
+                        "cpu_percent_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
+                        "cpu_percent_peak": max(cpu) if cpu else None,
+                        "arrivals": {"offered": arr[0], "dropped": arr[1]} if arr else None})
+        return sorted(out, key=lambda w: (w["worker_index"] is None, w["worker_index"] or 0))
+
+    def _peak_worker_cpu(self) -> float | None:
+        peaks = [max(v) for v in self.worker_cpu.values() if v]
+        if self.peak_worker_cpu is not None:
+            peaks.append(self.peak_worker_cpu)
+        return max(peaks) if peaks else None
 
     def _budget_summary(self) -> dict[str, Any]:
         if self.pool is not None:  # the master: retries spent are the retried attempts the workers shipped
@@ -569,12 +718,7 @@ def install() -> None:
 
             runner.register_message(MSG_STOP, _stop_msg)
         elif rt.role == "worker":
-            def _workers(environment: Any, msg: Any, **_k: Any) -> None:
-                rt.workers = int(msg.data)
-                if rt.arrivals is not None:
-                    rt.arrivals.set_workers(rt.workers)
-
-            runner.register_message(MSG_WORKERS, _workers)
+            runner.register_message(MSG_WORKERS, lambda environment, msg, **k: rt.on_split(msg.data))
             budget = rt.budget
             assert isinstance(budget, LeasedBudget)
             runner.register_message(MSG_BUDGET_GRANT, lambda environment, msg, **k: budget.granted(int(msg.data)))

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttbench.yamlfile import YamlFileError, read_yaml
+from ttformats.durations import parse_duration
+from ttformats.yamlfile import YamlFileError, read_yaml
 
 from . import traces
 from .profile import PROFILE_KEYS, Profile, ProfileError, Secret, headers, load_profile
@@ -21,7 +22,6 @@ ENDPOINTS = ("chat", "messages", "gemini", "embeddings", "images", "models")
 DEFAULT_MODELS = {"chat": "gpt-4o-mini", "messages": "claude-3-5-sonnet", "gemini": "gemini-1.5-pro",
                   "embeddings": "text-embedding-3-small", "images": "gpt-image-1", "models": "-"}
 ARRIVALS = ("closed", "constant", "poisson", "gamma", "onoff")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
 class ScenarioError(ValueError):
@@ -184,15 +184,10 @@ class _V:
         return v
 
     def duration(self, path: str, v: Any, positive: bool = True) -> float:
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            seconds = float(v)
-        elif isinstance(v, str) and (m := _DURATION.match(v)):
-            seconds = float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-        else:
-            raise self.fail(path, f"expected a duration like 30s, 2m or 1h, got {v!r}")
-        if seconds < 0 or (positive and seconds <= 0):
-            raise self.fail(path, f"must be {'positive' if positive else 'non-negative'}, got {v!r}")
-        return seconds
+        try:
+            return parse_duration(v, positive)
+        except ValueError as exc:
+            raise self.fail(path, str(exc)) from None
 
     def dist(self, path: str, v: Any) -> Dist:
         if isinstance(v, int | float) and not isinstance(v, bool):

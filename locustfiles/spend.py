@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ttbench.prices import PriceSheet, Usage
+from ttformats.prices import PriceSheet, Usage
 
 if TYPE_CHECKING:
     from .scenario import Scenario

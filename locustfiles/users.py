@@ -49,12 +49,12 @@ class GatewayUser(User):
     def call(self) -> None:
         """One call of the mix or of a trace arrival (two for a dry-run/real pair), after an arrival in open loop."""
         rt = self.rt
-        scheduled, stage, arrival = None, None, None
+        scheduled, stage, arrival, index = None, None, None, None
         if rt.arrivals is not None:
             ticket = rt.arrivals.wait(timeout=1.0)
             if ticket is None:
                 return
-            scheduled, stage, arrival = ticket
+            scheduled, stage, arrival, index = ticket
         if rt.stopping:
             return
         # a trace arrival makes its own call, whichever user class takes it
@@ -62,13 +62,14 @@ class GatewayUser(User):
         first = specs[-1]
         if (arrival is None and len(specs) == 1 and not first.dry_run and first.endpoint in CONVERSATIONAL
                 and rt.rng.random() < rt.scenario.conv_share):
-            self.converse(first, scheduled, stage)
+            self.converse(first, scheduled, stage, index)
             return
         for spec in specs:
-            rt.caller.run(self.transport, spec, scheduled=scheduled, stage=stage)
-            scheduled = None
+            rt.caller.run(self.transport, spec, scheduled=scheduled, stage=stage, arrival=index)
+            scheduled, index = None, None
 
-    def converse(self, first: CallSpec, scheduled: float | None, stage: int | None) -> None:
+    def converse(self, first: CallSpec, scheduled: float | None, stage: int | None,
+                 index: int | None = None) -> None:
         """A multi-turn conversation: each turn sends the history plus a new message; think time between turns."""
         rt = self.rt
         sc = rt.scenario
@@ -77,9 +78,9 @@ class GatewayUser(User):
         while True:
             answer: list[str] = []
             rt.caller.run(self.transport, conv.next_turn(spec, rt.rng), scheduled=scheduled, stage=stage,
-                          answer=answer)
+                          answer=answer, arrival=index)
             conv.answer(answer[0] if answer else None)
-            scheduled = None
+            scheduled, index = None, None
             if conv.done or rt.stopping:
                 return
             gevent.sleep(rt.rng.uniform(sc.conv_think_min_s, sc.conv_think_max_s))

@@ -70,4 +70,5 @@ def start_master_and_workers(scenario: Path, out: Path, target: str, key: str, u
     procs = [subprocess.Popen([sys.executable, "-m", "locust", *common, "--worker", "--master-host", "127.0.0.1",
                                "--master-port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(workers)]
+    master.master_port = port  # type: ignore[attr-defined]  # for a worker that joins later
     return master, procs

@@ -111,7 +111,8 @@ def test_an_empty_run_gets_a_report_that_says_so(tmp_path):
 def test_gates_breached_exit_1_and_bad_gates_exit_2(tmp_path):
     write(tmp_path / "records.jsonl", RECORDS)
     (tmp_path / "scenario.yaml").write_text(yaml.safe_dump({"name": "g", "gates": {
-        "ttft_p95_ms": 100, "error_rate": 0.5, "goodput_share": 0.9}, "analysis": {"slo": {"ttft_ms": 100}}}))
+        "ttft_p95_ms": {"max": 100, "min_samples": 2}, "error_rate": {"max": 0.5, "min_samples": 4},
+        "goodput_share": {"min": 0.9, "min_samples": 1}}, "analysis": {"slo": {"ttft_ms": 100}}}))
     res = ttbench("report", str(tmp_path))
     assert res.returncode == 1
     assert "gate breached: ttft_p95_ms" in res.stderr and "gate breached: goodput_share" in res.stderr
@@ -122,6 +123,56 @@ def test_gates_breached_exit_1_and_bad_gates_exit_2(tmp_path):
     (tmp_path / "scenario.yaml").write_text(yaml.safe_dump({"gates": {"ttft_p95": 100}}))
     res = ttbench("report", str(tmp_path))
     assert res.returncode == 2 and "gates.ttft_p95: unknown gate" in res.stderr
+
+
+def _gates(tmp_path: Path, gates: dict) -> tuple[dict, int]:
+    write(tmp_path / "records.jsonl", RECORDS)
+    (tmp_path / "scenario.yaml").write_text(yaml.safe_dump({"name": "g", "gates": gates}))
+    summary, code = analyze(tmp_path)
+    return {g["gate"]: g for g in summary["gates"]}, code
+
+
+def test_a_gate_over_too_few_samples_is_not_enough_data(tmp_path):
+    # 2 TTFT samples (A 50, B 540: p95 515.5) and 4 calls: below every default minimum
+    gates, code = _gates(tmp_path, {"ttft_p95_ms": 100, "ttft_p50_ms": 100, "error_rate": 0.1})
+    assert code == 0
+    t = gates["ttft_p95_ms"]
+    assert t["ok"] and t["insufficient"] and (t["n"], t["min_samples"]) == (2, 20)
+    assert t["value"] == pytest.approx(515.5) and "not enough data" in t["reason"]
+    assert (gates["ttft_p50_ms"]["n"], gates["ttft_p50_ms"]["min_samples"]) == (2, 10)
+    assert (gates["error_rate"]["n"], gates["error_rate"]["min_samples"]) == (4, 20)
+    assert gates["error_rate"]["ok"] and gates["error_rate"]["insufficient"]
+    assert "not enough data" in (tmp_path / "report.md").read_text()
+    # told to fail then: for all gates, or for one
+    gates, code = _gates(tmp_path, {"ttft_p95_ms": 1e9, "error_rate": 1.0, "fail_on_insufficient": True})
+    assert code == 1 and not gates["ttft_p95_ms"]["ok"] and gates["ttft_p95_ms"]["insufficient"]
+    assert not gates["error_rate"]["ok"]
+    gates, code = _gates(tmp_path, {"ttft_p95_ms": {"max": 1e9, "fail_on_insufficient": True}, "error_rate": 1.0})
+    assert code == 1 and not gates["ttft_p95_ms"]["ok"] and gates["error_rate"]["ok"]
+    # a minimum of its own: judged on 2 samples, and exactly at the minimum
+    gates, code = _gates(tmp_path, {"ttft_p95_ms": {"max": 500, "min_samples": 2}, "error_rate": {"max": 0.2,
+                                                                                                  "min_samples": 4}})
+    assert code == 1 and not gates["ttft_p95_ms"]["insufficient"] and not gates["ttft_p95_ms"]["ok"]
+    assert not gates["error_rate"]["ok"] and gates["error_rate"]["value"] == pytest.approx(0.25)
+    # no value at all still fails (a gate on a figure the run does not have)
+    gates, code = _gates(tmp_path, {"billing_accuracy": 1.0})
+    assert code == 1 and not gates["billing_accuracy"]["ok"]
+
+
+@pytest.mark.parametrize(("gates", "message"), [
+    ({"ttft_p95_ms": {"max": 1, "min_sample": 5}}, "gates.ttft_p95_ms.min_sample: unknown key"),
+    ({"ttft_p95_ms": {"min": 1}}, "gates.ttft_p95_ms.min: this gate is a maximum"),
+    ({"goodput_share": {"min_samples": 5}}, "gates.goodput_share: no threshold"),
+    ({"ttft_p95_ms": {"max": 1, "min_samples": -1}}, "gates.ttft_p95_ms.min_samples: expected a whole number"),
+    ({"ttft_p95_ms": {"max": 1, "fail_on_insufficient": "yes"}}, "fail_on_insufficient: expected true or false"),
+    ({"fail_on_insufficient": 1}, "gates.fail_on_insufficient: expected true or false"),
+    ({"ttft_p95_ms": {"max": "fast"}}, "gates.ttft_p95_ms.max: expected a number"),
+])
+def test_bad_gate_settings_are_one_line_errors(tmp_path, gates, message):
+    from analysis.load import InputError
+
+    with pytest.raises(InputError, match=message.replace(".", r"\.")):
+        _gates(tmp_path, gates)
 
 
 def _run(folder: Path, ttft_mean: float, n: int = 300, seed: int = 1) -> Path:

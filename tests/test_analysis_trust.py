@@ -118,7 +118,7 @@ def test_d_the_simulators_price_sheet_against_a_real_gateway(tmp_path):
 
 def test_untrusted_fails_every_billing_gate_but_no_other(tmp_path):
     scenario = {"name": "g", "gates": {"billing_accuracy": 0.5, "double_charges": 0, "missing_charges": 0,
-                                       "billing_findings": 10, "error_rate": 0.5}}
+                                       "billing_findings": 10, "error_rate": {"max": 0.5, "min_samples": 1}}}
     run = make_run(tmp_path / "run", [rec("A")], [charge("lit-A-1", "A", CALL_COST)], scenario=scenario, run=URL)
     summary, code = analyze(run)
     assert code == 1

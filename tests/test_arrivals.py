@@ -3,14 +3,15 @@ and the scenario keys that set them."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
+import time
 
+import gevent
 import numpy as np
 import pytest
 
-from locustfiles.arrivals import Arrivals, arrival_times, is_mine
+from locustfiles.arrivals import Arrivals, Split, arrival_times
 from locustfiles.scenario import ScenarioError, parse_scenario
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,18 +79,53 @@ def test_constant_and_poisson_and_stages():
 def test_workers_split_one_shared_sequence_by_index():
     sc = parse_scenario({"mix": [{"endpoint": "chat"}], "duration": "20s",
                          "arrivals": {"process": "gamma", "rate": 30, "burstiness": 0.3}}, "a.yaml")
-    def first_20s(arr: Arrivals) -> list[float]:  # without stages the sequence runs until stop()
-        return list(itertools.takewhile(lambda t: t < 20, arr.times()))
+    whole = list(Arrivals(sc, sc.seed).times())
+    assert len(whole) > 400 and whole[-1] < 20  # the schedule ends at the run's duration
+    for _ in range(3):  # every worker draws the same sequence from the seed
+        assert list(Arrivals(sc, sc.seed).times()) == whole
 
-    whole = first_20s(Arrivals(sc, sc.seed, 0, 1))
-    assert len(whole) > 400
-    parts = []
-    for w in range(3):
-        arr = Arrivals(sc, sc.seed, w, 3)  # every worker draws the same sequence from the seed ...
-        assert first_20s(arr) == whole
-        parts.append([t for i, t in enumerate(whole) if is_mine(i, w, 3)])  # ... and takes every third
-    assert sorted(sum(parts, [])) == whole
-    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+def _send(arrivals: list[Arrivals], start: float, seconds: float) -> list[list[int]]:
+    """Run real Arrivals (one per rank) with a free consumer each; the schedule indices each one handed out."""
+    got: list[list[int]] = [[] for _ in arrivals]
+
+    def consume(k: int) -> None:
+        while True:
+            ticket = arrivals[k].wait(timeout=0.5)
+            if ticket is not None:
+                got[k].append(ticket[3])
+
+    consumers = [gevent.spawn(consume, k) for k in range(len(arrivals))]
+    for a in arrivals:
+        a.start(start)
+    gevent.sleep(seconds)
+    for a in arrivals:
+        a.stop()
+    gevent.killall(consumers)
+    return got
+
+
+def test_what_arrivals_send_is_split_by_rank_and_resplit_at_one_schedule_time():
+    """Three ranks, then the rank-1 worker lost and a new one added at t=1.0: every arrival sent exactly once,
+    except the lost worker's from when it died (t=0.6) to the re-split."""
+    sc = parse_scenario({"mix": [{"endpoint": "chat"}], "duration": "2s",
+                         "arrivals": {"process": "constant", "rate": 100}}, "a.yaml")
+    splits = [Split(r, 3) for r in range(3)] + [Split(-1, 1)]
+    splits[0].set(0, 3, 1.0)
+    splits[2].set(1, 3, 1.0)   # dense ranks 0..2 again from t = 1.0
+    splits[3].set(2, 3, 1.0)   # the newcomer
+    arrivals = [Arrivals(sc, sc.seed, split=s) for s in splits]
+    start = time.time() + 0.05
+    lost = arrivals[1]
+    gevent.spawn_later(0.05 + 0.6, lost.stop)  # the rank-1 worker dies at t = 0.6
+    got = _send(arrivals, start, 2.4)
+    sent = [i for part in got for i in part]
+    assert len(sent) == len(set(sent))  # no arrival went out twice
+    schedule = list(Arrivals(sc, sc.seed).times())
+    assert len(schedule) == 199
+    holes = set(range(len(schedule))) - set(sent)
+    assert holes and all(i % 3 == 1 and 0.55 <= schedule[i] < 1.0 for i in holes), sorted(holes)
+    assert not [i for i in got[3] if schedule[i] < 1.0]  # the newcomer only from the re-split on
 
 
 @pytest.mark.parametrize(

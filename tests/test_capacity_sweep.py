@@ -9,7 +9,7 @@ import pytest
 from ttbench.simproc import SimProcess
 
 from .conftest import write_config
-from .runs import ttbench, write_scenario
+from .runs import records, ttbench, write_scenario
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -44,3 +44,29 @@ def test_sweep_finds_the_maximum_sustainable_throughput(tmp_path):
     assert summary["gates"][0]["gate"] == "max_sustainable_rps" and summary["gates"][0]["ok"]
     html = (out / "report.html").read_text()
     assert "alt='capacity'" in html
+
+
+def test_a_sweep_stops_within_one_stage_of_saturation(tmp_path):
+    grid = [round(18 * 1.1**i, 2) for i in range(11)]
+    rule = {"served_share_below": 0.93, "ttft_p95_growth": 5.0, "consecutive": 1}
+    scenario = write_scenario(tmp_path / "early.yaml", {
+        "name": "early", "seed": 21, "sim": {"config": MODEL}, "users": 48, "spawn_rate": 48,
+        "arrivals": {"process": "constant", "rate": grid[0]}, "stop_timeout": "10s",
+        "retry": {"max_attempts": 1, "budget": 0}, "timeouts": {"first_byte_s": 20},
+        "defaults": {"prompt_tokens": 20, "output_tokens": 20, "ignore_eos": True},
+        "mix": [{"endpoint": "chat", "stream": 1.0}],
+        "stages": [{"duration": "4s", "rate": r} for r in grid],
+        "analysis": {"early_stop": rule, "settle_s": 1}})
+    out = tmp_path / "run"
+    res = ttbench("run", str(scenario), "--out", str(out), timeout=200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with SimProcess(config=write_config(tmp_path / "m.yaml", MODEL, fast=False)) as sim:
+        truth = sim.admin("/_sim/capacity", model="gpt-4o-mini", input_tokens=20, output_tokens=20).json()
+    first_over = next(i for i, r in enumerate(grid) if r > truth["max_sustainable_rps"])
+    harness = json.loads((out / "harness.json").read_text())
+    stop = harness["early_stop"]
+    assert stop is not None and "served share" in stop["reason"], harness["stop_reason"]
+    assert first_over - 1 <= stop["stage"] <= first_over + 1, (stop, first_over, truth)
+    sent = {r["stage"] for r in records(out)}
+    assert max(sent) <= stop["stage"] + 1 < len(grid) - 1  # stopped in the stage after the one judged
+    assert "stopped early" in harness["stop_reason"]

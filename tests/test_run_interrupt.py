@@ -51,3 +51,18 @@ def test_a_refused_key_stops_the_run_early(tmp_path):
     # /v1/models refuses it first (exit 2); the in-run check covers gateways whose models route is open
     assert res.returncode == 2 and time.time() - t0 < 10
     assert "refused the API key" in res.stderr
+
+
+def test_a_run_whose_every_call_was_cut_reports_and_exits_0(tmp_path):
+    """Every call stalls past the run's end: all are cancelled, and the summary still prints (no traceback)."""
+    sim = {"defaults": {"chat": {"base_ms": 5}}, "faults": {"rate": 1.0, "weights": {"stall": 1}, "stall_ms": 30000}}
+    scenario = write_scenario(tmp_path / "cut.yaml", {
+        "name": "cut", "users": 3, "spawn_rate": 3, "duration": "2s", "stop_timeout": 0,
+        "timeouts": {"first_byte_s": 60}, "sim": {"config": sim}, "mix": [{"endpoint": "chat"}]})
+    out = tmp_path / "run"
+    res = ttbench("run", str(scenario), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    recs = records(out)
+    assert recs and all(r["error_kind"] == "cancelled" for r in recs)
+    assert "calls 0" in res.stdout or "empty" in res.stdout or "report:" in res.stdout

@@ -65,6 +65,8 @@ def _report(args: argparse.Namespace) -> int:
     from analysis.load import InputError
     from analysis.report import analyze
 
+    from .summary import print_summary
+
     try:
         summary, rc = analyze(args.run_dir, ledger=args.ledger, prices=args.prices, ledger_token=args.ledger_token,
                               ledger_mapping=args.ledger_mapping, ledger_headers=args.ledger_header,
@@ -75,44 +77,28 @@ def _report(args: argparse.Namespace) -> int:
     return rc
 
 
-def print_summary(summary: dict, run_dir: str) -> None:
-    """A few headline lines on stdout, warnings and breached gates on stderr."""
-    for w in summary.get("warnings", []):
-        print(f"ttbench: warning: {w}", file=sys.stderr)
-    h = summary.get("harness") or {}
-    if h.get("bottleneck_warning"):
-        print(f"ttbench: {h['bottleneck_warning']}", file=sys.stderr)
-    o = (summary.get("metrics") or {}).get("overall")
-    if o:
-        t = o["ttft_ms"]
-        ttft = "-" if t["p50"] is None else f"{t['p50']:.0f}/{t['p95']:.0f} ms"
-        print(f"calls {o['calls']}  ok {o['successes']}  error rate {o['error_rate']:.3f}  "
-              f"req/s {o['requests_per_s']:.2f}  TTFT p50/p95 {ttft}  goodput share {o['goodput_share']:.3f}")
-    b = summary.get("billing")
-    if b and b.get("accuracy") is not None:
-        found = ", ".join(f"{k} {v}" for k, v in b["counts"].items() if v) or "none"
-        print(f"billing accuracy {b['accuracy']:.4f}  findings: {found}")
-    c = summary.get("capacity")
-    if c:
-        print(f"max sustainable throughput {c['max_sustainable_rps']} req/s")
-    for g in summary.get("gates", []):
-        if not g["ok"]:
-            why = f": {g['reason']}" if g.get("reason") else ""
-            print(f"ttbench: gate breached: {g['gate']} = {g['value']} ({g['sense']} {g['threshold']}){why}",
-                  file=sys.stderr)
-    print(f"report: {run_dir}/report.html, {run_dir}/summary.json")
-
-
 def _compare(args: argparse.Namespace) -> int:
     from analysis.compare import Thresholds, compare, render
     from analysis.load import InputError
 
+    positional = [d for d in (args.base_run, args.new_run) if d is not None]
+    if positional and (args.base or args.new):
+        raise UsageError("compare: give BASE NEW, or --base DIR... --new DIR..., not both")
+    bases, news = (positional[:1], positional[1:]) if positional else (args.base or [], args.new or [])
+    if not bases or not news:
+        raise UsageError("compare: expected BASE NEW, or one or more --base DIR and --new DIR")
     try:
-        result = compare(args.base, args.new, Thresholds(latency_rel=args.latency_threshold,
-                                                         error_rate_abs=args.error_rate_threshold))
+        result = compare(bases, news, Thresholds(latency_rel=args.latency_threshold,
+                                                 error_rate_abs=args.error_rate_threshold),
+                         resampling=args.resampling)
     except InputError as exc:
         raise UsageError(str(exc)) from None
     print(render(result))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
     return 1 if result["regressions"] else 0
 
 
@@ -187,9 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--prices", default=None, help="price sheet (default: the run folder's prices.yaml)")
     rep.set_defaults(func=_report)
 
-    cmp_ = sub.add_parser("compare", help="compare two runs; exit 1 on a regression")
-    cmp_.add_argument("base")
-    cmp_.add_argument("new")
+    cmp_ = sub.add_parser("compare", help="compare two runs (or two sets of runs); exit 1 on a regression")
+    cmp_.add_argument("base_run", nargs="?", metavar="BASE")
+    cmp_.add_argument("new_run", nargs="?", metavar="NEW")
+    cmp_.add_argument("--base", action="append", metavar="DIR", help="a base run (repeatable: runs are resampled)")
+    cmp_.add_argument("--new", action="append", metavar="DIR", help="a new run (repeatable: runs are resampled)")
+    cmp_.add_argument("--resampling", choices=("auto", "block", "runs", "iid"), default="auto",
+                      help="auto (default): whole runs for a side of several, else moving blocks of calls")
+    cmp_.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON")
     cmp_.add_argument("--latency-threshold", type=float, default=0.10, help="relative increase (default 0.10)")
     cmp_.add_argument("--error-rate-threshold", type=float, default=0.01, help="absolute increase (default 0.01)")
     cmp_.set_defaults(func=_compare)

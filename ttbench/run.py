@@ -23,6 +23,7 @@ from locustfiles.dialects import DIALECTS
 from locustfiles.profile import Profile, ProfileError
 from locustfiles.scenario import Scenario, ScenarioError, gateway_profile, load_scenario
 from locustfiles.transport import client_tls_context, error_fields
+from ttformats.durations import parse_duration
 
 from .simproc import DEFAULT_API_KEY, SimProcess, SimProcessError
 
@@ -138,12 +139,10 @@ def run(args: Any) -> int:
             raise RunError(f"{flag}: must be positive, got {value}")
     duration = scenario.total_duration_s
     if args.duration:
-        from locustfiles.scenario import _V
-
         try:
-            duration = _V("--duration").duration("-t", args.duration)
-        except ScenarioError as exc:
-            raise RunError(str(exc).replace("--duration: ", "")) from None
+            duration = parse_duration(args.duration)
+        except ValueError as exc:
+            raise RunError(f"-t: {exc}") from None
     try:
         profile = gateway_profile(scenario, args.gateway) if getattr(args, "gateway", None) else scenario.profile
     except ScenarioError as exc:
@@ -257,7 +256,7 @@ def run(args: Any) -> int:
     print(f"ttbench: run folder {out} ({n} attempt records)")
     from analysis.report import analyze
 
-    from .cli import print_summary
+    from .summary import print_summary
 
     try:
         summary, code = analyze(out)

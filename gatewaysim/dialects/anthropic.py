@@ -10,7 +10,7 @@ from aiohttp import web
 from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
-from .base import Dialect, bearer, content_key, sse, texts_of, want_bool, want_int
+from .base import Dialect, Route, bearer, content_key, sse, texts_of, want_bool, want_int
 
 _TYPES = {
     "invalid_request": "invalid_request_error",
@@ -32,6 +32,17 @@ class AnthropicMessages(Dialect):
 
     name = "anthropic"
     endpoint = "messages"
+    routes = (Route("POST", "/v1/messages"),)
+    configurable = True
+    cache_writes = True
+
+    def owns_path(self, path: str) -> bool:
+        """Unknown URLs under /v1/messages get the Anthropic error shape."""
+        return path.startswith("/v1/messages")
+
+    def server_error_status(self, status: int) -> int:
+        """502 and 503 are 529 (overloaded) on Messages."""
+        return 529 if status in (502, 503) else status
 
     def api_key(self, request: web.Request) -> str | None:
         """`x-api-key`, else `Authorization: Bearer`."""
@@ -185,7 +196,7 @@ class AnthropicMessages(Dialect):
         out.append(ev({"type": "message_stop"}))
         return out
 
-    def inband_error(self, call: Call, ctx: dict[str, Any]) -> bytes:
+    def inband_error(self, call: Call, ctx: dict[str, Any], sent: int) -> bytes:
         """An `event: error` on the 200 stream."""
         return sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
                     "request_id": ctx["request_id"]}, event="error")

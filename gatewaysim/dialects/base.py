@@ -1,14 +1,25 @@
-"""What every dialect provides, and helpers they share."""
+"""What every dialect provides, and helpers they share.
+
+A dialect is one unit: it declares its routes (`routes`), the endpoint name the truth, the ledger and the
+config's `routes:` use (`endpoint`), the kind of model it serves (`model_kind`), and its wire format (parse,
+render, frames, errors). The application builds its routes from the registry in `dialects/__init__.py`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
 from ..calls import BadRequest, Call, Frame, Plan
+from ..exchange import Exchange
+
+if TYPE_CHECKING:
+    from ..state import Gateway
 
 #: Error categories the pipeline raises; each dialect maps them to its own shape.
 CATEGORIES = (
@@ -88,16 +99,80 @@ def sse(data: Any, event: str | None = None) -> bytes:
     return f"data: {payload}\n\n".encode()
 
 
+@dataclass(frozen=True)
+class Route:
+    """One built-in HTTP route of a dialect.
+
+    `path` uses aiohttp's syntax (`{name}` or `{name:regex}` for a variable part); `model_in_path` names the
+    path variable that carries the model (None: the model is the body's `model`).
+    """
+
+    method: str
+    path: str
+    model_in_path: str | None = None
+
+    @property
+    def exact(self) -> bool:
+        """Whether the path has no variable part."""
+        return "{" not in self.path
+
+    @property
+    def prefix(self) -> str:
+        """The fixed part of the path before its first variable part."""
+        return self.path.split("{", 1)[0]
+
+
 class Dialect:
     """The interface of an API dialect; subclasses override what applies to them."""
 
+    #: The wire family (openai, anthropic, gemini): for people reading the code, not for branching on.
     name = "base"
+    #: The endpoint name in the truth, the ledger, /_sim/stats and the config's `routes:`.
     endpoint = "base"
-    stream_content_type = "text/event-stream"
+    #: The built-in routes this dialect serves.
+    routes: tuple[Route, ...] = ()
+    #: Whether `routes.<endpoint>` in the config may add exact paths served like the built-in routes.
+    configurable = False
+    #: The `kind` a model must have in the config to be served here: chat, embedding, image (None: no model).
+    model_kind: str | None = "chat"
+    #: Whether the prefix cache reports cache writes (billed at `cache_write`) besides cached reads.
+    cache_writes = False
+
+    async def handle(self, gw: Gateway, request: web.Request) -> web.StreamResponse:
+        """Serve one request on a route of this dialect."""
+        return await Exchange(gw, self, request).run()
+
+    def owns_path(self, path: str) -> bool:
+        """Whether an unknown URL under this path gets this dialect's error shape (else OpenAI's)."""
+        return False
+
+    def path_model(self, request: web.Request) -> str | None:
+        """The model named by the matched route's path, if the route carries it."""
+        route: Route | None = request.get("route")
+        if route is None or route.model_in_path is None:
+            return None
+        return unquote(request.match_info[route.model_in_path])
 
     def api_key(self, request: web.Request) -> str | None:
         """The API key the request presents, or None."""
         return bearer(request)
+
+    def auth_failure(self, missing: bool) -> tuple[int, str]:
+        """The (status, message) of a missing (missing=True) or wrong API key."""
+        if missing:
+            return 401, "You didn't provide an API key."
+        return 401, "Incorrect API key provided."
+
+    def server_error_status(self, status: int) -> int:
+        """The status a planted `server_error` of this status is sent with."""
+        return status
+
+    def stream_content_type(self, call: Call) -> str:
+        """The content type of a streamed answer."""
+        return "text/event-stream"
+
+    def completed(self, gw: Gateway, call: Call, plan: Plan, ctx: dict[str, Any]) -> None:
+        """Called once an answer was produced and billed (kept server-side state goes here)."""
 
     def error(self, status: int, category: str, message: str, param: str | None = None,
               code: str | None = None) -> dict[str, Any]:
@@ -120,8 +195,8 @@ class Dialect:
         """The streamed response, frame by frame."""
         raise NotImplementedError
 
-    def inband_error(self, call: Call, ctx: dict[str, Any]) -> bytes:
-        """An error event sent inside a 200 stream."""
+    def inband_error(self, call: Call, ctx: dict[str, Any], sent: int) -> bytes:
+        """An error event sent inside a 200 stream after `sent` frames."""
         raise NotImplementedError
 
     def malformed(self, call: Call) -> bytes:

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..calls import BadRequest, Call, Plan
 from ..textgen import count_tokens, embedding_b64
-from .base import content_key, want_int
+from .base import Route, content_key, want_int
 from .openai import OpenAIBase
 
 
@@ -16,6 +16,9 @@ class Embeddings(OpenAIBase):
     """Embeddings."""
 
     endpoint = "embeddings"
+    routes = (Route("POST", "/v1/embeddings"),)
+    configurable = True
+    model_kind = "embedding"
 
     def parse(self, body: Any, request: web.Request) -> Call:
         """Validate an embeddings request: input is a string, strings, token ids or lists of ids."""

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
-from .base import Dialect, content_key, texts_of, want_bool, want_int
+from .base import Dialect, Route, content_key, texts_of, want_bool, want_int
+
+if TYPE_CHECKING:
+    from ..state import Gateway
 
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
            409: "ABORTED", 422: "FAILED_PRECONDITION", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
            502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP"}
+METHODS = ("generateContent", "streamGenerateContent")
 
 
 def _dump(data: Any) -> str:
@@ -27,6 +31,34 @@ class Gemini(Dialect):
 
     name = "gemini"
     endpoint = "gemini"
+    routes = (Route("POST", "/v1beta/models/{spec:.+}", model_in_path="spec"),
+              Route("POST", "/v1/models/{spec:.+}", model_in_path="spec"))
+
+    async def handle(self, gw: Gateway, request: web.Request) -> web.StreamResponse:
+        """POST /v1beta/models/{model}:{method} (and /v1/...): split on the last colon."""
+        spec = self.path_model(request) or ""
+        while spec.startswith("models/"):
+            spec = spec[len("models/"):]
+        model, _, method = spec.rpartition(":")
+        if not model or method not in METHODS:
+            raise web.HTTPNotFound()
+        request["gemini"] = (model, method)
+        return await super().handle(gw, request)
+
+    def owns_path(self, path: str) -> bool:
+        """Unknown URLs under /v1beta/, or with a `model:method` colon, get Gemini's error shape."""
+        return path.startswith("/v1beta/") or ":" in path or "%3A" in path.upper()
+
+    def auth_failure(self, missing: bool) -> tuple[int, str]:
+        """403 without a key, 400 with a wrong one, as the real API does."""
+        if missing:
+            return 403, ("Method doesn't allow unregistered callers. "
+                         "Please use API Key or other form of API consumer identity to call this API.")
+        return 400, "API key not valid. Please pass a valid API key."
+
+    def stream_content_type(self, call: Call) -> str:
+        """SSE with `?alt=sse`, else a streamed JSON array."""
+        return "text/event-stream" if call.sse else "application/json"
 
     def api_key(self, request: web.Request) -> str | None:
         """`?key=`, else `x-goog-api-key`."""
@@ -190,7 +222,7 @@ class Gemini(Dialect):
             return f"data: {_dump(resp)}\r\n\r\n".encode()
         return (("[" if k == 0 else "\n,\r\n") + _dump(resp)).encode()
 
-    def inband_error(self, call: Call, ctx: dict[str, Any]) -> bytes:
+    def inband_error(self, call: Call, ctx: dict[str, Any], sent: int) -> bytes:
         """A chunk whose first key is `error`, in the call's stream format."""
         err = _dump({"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
                                "status": "UNAVAILABLE"}})

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..calls import BadRequest, Call, Plan
 from ..textgen import count_tokens
-from .base import content_key, want_int
+from .base import Route, content_key, want_int
 from .openai import OpenAIBase
 
 SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536", "256x256", "512x512", "1792x1024", "1024x1792")
@@ -20,6 +20,9 @@ class Images(OpenAIBase):
     """Image generations."""
 
     endpoint = "images"
+    routes = (Route("POST", "/v1/images/generations"),)
+    configurable = True
+    model_kind = "image"
 
     def parse(self, body: Any, request: web.Request) -> Call:
         """Validate an image request; gpt-image models reject response_format as the real API does."""

@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..exchange import Exchange, send_bytes
 from .anthropic import AnthropicMessages
+from .base import Route
 from .gemini import Gemini
 from .openai import OpenAIBase
 
+if TYPE_CHECKING:
+    from ..state import Gateway
+
 CREATED = 1_700_000_000
+_GEMINI = Gemini()
+_ANTHROPIC = AnthropicMessages()
 
 
 class ModelList(OpenAIBase):
     """Lists the configured models; the shape follows the asking client's dialect."""
 
     endpoint = "models"
+    routes = (Route("GET", "/v1/models"), Route("GET", "/v1beta/models"))
+    configurable = True
+    model_kind = None
+
+    async def handle(self, gw: Gateway, request: web.Request) -> web.StreamResponse:
+        """GET /v1/models and /v1beta/models: auth in the asking client's shape, then the listing."""
+        ctx = request["ctx"]
+        ctx["entry"].update(endpoint=self.endpoint)
+        exchange = Exchange(gw, _GEMINI if self.shape(request) == "gemini" else self, request)
+        key = self.api_key(request)
+        if not key:
+            return await exchange.error(401 if exchange.dialect is self else 403, "auth_missing",
+                                        "You didn't provide an API key.")
+        if key != gw.api_key:
+            return await exchange.error(401 if exchange.dialect is self else 400, "auth_invalid",
+                                        "Incorrect API key provided.")
+        body = json.dumps(self.listing(request, gw.config.models)).encode()
+        ctx["entry"]["outcome"] = "ok"
+        return await send_bytes(request, ctx, 200, body)
 
     def shape(self, request: web.Request) -> str:
         """'gemini', 'anthropic' or 'openai', from the path and the headers sent."""
@@ -28,7 +55,7 @@ class ModelList(OpenAIBase):
 
     def api_key(self, request: web.Request) -> str | None:
         """Any of the three dialects' credentials (and the OpenAI routes' `Ocp-Apim-Subscription-Key`)."""
-        return (Gemini().api_key(request) or AnthropicMessages().api_key(request)
+        return (_GEMINI.api_key(request) or _ANTHROPIC.api_key(request)
                 or request.headers.get("Ocp-Apim-Subscription-Key"))
 
     def listing(self, request: web.Request, models: dict[str, dict[str, Any]]) -> dict[str, Any]:

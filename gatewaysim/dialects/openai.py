@@ -9,7 +9,7 @@ from aiohttp import web
 from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
-from .base import Dialect, bearer, content_key, sse, texts_of, want_bool, want_int
+from .base import Dialect, Route, bearer, content_key, sse, texts_of, want_bool, want_int
 
 _OPENAI_TYPES = {
     "invalid_request": ("invalid_request_error", None),
@@ -46,6 +46,8 @@ class OpenAIChat(OpenAIBase):
     """Chat completions."""
 
     endpoint = "chat"
+    routes = (Route("POST", "/v1/chat/completions"),)
+    configurable = True
 
     def parse(self, body: Any, request: web.Request) -> Call:
         """Validate a chat request."""
@@ -185,7 +187,7 @@ class OpenAIChat(OpenAIBase):
         out.append(Frame(b"data: [DONE]\n\n"))
         return out
 
-    def inband_error(self, call: Call, ctx: dict[str, Any]) -> bytes:
+    def inband_error(self, call: Call, ctx: dict[str, Any], sent: int) -> bytes:
         """A data line with a top-level error object."""
         return sse({"error": {"message": "The server had an error while processing your request.",
                               "type": "server_error", "param": None, "code": None}})

@@ -84,7 +84,7 @@ class Reader(BaseReader):
             self.done = True
         elif kind == "error":
             err = obj.get("error")
-            self.error = str(err.get("type") or "error") if isinstance(err, dict) else str(err or "error")
+            self.error = str(err.get("type") or "error")[:64] if isinstance(err, dict) else "error"
 
     def body(self, obj: Any) -> None:
         """A message object."""

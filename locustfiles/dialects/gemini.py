@@ -81,7 +81,7 @@ class Reader(BaseReader):
         obj = loads(data)
         if "error" in obj:
             err = obj["error"] if isinstance(obj["error"], dict) else {}
-            self.error = str(err.get("status") or err.get("code") or "error")
+            self.error = str(err.get("status") or err.get("code") or "error")[:64]
             return
         self._parts(obj, t)
         if self.finish is not None and self.stream_format == "sse":

@@ -59,7 +59,8 @@ class Reader(BaseReader):
         obj = loads(data)
         if obj.get("error"):
             err = obj["error"]
-            self.error = str(err.get("type") or err.get("message") or "error") if isinstance(err, dict) else str(err)
+            # the error's type or code, never its message (it may quote the prompt or the key's owner)
+            self.error = str(err.get("type") or err.get("code") or "error")[:64] if isinstance(err, dict) else "error"
             return
         usage = obj.get("usage")
         if usage:

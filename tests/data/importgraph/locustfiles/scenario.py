@@ -1,0 +1,3 @@
+"""Clean: holds a private name."""
+
+_V = 2
