@@ -74,8 +74,7 @@ def _lost_worker(key: Any, run_id: str | None, lost: set[int]) -> int | None:
 def _produced_then_lost(row: Any) -> bool:
     """A stream cut after its final usage and finish reason arrived: the answer was complete when it was lost."""
     return (row.error_kind in ("truncated", "reset") and bool(row.stream) and row.finish_reason is not None
-            and row.finish_reason == row.finish_reason and row.u_output == row.u_output and row.u_output is not None
-            and row.endpoint in ("chat", "messages"))
+            and row.finish_reason == row.finish_reason and row.u_output == row.u_output and row.u_output is not None)
 
 
 def _ids(row: Any) -> list[str]:

@@ -18,6 +18,16 @@ ANCHORS = {"ttft": "first_content_ms", "ttft_text": "first_text_ms", "ttft_tool"
            "ttft_reasoning": "first_reasoning_ms", "first_event": "first_event_ms", "headers": "headers_ms"}
 
 
+
+#: the text endpoints of version 1 records (whose hand-made copies may lack max_tokens)
+V1_TEXT_ENDPOINTS = ("chat", "messages", "gemini")
+
+
+def text_calls(frame: pd.DataFrame) -> pd.Series:
+    """Calls of endpoints that generate text, whatever the dialect: the load generator sends them a token cap
+    (`max_tokens`), and never sends one to embeddings, images or model listings."""
+    return frame["max_tokens"].notna() | frame["endpoint"].isin(V1_TEXT_ENDPOINTS)
+
 def dist(values: Any) -> dict[str, Any]:
     """n, mean, p50, p90, p95, p99, p99.9 and max (linear interpolation between order statistics)."""
     a = values.to_numpy(dtype=np.float64) if isinstance(values, pd.Series) else np.asarray(values, dtype=np.float64)
@@ -141,7 +151,7 @@ def _call_columns(calls: pd.DataFrame, first_start: Any, n_att: Any) -> pd.DataF
     replayed = calls["replayed"].to_numpy(dtype=bool)
     calls["tpot_ms"] = np.where(streamed, call_tpot_ms(calls["first_content_ms"], calls["end_ms"], out_tok,
                                                        replayed), np.nan)
-    textual = calls["endpoint"].isin(("chat", "messages", "gemini"))
+    textual = text_calls(calls)
     calls["out_tps"] = np.where(calls["ok"] & textual, call_output_tps(out_tok, calls["end_ms"], replayed), np.nan)
     calls["end_time"] = calls["t_start"] + calls["end_ms"] / 1000.0
     return calls
@@ -187,7 +197,7 @@ def good_mask(calls: pd.DataFrame, slo: SLO, itl_mean: pd.Series | None = None) 
 
 
 #: the call columns group_metrics reads (besides what itl_values reads when no ITL figures are given)
-GROUP_COLUMNS = ("cancelled", "ok", "dry_run", "endpoint", "u_output", "u_input", "first_attempt_ok", "ttft_ms",
+GROUP_COLUMNS = ("cancelled", "ok", "dry_run", "endpoint", "max_tokens", "u_output", "u_input", "first_attempt_ok", "ttft_ms",
                  "ttft_text_ms", "ttft_tool_ms", "ttft_reasoning_ms", "first_event_ms", "headers_ms", "tpot_ms",
                  "e2e_ms", "out_tps", "dry_run_ignored", "framing_mismatch")
 
@@ -206,7 +216,7 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
     errors = att[att["error_kind"].notna() & att["error_kind"].ne("cancelled")]["error_kind"].value_counts()
     good = good_mask(live, slo) if len(live) else live["ok"]
     d = max(duration_s, 1e-9)
-    out_tokens = float(real.loc[real["endpoint"].isin(("chat", "messages", "gemini")), "u_output"].fillna(0).sum())
+    out_tokens = float(real.loc[text_calls(real), "u_output"].fillna(0).sum())
     in_tokens = float(real["u_input"].fillna(0).sum())
     return {
         "attempts": int(len(att)),

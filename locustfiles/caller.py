@@ -113,8 +113,8 @@ class Caller:
                 records.append(rec)
                 self.emit(rec)
                 if not retry:
-                    if answer is not None and rec["ok"]:
-                        answer.append(reader.text or "")
+                    if answer is not None and rec["ok"]:  # the answer's text, and its id where the dialect has one
+                        answer += [reader.text or "", getattr(reader, "response_id", None) or ""]
                     break
                 self.retries += 1
                 try:

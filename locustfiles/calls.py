@@ -33,6 +33,7 @@ class CallSpec:
     turn: int | None = None
     messages: list[dict[str, Any]] | None = None
     headers: dict[str, Any] | None = None  # the mix line's extra headers (name -> profile.Secret)
+    previous_response_id: str | None = None  # a conversation going on server-side (dialects that can)
 
 
 @dataclass(slots=True)

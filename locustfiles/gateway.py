@@ -1,6 +1,7 @@
 """The ttbench locustfile: `locust -f locustfiles/gateway.py --scenario scenarios/chat-mix.yaml`.
 
-Works for web UI sessions, headless runs and distributed runs (master and workers).
+Works for web UI sessions, headless and distributed runs (master and workers). Its user classes, one per API
+family the dialects declare, are `OpenAIUser`, `AnthropicUser` and `GeminiUser`.
 """
 
 import os
@@ -9,8 +10,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from locustfiles.runtime import install  # noqa: E402
-from locustfiles.users import AnthropicUser, GeminiUser, OpenAIUser  # noqa: E402
+from locustfiles.users import user_classes  # noqa: E402
 
 install()
+_USERS = user_classes()
+globals().update(_USERS)
 
-__all__ = ["AnthropicUser", "GeminiUser", "OpenAIUser"]
+__all__ = list(_USERS)

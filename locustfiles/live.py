@@ -8,6 +8,7 @@ from typing import Any
 
 from ttformats.calls import call_ttft_ms, counts_as_attempt
 
+from .dialects import TEXT_ENDPOINTS
 from .records import decode_chunks
 
 
@@ -72,7 +73,7 @@ class Bucket:
             if not rec.get("replayed"):  # a replay's frames arrive in one burst
                 times = decode_chunks(rec.get("chunks"))
                 self.itl.extend(b - a for a, b in zip(times, times[1:], strict=False))
-        if rec.get("endpoint") in ("chat", "messages", "gemini"):
+        if rec.get("endpoint") in TEXT_ENDPOINTS:
             self.tokens_out += int((rec.get("usage") or {}).get("output") or 0)
 
     def snapshot(self, now: float, started: float) -> dict[str, Any]:

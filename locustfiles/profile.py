@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 from ttformats.yamlfile import YamlFileError, read_yaml
 
 from .calls import CallSpec, WireRequest
+from .dialects import DIALECTS, FAMILIES, FAMILY_NAMES
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "tt"
@@ -33,16 +34,15 @@ RETRY_AFTER_HEADERS = ("retry-after-ms", "retry-after", "llm_provider-retry-afte
 #: Rate-limit resets: when a limit is fully restored (recorded, never waited on).
 RESET_HEADERS = {"requests": ("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset"),
                  "tokens": ("x-ratelimit-reset-tokens", "anthropic-ratelimit-tokens-reset")}
-#: Which API family each endpoint's auth belongs to.
-FAMILY_OF = {"chat": "openai", "embeddings": "openai", "images": "openai", "models": "openai",
-             "messages": "anthropic", "gemini": "gemini"}
-DEFAULT_AUTH = {"openai": ("Authorization", "Bearer"), "anthropic": ("x-api-key", None),
-                "gemini": ("x-goog-api-key", None)}
+#: Which API family each endpoint's auth belongs to, and each family's standard credential header.
+FAMILY_OF = FAMILIES
+DEFAULT_AUTH = {m.DECLARATION.family: (m.DECLARATION.auth_header, m.DECLARATION.auth_scheme)
+                for m in DIALECTS.values()}
 PROFILE_KEYS = ("name", "description", "request_id_headers", "original_request_id_headers", "replay_headers",
                 "retry_after_headers", "idempotency", "dry_run", "gemini_auth", "auth_errors", "headers", "auth",
                 "paths")
 AUTH_KEYS = ("header", "scheme", "query", "key")
-ENDPOINT_KEYS = ("chat", "messages", "gemini", "embeddings", "images", "models")
+ENDPOINT_KEYS = tuple(DIALECTS)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
@@ -158,7 +158,7 @@ class Profile:
         for k in (endpoint, FAMILY_OF.get(endpoint, ""), "default"):
             if k in self.auth:
                 return self.auth[k]
-        family = FAMILY_OF.get(endpoint, "openai")
+        family = FAMILY_OF.get(endpoint, FAMILY_NAMES[0])
         if family == "gemini" and self.gemini_auth == "query":
             return Auth(query="key")
         header, scheme = DEFAULT_AUTH[family]
@@ -441,9 +441,9 @@ def build_profile(data: dict[str, Any], where: str, source: str = "") -> Profile
     if not isinstance(auth, dict):
         raise ProfileError(f"{where}.auth: expected a mapping of endpoint or family to auth")
     for k, v in auth.items():
-        if k not in (*ENDPOINT_KEYS, "openai", "anthropic", "gemini", "default"):
-            raise ProfileError(f"{where}.auth.{k}: unknown endpoint or family (known: default, openai, anthropic, "
-                               f"gemini, {', '.join(ENDPOINT_KEYS)})")
+        if k not in (*ENDPOINT_KEYS, *FAMILY_NAMES, "default"):
+            raise ProfileError(f"{where}.auth.{k}: unknown endpoint or family (known: default, "
+                               f"{', '.join(FAMILY_NAMES)}, {', '.join(ENDPOINT_KEYS)})")
         p.auth[k] = _auth(f"{where}.auth.{k}", v)
     paths = data.get("paths") or {}
     if not isinstance(paths, dict):

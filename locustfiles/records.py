@@ -10,6 +10,17 @@ from collections.abc import Callable
 from typing import IO, Any
 
 RECORD_VERSION = 2
+SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "record.schema.json")
+
+
+def record_schema() -> dict[str, Any]:
+    """The record's JSON schema, its endpoint list taken from the declared dialects."""
+    from .dialects import DIALECTS
+
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        schema = json.load(f)
+    schema["properties"]["endpoint"]["enum"] = list(DIALECTS)
+    return schema
 FLUSH_INTERVAL_S = 0.5
 
 

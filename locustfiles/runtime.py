@@ -24,6 +24,7 @@ from ttformats.sweep import rule_of
 from .arrivals import Split
 from .caller import Caller
 from .calls import CallSpec
+from .dialects import TEXT_ENDPOINTS
 from .guards import EXIT_BAD_INPUT, EXIT_OK, Hopeless
 from .live import Live
 from .profile import ProfileError
@@ -409,7 +410,7 @@ class Runtime:
             env.stats.get(last["name"], TTFT_TYPE).log(ttft, 0)
         usage = last.get("usage") or {}
         if last["ok"] and spec.prompt_words and usage.get("input") and spec.messages is None \
-                and spec.endpoint in ("chat", "messages", "gemini"):
+                and spec.endpoint in TEXT_ENDPOINTS:
             self.calibrator.update(spec.prompt_words, int(usage["input"]))
 
     # lifecycle -------------------------------------------------------------------------------

@@ -13,14 +13,13 @@ from ttformats.durations import parse_duration
 from ttformats.yamlfile import YamlFileError, read_yaml
 
 from . import traces
+from .dialects import DEFAULT_MODELS, DIALECTS
 from .profile import PROFILE_KEYS, Profile, ProfileError, Secret, headers, load_profile
 from .retry import RetryPolicy
 from .traces import TRACE_ENDPOINTS, Trace, TraceError, TraceSpec, load_trace, replay_duration, window
 from .transport import Timeouts
 
-ENDPOINTS = ("chat", "messages", "gemini", "embeddings", "images", "models")
-DEFAULT_MODELS = {"chat": "gpt-4o-mini", "messages": "claude-3-5-sonnet", "gemini": "gemini-1.5-pro",
-                  "embeddings": "text-embedding-3-small", "images": "gpt-image-1", "models": "-"}
+ENDPOINTS = tuple(DIALECTS)
 ARRIVALS = ("closed", "constant", "poisson", "gamma", "onoff")
 
 
@@ -133,6 +132,7 @@ class Scenario:
     conv_turns: Dist = field(default_factory=lambda: Dist("uniform", 2, 4))
     conv_think_min_s: float = 0.0
     conv_think_max_s: float = 0.0
+    conv_server_state: bool = False      # go on by the last response's id where the dialect can (Responses)
 
     @property
     def open_loop(self) -> bool:
@@ -393,8 +393,11 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         trace, trace_data = _trace(v, d["trace"], base_dir)
         process, rate, stages = "trace", 0.0, []
         duration_s = replay_duration(trace_data, trace)
-    conv = v.mapping("conversations", d.get("conversations"), ("share", "turns", "think_time"))
+    conv = v.mapping("conversations", d.get("conversations"), ("share", "turns", "think_time", "server_state"))
     conv_share = v.share("conversations.share", conv.get("share", 0.0))
+    server_state = conv.get("server_state", False)
+    if not isinstance(server_state, bool):
+        raise v.fail("conversations.server_state", f"expected true or false, got {server_state!r}")
     conv_turns = v.dist("conversations.turns", conv.get("turns", {"dist": "uniform", "min": 2, "max": 4}))
     cthink = v.mapping("conversations.think_time", conv.get("think_time"), ("min_s", "max_s"))
     conv_think_min = float(v.num("conversations.think_time.min_s", cthink.get("min_s", 0)))
@@ -438,7 +441,7 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         ledger=v.mapping("ledger", d.get("ledger"), tuple(d.get("ledger") or {})),
         analysis=v.mapping("analysis", d.get("analysis"), tuple(d.get("analysis") or {})),
         burstiness=burstiness, on_s=on_s, off_s=off_s, trace=trace, trace_data=trace_data,
-        conv_share=conv_share, conv_turns=conv_turns, conv_think_min_s=conv_think_min,
+        conv_share=conv_share, conv_turns=conv_turns, conv_think_min_s=conv_think_min, conv_server_state=server_state,
         conv_think_max_s=conv_think_max, gateway=gateway, client_cert=certs.get("client_cert"),
         client_key=certs.get("client_key"), spend_money_off=money_off,
     )

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .dialects import TEXT_ENDPOINTS
+
 FORMATS = ("azure", "mooncake", "burstgpt", "generic")
 #: Endpoints a trace can drive (text generation: the trace's output tokens are the call's max_tokens).
-TRACE_ENDPOINTS = ("chat", "messages", "gemini")
+TRACE_ENDPOINTS = TEXT_ENDPOINTS  # a trace drives text generation
 #: Seconds per unit of a generic trace's time column ("datetime" parses date-time strings).
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 #: BurstGPT names its models ChatGPT and GPT-4; `trace.models` overrides these.

@@ -9,12 +9,11 @@ import gevent
 from locust import User, task
 
 from .calls import CallSpec
+from .dialects import DIALECTS, FAMILY_NAMES, TEXT_ENDPOINTS
 from .prompts import make_prompt
 from .runtime import Runtime
 from .sessions import Conversation
 from .transport import Transport, Transports
-
-CONVERSATIONAL = ("chat", "messages", "gemini")
 
 
 class GatewayUser(User):
@@ -60,7 +59,7 @@ class GatewayUser(User):
         # a trace arrival makes its own call, whichever user class takes it
         specs = rt.workload.draw(self.family) if arrival is None else rt.workload.from_trace(arrival)
         first = specs[-1]
-        if (arrival is None and len(specs) == 1 and not first.dry_run and first.endpoint in CONVERSATIONAL
+        if (arrival is None and len(specs) == 1 and not first.dry_run and first.endpoint in TEXT_ENDPOINTS
                 and rt.rng.random() < rt.scenario.conv_share):
             self.converse(first, scheduled, stage, index)
             return
@@ -73,13 +72,14 @@ class GatewayUser(User):
         """A multi-turn conversation: each turn sends the history plus a new message; think time between turns."""
         rt = self.rt
         sc = rt.scenario
-        conv = Conversation(f"{rt.run_id}-w{rt.worker}-s{rt.rng.getrandbits(40):010x}", sc.conv_turns.sample(rt.rng))
+        conv = Conversation(f"{rt.run_id}-w{rt.worker}-s{rt.rng.getrandbits(40):010x}", sc.conv_turns.sample(rt.rng),
+                            server_state=sc.conv_server_state)
         spec = first
         while True:
             answer: list[str] = []
             rt.caller.run(self.transport, conv.next_turn(spec, rt.rng), scheduled=scheduled, stage=stage,
                           answer=answer, arrival=index)
-            conv.answer(answer[0] if answer else None)
+            conv.answer(answer[0] if answer else None, answer[1] if len(answer) > 1 else None)
             scheduled, index = None, None
             if conv.done or rt.stopping:
                 return
@@ -89,19 +89,14 @@ class GatewayUser(User):
             spec = replace(first, prompt=make_prompt(rt.rng, max(1, first.prompt_words)), messages=None)
 
 
-class OpenAIUser(GatewayUser):
-    """Chat completions, embeddings, images and model listing."""
-
-    family = "openai"
-
-
-class AnthropicUser(GatewayUser):
-    """Anthropic Messages."""
-
-    family = "anthropic"
-
-
-class GeminiUser(GatewayUser):
-    """Gemini generateContent and streamGenerateContent."""
-
-    family = "gemini"
+def user_classes() -> dict[str, type[GatewayUser]]:
+    """One Locust user class per API family the dialects declare (`OpenAIUser`, `AnthropicUser`, ...)."""
+    out: dict[str, type[GatewayUser]] = {}
+    for family in FAMILY_NAMES:
+        decls = [m.DECLARATION for m in DIALECTS.values() if m.DECLARATION.family == family]
+        title = next((d.family_title for d in decls if d.family_title), family.capitalize())
+        endpoints = ", ".join(d.endpoint for d in decls)
+        name = f"{title}User"
+        out[name] = type(name, (GatewayUser,), {"family": family, "__doc__": f"Calls {endpoints}.",
+                                                "__module__": __name__})
+    return out

@@ -8,7 +8,7 @@ from bisect import bisect
 
 from .caller import stats_name
 from .calls import CallSpec
-from .dialects import FAMILIES
+from .dialects import FAMILIES, FAMILY_NAMES, TEXT_ENDPOINTS
 from .prompts import Calibrator, make_prompt
 from .scenario import MixEntry, Scenario
 from .traces import TraceArrival
@@ -32,7 +32,7 @@ class Workload:
         self.calibrator = calibrator
         self.dry_runs_off = False  # set once the gateway showed it ignores dry runs
         self.by_family: dict[str, _Weighted] = {}
-        for fam in ("openai", "anthropic", "gemini"):
+        for fam in FAMILY_NAMES:
             entries = [(m, m.weight) for m in scenario.mix if FAMILIES[m.endpoint] == fam and m.weight > 0]
             if entries:
                 self.by_family[fam] = _Weighted(entries)
@@ -46,7 +46,7 @@ class Workload:
 
         In a trace replay any free user takes any arrival, whatever its endpoint, so the weights only
         decide which classes Locust shows: the families the trace's endpoint settings or the mix name."""
-        out = {"openai": 0.0, "anthropic": 0.0, "gemini": 0.0}
+        out = dict.fromkeys(FAMILY_NAMES, 0.0)
         for m in self.scenario.mix:
             out[FAMILIES[m.endpoint]] += m.weight
         tr = self.scenario.trace
@@ -56,7 +56,7 @@ class Workload:
             for e in tr.endpoint_by_model.values():
                 out[FAMILIES[e]] += 1.0
             if sum(out.values()) <= 0:
-                out["openai"] = 1.0
+                out[FAMILY_NAMES[0]] = 1.0
         return out
 
     def draw(self, family: str) -> list[CallSpec]:
@@ -83,7 +83,7 @@ class Workload:
                ignore_eos: bool | None = None) -> list[CallSpec]:
         rng = self.rng
         spec = CallSpec(endpoint=entry.endpoint, model=model, name="", headers=entry.headers)
-        if entry.endpoint in ("chat", "messages", "gemini"):
+        if entry.endpoint in TEXT_ENDPOINTS:
             spec.stream = rng.random() < entry.stream
             if spec.stream and entry.endpoint == "gemini":
                 spec.stream_format = "json_array" if rng.random() < entry.json_array else "sse"

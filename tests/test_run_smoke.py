@@ -8,7 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from .runs import ROOT, jsonl, locust_rows, records, ttbench
+from locustfiles.records import record_schema
+
+from .runs import jsonl, locust_rows, records, ttbench
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,7 +33,7 @@ def test_run_folder_has_every_artifact(smoke):
 
 
 def test_records_follow_the_schema(smoke):
-    schema = json.loads((ROOT / "locustfiles" / "record.schema.json").read_text())
+    schema = record_schema()
     validator = jsonschema.Draft202012Validator(schema)
     for rec in records(smoke):
         validator.validate(rec)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
+from .base import Declaration, dumps, history_as_messages, loads
 from .base import Reader as BaseReader
-from .base import dumps, loads
 
 PATH = "/v1/messages"
 VERSION = "2023-06-01"
+DECLARATION = Declaration("messages", "anthropic", "claude-3-5-sonnet", text=True, auth_header="x-api-key",
+                          auth_scheme=None)
+messages = history_as_messages
 TOOL = {"name": "lookup", "description": "Look a fact up.",
         "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
 

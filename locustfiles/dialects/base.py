@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 USAGE_KEYS = ("input", "output", "cached_input", "cache_write", "reasoning")
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """What a dialect is, for everything that takes the list of dialects from the dialects themselves: the
+    registry, the user classes (one per family), scenario validation, trace replay, conversations, live figures
+    and the records the analysis reads."""
+
+    endpoint: str              # the mix's `endpoint:`, the records' `endpoint`
+    family: str                # the API family: one Locust user class per family, and its default auth
+    default_model: str
+    text: bool = False         # generates text token by token (streams, TTFT, conversations, trace replay)
+    auth_header: str = "Authorization"   # the family's standard credential header ...
+    auth_scheme: str | None = "Bearer"   # ... and its scheme
+    family_title: str = ""     # the family's user class is `<family_title>User` (default: the family capitalised)
+
+
+def history_as_messages(history: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A conversation as role/content messages (OpenAI chat, Anthropic Messages)."""
+    return [{"role": role, "content": text} for role, text in history]
 
 
 def dumps(obj: Any) -> bytes:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
+from .base import Declaration, dumps, loads
 from .base import Reader as BaseReader
-from .base import dumps, loads
 
+DECLARATION = Declaration("gemini", "gemini", "gemini-1.5-pro", text=True, auth_header="x-goog-api-key",
+                          auth_scheme=None)
 TOOL = {"functionDeclarations": [{"name": "lookup", "description": "Look a fact up.",
                                   "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]}
 
@@ -35,6 +37,11 @@ def build(spec: CallSpec) -> WireRequest:
         path = f"/v1beta/models/{spec.model}:generateContent"
     headers = {"Content-Type": "application/json"}
     return WireRequest("POST", path, headers, dumps(body))
+
+
+def messages(history: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A conversation as Gemini contents (the model's turns have role `model`)."""
+    return [{"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]} for role, text in history]
 
 
 def normalize(u: dict[str, Any]) -> dict[str, int]:

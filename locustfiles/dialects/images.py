@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
+from .base import Declaration, dumps
 from .base import Reader as BaseReader
-from .base import dumps
+
+DECLARATION = Declaration("images", "openai", "gpt-image-1")
 
 
 def build(spec: CallSpec) -> WireRequest:

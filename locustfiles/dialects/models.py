@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
+from .base import Declaration
 from .base import Reader as BaseReader
+
+DECLARATION = Declaration("models", "openai", "-")
 
 
 def build(spec: CallSpec) -> WireRequest:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
+from .base import Declaration, dumps, history_as_messages, loads
 from .base import Reader as BaseReader
-from .base import dumps, loads
 
 PATH = "/v1/chat/completions"
+DECLARATION = Declaration("chat", "openai", "gpt-4o-mini", text=True, family_title="OpenAI")
+messages = history_as_messages
 TOOL = {"type": "function", "function": {"name": "lookup", "description": "Look a fact up.",
                                          "parameters": {"type": "object", "properties": {"query": {"type": "string"}},
                                                         "required": ["query"]}}}
