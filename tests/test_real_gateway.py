@@ -51,6 +51,7 @@ def every_endpoint(stack):
         "retry": {"max_attempts": 4, "base_s": 0.05, "cap_s": 0.2, "budget": 100},
         "defaults": {"prompt_tokens": 20, "output_tokens": 12},
         "mix": [{"endpoint": "chat", "weight": 3, "stream": 0.6},
+                {"endpoint": "responses", "weight": 3, "stream": 0.6},
                 {"endpoint": "messages", "weight": 3, "models": ["claude-3-5-sonnet"], "stream": 0.6},
                 {"endpoint": "gemini", "weight": 3, "models": ["gemini-1.5-pro"], "stream": 0.8, "json_array": 0.5},
                 {"endpoint": "embeddings", "weight": 1}, {"endpoint": "images", "weight": 1},
@@ -63,10 +64,10 @@ def test_every_endpoint_succeeds_with_ttft_through_litellm(every_endpoint):
     out, _res = every_endpoint
     recs = records(out)
     finals = [r for r in recs if r["final"]]
-    for endpoint in ("chat", "messages", "gemini", "embeddings", "images", "models"):
+    for endpoint in ("chat", "responses", "messages", "gemini", "embeddings", "images", "models"):
         mine = [r for r in finals if r["endpoint"] == endpoint]
         assert mine and all(r["ok"] for r in mine), (endpoint, [r["error"] for r in mine if not r["ok"]])
-    for endpoint in ("chat", "messages", "gemini"):
+    for endpoint in ("chat", "responses", "messages", "gemini"):
         streamed = [r for r in finals if r["endpoint"] == endpoint and r["stream"]]
         assert streamed and all(r["first_content_ms"] is not None for r in streamed), endpoint
     gemini = [r for r in finals if r["endpoint"] == "gemini" and r["stream"]]

@@ -74,6 +74,13 @@ def test_llm_views_update_live_in_the_browser(tmp_path):
                     break  # the views update while the run goes on
             time.sleep(1.0)
         assert len(seen) >= 2 and seen[-1] != seen[0], seen
+        deadline = time.time() + 20  # every dialect of the mix gets its rows, the Responses API's included
+        while time.time() < deadline and not any(r.startswith("responses ") for r in rows):
+            time.sleep(1.0)
+            rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table tr")]
+        assert any(r.startswith("responses ") for r in rows), rows
+        live_rows = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/ttbench/live.json").read())
+        assert "responses" in json.dumps(live_rows)
         calls, ttft_p50 = int(seen[-1].split()[1]), float(seen[-1].split()[4])
         assert calls > 0 and ttft_p50 > 0
         shots = ROOT / "test-output"

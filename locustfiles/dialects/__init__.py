@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import anthropic, embeddings, gemini, images, models, openai_chat
+from . import anthropic, embeddings, gemini, images, models, openai_chat, responses
 
 if TYPE_CHECKING:
     from types import ModuleType
 
-_MODULES = (openai_chat, anthropic, gemini, embeddings, images, models)
+_MODULES = (openai_chat, responses, anthropic, gemini, embeddings, images, models)
 
 #: endpoint name -> dialect module
 DIALECTS: dict[str, ModuleType] = {m.DECLARATION.endpoint: m for m in _MODULES}
