@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .load import InputError, load_records
+from .load import InputError
 from .metrics import build_calls
+from .records import load_records
 
 #: metric -> (column, percentile or None for a rate, "higher is worse" or "lower is worse")
 METRICS: dict[str, tuple[str, float | None, str]] = {

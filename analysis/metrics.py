@@ -11,7 +11,7 @@ import pandas as pd
 
 from ttformats.calls import call_e2e_ms, call_output_tps, call_tpot_ms, call_ttft_ms, counts_as_attempt
 
-from .load import chunk_gap_stats
+from .chunks import chunk_gap_stats
 
 PCTS = (50, 90, 95, 99, 99.9)
 ANCHORS = {"ttft": "first_content_ms", "ttft_text": "first_text_ms", "ttft_tool": "first_tool_ms",

@@ -18,10 +18,12 @@ from . import plots, settings, trust
 from .billing import Policy, audit
 from .capacity import SETTLE_S
 from .capacity import analyse as capacity_analyse
+from .chunks import decode_chunk_column
 from .conversations import by_turn
 from .gates import check_names, evaluate
-from .load import InputError, LoadReport, decode_chunk_column, load_jsonl, load_records
+from .load import InputError, LoadReport, load_jsonl
 from .metrics import SLO, Options, compute, finite
+from .records import load_records
 
 SUMMARY_VERSION = 2  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers
 UNTRUSTED = "the billing audit cannot be trusted: "
@@ -162,7 +164,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     att = load_records(run_dir / "records.jsonl", lr) if (run_dir / "records.jsonl").exists() else None
     if att is None:
         lr.warnings.append(f"{run_dir}: no records.jsonl")
-        from .load import COLUMNS
+        from .records import COLUMNS
 
         att = pd.DataFrame(columns=list(COLUMNS))
     harness = _read_json(run_dir / "harness.json")

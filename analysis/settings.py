@@ -12,7 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import yaml
 
-from .load import LEDGER_ALIASES, LEDGER_COLUMNS, InputError, load_ledger
+from .ledger import LEDGER_ALIASES, LEDGER_COLUMNS, load_ledger
+from .load import InputError
 
 MAPPINGS_DIR = Path(__file__).resolve().parent / "ledgers"
 DEFAULT_MAPPING = "tt-sim"

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import ROOT, busy_seconds, positive_float, positive_int  # noqa: E402
 
 from locustfiles.records import RECORD_VERSION, encode_chunks  # noqa: E402
 
@@ -486,7 +487,7 @@ def analyse_once(run_dir: Path) -> dict[str, Any]:
         import psutil
     except ImportError:
         psutil = None
-    busy0 = _busy_cpu_s(psutil)
+    busy0 = busy_seconds() if psutil is not None else None
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(run_dir)],
@@ -504,7 +505,7 @@ def analyse_once(run_dir: Path) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     ours = kids1.ru_utime - kids0.ru_utime + kids1.ru_stime - kids0.ru_stime  # the child and its helper
-    busy1 = _busy_cpu_s(psutil)
+    busy1 = busy_seconds() if psutil is not None else None
     other = (busy1 - busy0 - ours) / (wall * (os.cpu_count() or 1)) if busy0 is not None else None
     if proc.returncode != 0:
         print(out, end="")
@@ -515,32 +516,22 @@ def analyse_once(run_dir: Path) -> dict[str, Any]:
     return fig
 
 
-def _busy_cpu_s(psutil: Any) -> float | None:
-    """CPU seconds the whole machine has been busy (every process), if psutil is there."""
-    if psutil is None:
-        return None
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Generate, analyse in a child, print the figures."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=1_000_000, help="attempt records (default 1,000,000)")
+    parser.add_argument("--records", type=positive_int, default=1_000_000, help="attempt records (default 1,000,000)")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (its path is printed)")
     parser.add_argument("--run-dir", type=Path, help="analyse this folder (from --keep) instead of generating")
-    parser.add_argument("--repeat", type=int, default=1,
+    parser.add_argument("--repeat", type=positive_int, default=1,
                         help="analyse this many times and judge the time on the fastest (default 1; "
                              "use 3 on a machine other work keeps busy)")
-    parser.add_argument("--duration-s", type=float, default=3600.0,
+    parser.add_argument("--duration-s", type=positive_float, default=3600.0,
                         help="the synthetic run's length in seconds (default 3600)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic records (default 1)")
     parser.add_argument("--child", metavar="RUN_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child)
-    if args.records < 1 or args.repeat < 1:
-        parser.error("--records and --repeat must be at least 1")
     reuse = args.run_dir is not None
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="analysis_speed_"))
     if reuse and not (run_dir / "records.jsonl").is_file():

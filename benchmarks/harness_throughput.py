@@ -28,7 +28,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -37,24 +36,29 @@ from pathlib import Path
 import psutil
 
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from sim_throughput import (  # noqa: E402
-    core_busy_seconds,
+from common import (  # noqa: E402
+    LOCUST_CPU,
+    ROOT,
+    SERVER_CPU,
+    busy_seconds,
+    check_run_args,
     cpu_seconds,
-    pin,
-    pinned_cmd,
+    non_negative_float,
+    non_negative_int,
+    pinned,
+    positive_int,
     run_sampled,
-    wait_for_quiet,
+    settle,
 )
+
+from ttbench.simproc import ServerProcess  # noqa: E402
 
 GATEWAY = ROOT / "locustfiles" / "gateway.py"
 BARE = BENCH / "_harness_bare_locustfile.py"
 MODEL = "gpt-4o-mini"
 API_KEY = "canned-bench-key"
-SERVER_CPU = 0
-LOCUST_CPU = 1
 TARGET_RATIO = 2.0
 VARIANTS = ("bare", "ttbench")
 WORDS = ("load", "testing", "measures", "how", "a", "gateway", "behaves", "under", "pressure", "and", "where",
@@ -137,13 +141,13 @@ class CannedProtocol(asyncio.Protocol):
 
 
 def serve(port: int, n_content: int) -> None:
-    """Run the canned server until SIGTERM; prints `listening PORT` once bound."""
+    """Run the canned server until SIGTERM; prints `listening on URL` once bound."""
     CannedProtocol.stream_body = chunked(sse_events(n_content))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(CannedProtocol, "127.0.0.1", port, backlog=1024)
-        print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+        print(f"listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
         async with server:
             await server.serve_forever()
 
@@ -153,29 +157,13 @@ def serve(port: int, n_content: int) -> None:
         pass
 
 
-class CannedServer:
-    """The canned server as a child process (this script with --serve), optionally pinned to a CPU."""
+class CannedServer(ServerProcess):
+    """The canned server as a child process (this script with --serve)."""
 
-    def __init__(self, n_content: int, cpu: int | None) -> None:
-        cmd, preexec = pinned_cmd([sys.executable, str(Path(__file__).resolve()), "--serve", "0",
-                                   "--chunks", str(n_content)], cpu)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, preexec_fn=preexec)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening "):
-            self.stop()
-            raise RuntimeError(f"the canned server did not start: {line!r}")
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+    what = "the canned server"
 
-    def stop(self) -> None:
-        """Terminate the process and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def __init__(self, n_content: int) -> None:
+        super().__init__([sys.executable, str(Path(__file__).resolve()), "--serve", "0", "--chunks", str(n_content)])
 
 
 def check_server(url: str, n_content: int) -> str:
@@ -291,7 +279,6 @@ def run_variant(variant: str, rnd: int, server: CannedServer, workdir: Path, arg
     vdir = workdir / f"{variant}_{rnd}"
     vdir.mkdir()
     cmd, base = locust_cmd(variant, server.url, vdir, args)
-    cmd, preexec = pinned_cmd(cmd, None if args.no_pin else LOCUST_CPU)
     env = dict(os.environ, TT_API_KEY=API_KEY, BARE_API_KEY=API_KEY, BARE_MODEL=MODEL, PYTHONPATH=str(ROOT))
     env.pop("TTBENCH_TARGET_IS_SIM", None)
     log_path = vdir / "locust.log"
@@ -299,10 +286,10 @@ def run_variant(variant: str, rnd: int, server: CannedServer, workdir: Path, arg
 
     def sample(second: int, lp: psutil.Process) -> tuple[int, float, float, float, float]:
         """second, Locust CPU, server CPU, core 0 and core 1 busy seconds."""
-        return (second, cpu_seconds(lp), cpu_seconds(sp), core_busy_seconds(SERVER_CPU),
-                core_busy_seconds(LOCUST_CPU))
+        return (second, cpu_seconds(lp), cpu_seconds(sp), busy_seconds(SERVER_CPU), busy_seconds(LOCUST_CPU))
 
-    samples, log_text, killed = run_sampled(cmd, env, vdir, preexec, log_path, args.duration + 30, sample)
+    samples, log_text, killed = run_sampled(cmd, env, vdir, None if args.no_pin else LOCUST_CPU, log_path,
+                                            args.duration + 30, sample)
     if killed:
         result.notes.append("Locust did not stop in time: killed")
     try:
@@ -422,38 +409,35 @@ def report(results: list[Result], args: argparse.Namespace, server_check: str) -
 def main(argv: list[str] | None = None) -> int:
     """Start the canned server, run both variants, print the table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="Locust run time per variant, seconds (default 10)")
-    parser.add_argument("--users", type=int, default=20, help="concurrent Locust users (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds skipped after the first request (default 3)")
-    parser.add_argument("--chunks", type=int, default=32, help="content chunks per canned answer (default 32)")
-    parser.add_argument("--rounds", type=int, default=1,
+    parser.add_argument("--duration", type=positive_int, default=10,
+                        help="Locust run time per variant, seconds (default 10)")
+    parser.add_argument("--users", type=positive_int, default=20, help="concurrent Locust users (default 20)")
+    parser.add_argument("--warmup", type=non_negative_int, default=3,
+                        help="seconds skipped after the first request (default 3)")
+    parser.add_argument("--chunks", type=positive_int, default=32,
+                        help="content chunks per canned answer (default 32)")
+    parser.add_argument("--rounds", type=positive_int, default=1,
                         help="rounds, alternating the order of the variants (default 1)")
-    parser.add_argument("--quiet-wait", type=float, default=10,
+    parser.add_argument("--quiet-wait", type=non_negative_float, default=10,
                         help="before each run, wait up to this many seconds for idle cores (default 10)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the server and Locust to CPUs 0 and 1")
-    parser.add_argument("--serve", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", type=non_negative_int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
         serve(args.serve, args.chunks)
         return 0
-    if args.duration < args.warmup + 3:
-        parser.error("--duration must be at least --warmup + 3")
-    if not args.no_pin and (os.cpu_count() or 1) < 2:
-        print("fewer than 2 CPUs: not pinning", file=sys.stderr)
-        args.no_pin = True
+    check_run_args(parser, args)
     workdir = Path(tempfile.mkdtemp(prefix="harness_throughput_"))
-    server = CannedServer(args.chunks, None if args.no_pin else SERVER_CPU)
+    notes: list[str] = []
+    server = pinned(CannedServer(args.chunks), None if args.no_pin else SERVER_CPU, notes)
     try:
-        if not args.no_pin:
-            pin(server.proc.pid, SERVER_CPU)
+        for note in notes:
+            print(note, file=sys.stderr)
         server_check = check_server(server.url, args.chunks)
         results: list[Result] = []
         for rnd in range(args.rounds):
             for variant in (VARIANTS if rnd % 2 == 0 else VARIANTS[::-1]):
-                if args.quiet_wait > 0:
-                    busiest = wait_for_quiet((SERVER_CPU, LOCUST_CPU), args.quiet_wait)
-                    if busiest >= 15:
-                        print(f"the machine is busy ({busiest:.0f}% on a core): measuring anyway", file=sys.stderr)
+                settle((SERVER_CPU, LOCUST_CPU), args.quiet_wait)
                 print(f"running {variant} for {args.duration} s ...", file=sys.stderr, flush=True)
                 results.append(run_variant(variant, rnd, server, workdir, args))
         print(report(results, args, server_check), flush=True)

@@ -2,7 +2,7 @@
 
 The simulator runs with every latency and capacity limit of the model removed (no TTFT, no jitter, an
 almost infinite decode rate, huge slot and queue counts, a fixed answer length), so only CPU limits
-throughput. The simulator is pinned to CPU 0 and Locust to CPU 1 (with taskset when it is installed).
+throughput. The simulator is pinned to CPU 0 and Locust to CPU 1 (os.sched_setaffinity).
 For each mode a fresh simulator is started, Locust runs headless for --duration seconds, and the CPU
 time of both processes and of both cores is sampled at every whole wall-clock second. Requests/s and CPU
 are taken over a steady window that skips the first --warmup seconds after the first request and the
@@ -21,27 +21,35 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    LOCUST_CPU,
+    SERVER_CPU,
+    busy_seconds,
+    check_run_args,
+    cpu_seconds,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    run_sampled,
+    settle,
+    start_sim,
+)
 
 from ttbench.simproc import SimProcess  # noqa: E402
 
 LOCUSTFILE = Path(__file__).resolve().parent / "_sim_load_locustfile.py"
 MODEL = "gpt-4o-mini"
-SIM_CPU = 0
-LOCUST_CPU = 1
+SIM_CPU = SERVER_CPU
 FULL_PCT = 90.0  # a core this busy is out of CPU
 OTHER_LOAD_WARN_PCT = 10.0  # other work on a pinned core above this disturbs the figures
 MODES = {"plain": "PlainChat", "stream": "StreamChat"}
@@ -171,50 +179,6 @@ class RunResult:
         return text
 
 
-def cpu_seconds(proc: psutil.Process) -> float:
-    """User plus system CPU seconds of a process (all its threads)."""
-    t = proc.cpu_times()
-    return t.user + t.system
-
-
-def core_busy_seconds(cpu: int) -> float:
-    """Seconds one CPU has not been idle since boot (every process, interrupts and steal included)."""
-    t = psutil.cpu_times(percpu=True)[cpu]
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
-
-
-def wait_for_quiet(cpus: tuple[int, ...], limit_s: float) -> float:
-    """Wait up to limit_s for a second in which every given CPU is under 15% busy; return the busiest % seen last."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        before = [core_busy_seconds(c) for c in cpus]
-        time.sleep(1.0)
-        busiest = max(100 * (core_busy_seconds(c) - b) for c, b in zip(cpus, before, strict=True))
-        if busiest < 15 or time.monotonic() >= deadline:
-            return busiest
-
-
-def pin(pid: int, cpu: int) -> bool:
-    """Pin every thread of a running process to one CPU; True when it worked."""
-    if shutil.which("taskset"):
-        done = subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], capture_output=True)
-        return done.returncode == 0
-    if hasattr(os, "sched_setaffinity"):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            os.sched_setaffinity(int(tid), {cpu})
-        return True
-    return False
-
-
-def pinned_cmd(cmd: list[str], cpu: int | None) -> tuple[list[str], Callable[[], None] | None]:
-    """The command prefixed with taskset (or a preexec pinning function when taskset is missing)."""
-    if cpu is None:
-        return cmd, None
-    if shutil.which("taskset"):
-        return ["taskset", "-c", str(cpu), *cmd], None
-    return cmd, lambda: os.sched_setaffinity(0, {cpu})
-
-
 def sanity_check(sim: SimProcess, max_tokens: int) -> str:
     """One plain and one streamed call: check the fixed answer length before loading."""
     headers = {"Authorization": f"Bearer {sim.api_key}"}
@@ -230,41 +194,6 @@ def sanity_check(sim: SimProcess, max_tokens: int) -> str:
     if tokens != max_tokens or len(events) != max_tokens + 4 or events[-1] != "data: [DONE]":
         raise RuntimeError(f"unexpected answer: {tokens} tokens, {len(events)} SSE events")
     return f"{tokens} completion tokens plain, {len(events)} SSE events streamed"
-
-
-def sleep_to_next_second() -> int:
-    """Sleep until just after the next whole wall-clock second; return that second."""
-    now = time.time()
-    target = math.floor(now) + 1
-    time.sleep(target - now + 0.002)
-    return target
-
-
-def run_sampled(cmd: list[str], env: dict[str, str], cwd: Path, preexec: Any, log_path: Path, timeout_s: float,
-                sample: Callable[[int, psutil.Process], Any]) -> tuple[list[Any], str, bool]:
-    """Run Locust, calling `sample(second, process)` at every whole second until it exits.
-
-    Returns the samples, its output, and whether it had to be killed after `timeout_s`.
-    """
-    samples: list[Any] = []
-    killed = False
-    with open(log_path, "wb") as log:
-        locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=preexec)
-        try:
-            proc = psutil.Process(locust.pid)
-            deadline = time.monotonic() + timeout_s
-            while locust.poll() is None and time.monotonic() < deadline:
-                second = sleep_to_next_second()
-                try:
-                    samples.append(sample(second, proc))
-                except psutil.NoSuchProcess:
-                    break
-            killed = locust.poll() is None
-        finally:
-            if locust.poll() is None:
-                locust.kill()
-            locust.wait()
-    return samples, log_path.read_text(errors="replace"), killed
 
 
 def percentile(hist: dict[int, int], q: float) -> float:
@@ -286,7 +215,6 @@ def run_locust(mode: str, sim: SimProcess, workdir: Path, args: argparse.Namespa
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(args.users),
            "-r", str(args.users), "-t", f"{args.duration}s", "-H", sim.url, "--json-file", str(json_base),
            "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "0", MODES[mode]]
-    cmd, preexec = pinned_cmd(cmd, None if args.no_pin else LOCUST_CPU)
     env = dict(os.environ, SIM_API_KEY=sim.api_key, SIM_MODEL=MODEL, SIM_MAX_TOKENS=str(args.max_tokens))
     procs_sim = psutil.Process(sim.proc.pid)
     cores = {"simulator": SIM_CPU, "Locust": LOCUST_CPU}
@@ -294,9 +222,10 @@ def run_locust(mode: str, sim: SimProcess, workdir: Path, args: argparse.Namespa
     def sample(second: int, locust: psutil.Process) -> Sample:
         procs = {"simulator": procs_sim, "Locust": locust}
         return Sample(second, {k: cpu_seconds(p) for k, p in procs.items()},
-                      {k: core_busy_seconds(c) for k, c in cores.items()}, procs_sim.memory_info().rss)
+                      {k: busy_seconds(c) for k, c in cores.items()}, procs_sim.memory_info().rss)
 
-    samples, log_text, killed = run_sampled(cmd, env, workdir, preexec, log_path, args.duration + 30, sample)
+    samples, log_text, killed = run_sampled(cmd, env, workdir, None if args.no_pin else LOCUST_CPU, log_path,
+                                            args.duration + 30, sample)
     if killed:
         result.notes.append("Locust did not stop in time: killed")
     try:
@@ -341,10 +270,8 @@ def analyse(result: RunResult, samples: list[Sample], entry: dict, warmup: int) 
 def run_mode(mode: str, cfg: Path, workdir: Path, args: argparse.Namespace) -> RunResult:
     """Start a fresh simulator, load it with one Locust user class, and measure both sides."""
     result = RunResult(mode=mode, pinned=not args.no_pin)
-    sim = SimProcess(config=cfg, seed=0)
+    sim = start_sim(cfg, None if args.no_pin else SIM_CPU, result.notes)
     try:
-        if not args.no_pin and not pin(sim.proc.pid, SIM_CPU):
-            result.notes.append("could not pin the simulator")
         sanity_calls = 0
         if mode == "plain":
             result.notes.append("sanity check: " + sanity_check(sim, args.max_tokens))
@@ -432,30 +359,25 @@ def report(results: dict[str, RunResult], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run both modes and print the table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=12, help="Locust run time per mode, seconds (default 12)")
-    parser.add_argument("--users", type=int, default=20, help="concurrent Locust users (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds skipped after the first request (default 3)")
-    parser.add_argument("--max-tokens", type=int, default=32, help="fixed answer length (default 32)")
-    parser.add_argument("--quiet-wait", type=float, default=10,
+    parser.add_argument("--duration", type=positive_int, default=12,
+                        help="Locust run time per mode, seconds (default 12)")
+    parser.add_argument("--users", type=positive_int, default=20, help="concurrent Locust users (default 20)")
+    parser.add_argument("--warmup", type=non_negative_int, default=3,
+                        help="seconds skipped after the first request (default 3)")
+    parser.add_argument("--max-tokens", type=positive_int, default=32, help="fixed answer length (default 32)")
+    parser.add_argument("--quiet-wait", type=non_negative_float, default=10,
                         help="before each mode, wait up to this many seconds for idle cores (default 10)")
     parser.add_argument("--per-second", action="store_true", help="also print the per-second series")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the two processes to CPUs 0 and 1")
     args = parser.parse_args(argv)
-    if args.duration < args.warmup + 3:
-        parser.error("--duration must be at least --warmup + 3")
-    if not args.no_pin and (os.cpu_count() or 1) < 2:
-        print("fewer than 2 CPUs: not pinning", file=sys.stderr)
-        args.no_pin = True
+    check_run_args(parser, args)
     workdir = Path(tempfile.mkdtemp(prefix="sim_throughput_"))
     try:
         cfg = workdir / "sim.yaml"
         cfg.write_text(sim_config_yaml(args.max_tokens))
         results = {}
         for mode in MODES:
-            if args.quiet_wait > 0:
-                busiest = wait_for_quiet((SIM_CPU, LOCUST_CPU), args.quiet_wait)
-                if busiest >= 15:
-                    print(f"the machine is busy ({busiest:.0f}% on a core): measuring anyway", file=sys.stderr)
+            settle((SIM_CPU, LOCUST_CPU), args.quiet_wait)
             print(f"running {mode} chat for {args.duration} s ...", file=sys.stderr, flush=True)
             results[mode] = run_mode(mode, cfg, workdir, args)
         print(report(results, args), flush=True)

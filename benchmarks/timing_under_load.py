@@ -23,35 +23,34 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sim_throughput import (  # noqa: E402
-    core_busy_seconds,
+from common import (  # noqa: E402
+    LOCUST_CPU,
+    ROOT,
+    SERVER_CPU,
+    busy_seconds,
+    check_run_args,
     cpu_seconds,
-    pin,
-    pinned_cmd,
-    sleep_to_next_second,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    run_sampled,
+    start_sim,
 )
 
 from locustfiles.records import decode_chunks  # noqa: E402
-from ttbench.simproc import SimProcess  # noqa: E402
 
 GATEWAY = ROOT / "locustfiles" / "gateway.py"
-SIM_CPU = 0
-LOCUST_CPU = 1
+SIM_CPU = SERVER_CPU
 OUTPUT_TOKENS = 20
 DECODE_TOKENS_PER_S = 20
 BASE_MS = 50
@@ -165,39 +164,25 @@ def run_level(users: int, cfg: Path, workdir: Path, args: argparse.Namespace) ->
     level = Level(users=users)
     ldir = workdir / f"u{users}"
     ldir.mkdir()
-    sim = SimProcess(config=cfg, seed=0)
+    sim = start_sim(cfg, None if args.no_pin else SIM_CPU, level.notes)
     try:
-        if not args.no_pin and not pin(sim.proc.pid, SIM_CPU):
-            level.notes.append("could not pin the simulator")
         scenario = ldir / "scenario.yaml"
         scenario.write_text(scenario_yaml(sim.url, users, args.duration, args.think_max))
         out = ldir / "out"
         cmd = [sys.executable, "-m", "locust", "-f", str(GATEWAY), "--headless", "-u", str(users), "-r", str(users),
                "--scenario", str(scenario), "--ttbench-out", str(out), "-H", sim.url, "--only-summary",
                "--ttbench-duration", str(args.duration), "--run-id", f"timing-u{users}", "--loglevel", "WARNING"]
-        cmd, preexec = pinned_cmd(cmd, None if args.no_pin else LOCUST_CPU)
         env = dict(os.environ, TT_API_KEY=sim.api_key, TTBENCH_TARGET_IS_SIM="1")
-        samples: list[tuple[int, float, float, float]] = []  # second, Locust CPU s, simulator CPU s, core busy s
-        log_path = ldir / "locust.log"
-        with open(log_path, "wb") as log:
-            locust = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ldir,
-                                      preexec_fn=preexec)
-            try:
-                lp, sp = psutil.Process(locust.pid), psutil.Process(sim.proc.pid)
-                deadline = time.monotonic() + args.duration + 40
-                while locust.poll() is None and time.monotonic() < deadline:
-                    second = sleep_to_next_second()
-                    try:
-                        samples.append((second, cpu_seconds(lp), cpu_seconds(sp), core_busy_seconds(LOCUST_CPU)))
-                    except psutil.NoSuchProcess:
-                        break
-                if locust.poll() is None:
-                    level.notes.append("Locust did not stop in time: killed")
-            finally:
-                if locust.poll() is None:
-                    locust.kill()
-                locust.wait()
-        log_text = log_path.read_text(errors="replace")
+        sp = psutil.Process(sim.proc.pid)
+
+        def sample(second: int, lp: psutil.Process) -> tuple[int, float, float, float]:
+            """second, Locust CPU s, simulator CPU s, Locust core busy s."""
+            return second, cpu_seconds(lp), cpu_seconds(sp), busy_seconds(LOCUST_CPU)
+
+        samples, log_text, killed = run_sampled(cmd, env, ldir, None if args.no_pin else LOCUST_CPU,
+                                                ldir / "locust.log", args.duration + 40, sample)
+        if killed:
+            level.notes.append("Locust did not stop in time: killed")
         if "Traceback" in log_text:
             level.notes.append("traceback in Locust's output:\n" + log_text[-3000:])
         truth = sim.truth()
@@ -282,19 +267,16 @@ def report(levels: list[Level], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run every concurrency level and print the table."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--users", type=int, nargs="+", default=[10, 50, 200],
+    parser.add_argument("--users", type=positive_int, nargs="+", default=[10, 50, 200],
                         help="concurrency levels (default 10 50 200)")
-    parser.add_argument("--duration", type=int, default=12, help="run time per level, seconds (default 12)")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds skipped after the first request (default 3)")
-    parser.add_argument("--think-max", type=float, default=0.0,
+    parser.add_argument("--duration", type=positive_int, default=12, help="run time per level, seconds (default 12)")
+    parser.add_argument("--warmup", type=non_negative_int, default=3,
+                        help="seconds skipped after the first request (default 3)")
+    parser.add_argument("--think-max", type=non_negative_float, default=0.0,
                         help="think time drawn from 0..this many seconds between calls (default 0)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the simulator and Locust to CPUs 0 and 1")
     args = parser.parse_args(argv)
-    if args.duration < args.warmup + 3:
-        parser.error("--duration must be at least --warmup + 3")
-    if not args.no_pin and (os.cpu_count() or 1) < 2:
-        print("fewer than 2 CPUs: not pinning", file=sys.stderr)
-        args.no_pin = True
+    check_run_args(parser, args)
     workdir = Path(tempfile.mkdtemp(prefix="timing_under_load_"))
     try:
         cfg = workdir / "sim.yaml"

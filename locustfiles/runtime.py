@@ -34,6 +34,7 @@ from .retry import BudgetPool, LeasedBudget, RetryBudget
 from .scenario import Scenario, ScenarioError, gateway_profile, load_scenario
 from .spend import SpendCap, SpendPool, unpriced_models
 from .sweep import SweepWatch
+from .workers import CpuMeter, Workers
 from .workload import Workload
 
 SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"
@@ -42,8 +43,6 @@ MSG_WORKERS = "ttbench_workers"
 MSG_STOP = "ttbench_stop"
 MSG_BUDGET_ASK = "ttbench_budget_ask"
 MSG_BUDGET_GRANT = "ttbench_budget_grant"
-#: A re-split of the open-loop arrivals takes effect this far past the master's announcement (schedule time).
-RESPLIT_DELAY_S = 1.5
 MSG_SPEND_ASK = "ttbench_spend_ask"
 MSG_SPEND_GRANT = "ttbench_spend_grant"
 #: Locust's own TTFT rows: its bucketed histogram (exact figures are in the LLM tab and the report).
@@ -106,10 +105,8 @@ class Runtime:
         self.stop_reason: str | None = None
         self.finished_calls = 0
         self.retries_seen = 0
-        self.peak_worker_cpu: float | None = None
-        self.worker_in_flight: dict[str, int] = {}
-        self.workers_seen: dict[str, dict[str, Any]] = {}
-        self.lost_workers: list[dict[str, Any]] = []
+        self.workers = Workers(runner) if self.role == "master" else None
+        self.cpu = CpuMeter()
         self.report_running = False
         self._report_at = 0.0
         self._started_once = False
@@ -127,14 +124,8 @@ class Runtime:
         self.split = Split(-1 if self.role == "worker" else 0, 1)
         self.run_start_epoch: float | None = None
         self.announced_duration: float | None = None
-        self._announced: tuple[str, ...] | None = None
-        self.resplits: list[dict[str, Any]] = []
         self.sweep: SweepWatch | None = None
         self.early_stop: dict[str, Any] | None = None
-        self.worker_arrivals: dict[str, tuple[int, int]] = {}
-        self.worker_cpu: dict[str, list[float]] = {}
-        self.worker_last_report: dict[str, float] = {}
-        self._cpu_mark = (time.time(), self._cpu_s())
         prices_path = opts.prices or str(SHIPPED_PRICES)
         try:
             self.prices: PriceSheet | None = load_price_sheet(prices_path)
@@ -212,7 +203,7 @@ class Runtime:
     def on_spend_ask(self, node_id: str) -> None:
         """Master: lease a further share of the run's spend cap to a worker."""
         assert self.spend_pool is not None
-        share = 0.0 if self.spend.exceeded else self.spend_pool.lease(max(1, len(self.workers_seen)))
+        share = 0.0 if self.spend.exceeded else self.spend_pool.lease(max(1, len(self.workers.seen) if self.workers else 1))
         self.environment.runner.send_message(MSG_SPEND_GRANT, share, client_id=node_id)
 
     def _ask_budget(self) -> None:
@@ -221,7 +212,7 @@ class Runtime:
     def on_budget_ask(self, node_id: str) -> None:
         """Master: lease a few retries of the run's budget to a worker."""
         assert self.pool is not None
-        workers = max(1, len(self.workers_seen))
+        workers = max(1, len(self.workers.seen) if self.workers else 1)
         self.environment.runner.send_message(MSG_BUDGET_GRANT, self.pool.lease(workers), client_id=node_id)
 
     def _dry_run_ignored(self) -> None:
@@ -257,22 +248,8 @@ class Runtime:
         """Worker: a batch of records with this worker's state (calls in flight, CPU), every flush."""
         arr = self.arrivals
         self.environment.runner.send_message(MSG_RECORDS, {
-            "records": batch, "in_flight": self.caller.in_flight, "cpu": self._cpu_percent(), "worker": self.worker,
+            "records": batch, "in_flight": self.caller.in_flight, "cpu": self.cpu.percent(), "worker": self.worker,
             "arrivals": None if arr is None else [arr.offered, arr.dropped]})
-
-    @staticmethod
-    def _cpu_s() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-    def _cpu_percent(self) -> float | None:
-        """This process's CPU (% of a core) since the last reading at least 2 s ago; None in between."""
-        wall, cpu = time.time(), self._cpu_s()
-        wall0, cpu0 = self._cpu_mark
-        if wall - wall0 < 2.0:
-            return None
-        self._cpu_mark = (wall, cpu)
-        return round(100.0 * (cpu - cpu0) / (wall - wall0), 1)
 
     def on_shipped(self, data: Any, node_id: str | None = None) -> None:
         """Master: a worker's batch of records and its state."""
@@ -283,83 +260,20 @@ class Runtime:
             self.live.add(rec)
             self._account(rec)
             self.retries_seen += rec["attempt"] > 1 and counts_as_attempt(rec.get("error_kind"), rec.get("sent", True))
-        if node_id is None:
-            return
-        info = self._worker_info(node_id)
-        now = time.time()
-        info["last_state_at"] = now
-        if isinstance(data, dict):
-            info["in_flight"] = int(data.get("in_flight") or 0)
-            self.worker_in_flight[node_id] = info["in_flight"]
-            if data.get("worker") is not None:
-                info["worker_index"] = int(data["worker"])
-            if data.get("cpu") is not None:
-                self.worker_cpu.setdefault(node_id, []).append(float(data["cpu"]))
-            if data.get("arrivals") is not None:
-                self.worker_arrivals[node_id] = (int(data["arrivals"][0]), int(data["arrivals"][1]))
-        info["recent"].append((now, len(batch)))
-        if batch:
-            info["records"] += len(batch)
-            info["worker_index"] = batch[-1]["worker"]
-            info["last_record_end"] = max(info["last_record_end"] or 0.0,
-                                          max(r["t_start"] + r["end_ms"] / 1000.0 for r in batch))
-
-    def _worker_info(self, node_id: str) -> dict[str, Any]:
-        from collections import deque
-
-        info = self.workers_seen.get(node_id)
-        if info is None:
-            index = None
-            getter = getattr(self.environment.runner, "get_worker_index", None)
-            if getter is not None:
-                try:
-                    index = getter(node_id)
-                except Exception:  # noqa: BLE001 - an unknown id just has no index yet
-                    index = None
-            info = self.workers_seen[node_id] = {"client_id": node_id, "worker_index": index, "records": 0,
-                                                 "last_record_end": None, "recent": deque(maxlen=40),
-                                                 "last_state_at": None, "in_flight": 0}
-        return info
-
-    def _check_lost_workers(self) -> None:
-        """Master: a worker that stopped sending heartbeats is lost; say what may be missing from it."""
-        from locust.runners import STATE_MISSING
-
-        runner = self.environment.runner
-        lost_ids = {w["client_id"] for w in self.lost_workers}
-        for node_id, info in self.workers_seen.items():
-            client = runner.clients.get(node_id)
-            gone = client is None or client.state == STATE_MISSING
-            if not gone or node_id in lost_ids or self.stopping:
-                continue
-            now = time.time()
-            # what it had not shipped at its last shipment (every 0.5 s): the attempts then in flight, plus what
-            # it may have finished before it died, bounded by twice its biggest shipment of the last 10 s
-            last = info["last_state_at"]
-            peak = max((n for t, n in info["recent"] if last is not None and last - t <= 10.0), default=0)
-            in_flight = int(info["in_flight"])
-            entry = {"client_id": node_id, "worker_index": info["worker_index"], "lost_at": now,
-                     "last_shipment_at": last, "records_received": info["records"],
-                     "last_record_end": info["last_record_end"], "in_flight_at_last_shipment": in_flight,
-                     "possibly_missing_records": in_flight + 2 * peak + 1}
-            self.lost_workers.append(entry)
-            print(f"ttbench: warning: worker {info['worker_index']} ({node_id}) was lost; the run goes on; up to "
-                  f"{entry['possibly_missing_records']} of its records may be missing", file=sys.stderr, flush=True)
+        if node_id is not None and self.workers is not None:
+            self.workers.shipment(node_id, data, batch)
 
     def _arrivals_summary(self) -> dict[str, int] | None:
-        if self.role == "master":
-            if not self.worker_arrivals:
-                return None
-            return {"offered": sum(o for o, _ in self.worker_arrivals.values()),
-                    "dropped": sum(d for _, d in self.worker_arrivals.values())}
+        if self.workers is not None:
+            return self.workers.arrivals_summary()
         if self.arrivals is None:
             return None
         return {"offered": self.arrivals.offered, "dropped": self.arrivals.dropped}
 
     def in_flight(self) -> int:
         """Calls in flight: this process's, or on the master the sum of the workers' last reports."""
-        if self.role == "master":
-            return sum(self.worker_in_flight.values())
+        if self.workers is not None:
+            return self.workers.in_flight()
         return self.caller.in_flight
 
     def report_ready(self) -> bool:
@@ -450,8 +364,8 @@ class Runtime:
                     self.arrivals.start(self.run_start_epoch)
                 elif self.run_start_epoch is not None:  # the master's announcement came first
                     self.arrivals.start(self.run_start_epoch)
-        if self.role == "master":
-            self._announced = None
+        if self.workers is not None:
+            self.workers.restart()
             self._announce()  # now, so it reaches each worker before the master's spawn message
         if self.role in ("local", "master"):
             self._watch_sweep()
@@ -498,41 +412,20 @@ class Runtime:
                 print(f"ttbench: warning: record flush failed: {exc}", file=sys.stderr, flush=True)
 
     def _announce_workers(self) -> None:
+        assert self.workers is not None
         while True:
-            self._check_lost_workers()
+            if not self.stopping:
+                for entry in self.workers.check_lost():
+                    print(f"ttbench: warning: worker {entry['worker_index']} ({entry['client_id']}) was lost; the run "
+                          f"goes on; up to {entry['possibly_missing_records']} of its records may be missing",
+                          file=sys.stderr, flush=True)
             self._announce()
             gevent.sleep(1.0)
 
     def _announce(self) -> None:
-        """Master: give the live workers dense ranks 0..n-1; a change takes effect RESPLIT_DELAY_S into the
-        future on the schedule's own clock, so every worker switches at the same arrival."""
-        if self.run_start_epoch is None or self.stopping:
-            return  # (at the end workers leave one by one: no re-split then)
-        runner = self.environment.runner
-        live = [*runner.clients.ready, *runner.clients.running, *runner.clients.spawning]
-        getter = getattr(runner, "get_worker_index", None)
-
-        def index(node: Any) -> int:
-            try:
-                return int(getter(node.id)) if getter is not None else 0
-            except Exception:  # noqa: BLE001 - a node without an index yet sorts last
-                return 1 << 30
-
-        nodes = sorted(live, key=index)
-        key = tuple(node.id for node in nodes)
-        if not nodes or key == self._announced:
-            return
-        first = self._announced is None
-        self._announced = key
-        now = time.time()
-        from_t = 0.0 if first else max(0.0, now - self.run_start_epoch + RESPLIT_DELAY_S)
-        ranks = {}
-        for rank, node in enumerate(nodes):
-            ranks[str(index(node))] = rank
-            runner.send_message(MSG_WORKERS, {"rank": rank, "workers": len(nodes), "from_t": from_t,
-                                              "start": self.run_start_epoch, "duration": self._duration(),
-                                              "run_id": self.run_id}, client_id=node.id)
-        self.resplits.append({"at": now, "from_t": round(from_t, 3), "workers": len(nodes), "ranks": ranks})
+        """Master: the workers' dense ranks, re-announced when they change (never while the run winds down)."""
+        if self.workers is not None and self.run_start_epoch is not None and not self.stopping:
+            self.workers.announce(MSG_WORKERS, self.run_start_epoch, self._duration(), self.run_id)
 
     def on_split(self, data: dict[str, Any]) -> None:
         """Worker: the master's rank announcement (and the run's id: idempotency keys must carry the master's)."""
@@ -588,10 +481,10 @@ class Runtime:
             s = self.live.snapshot()
             users = self.environment.runner.user_count
             clients = getattr(self.environment.runner, "clients", None)
-            if clients:
+            if clients and self.workers is not None:
                 cpus = [c.cpu_usage for c in clients.values() if getattr(c, "cpu_usage", None) is not None]
                 if cpus:
-                    self.peak_worker_cpu = max(self.peak_worker_cpu or 0.0, max(cpus))
+                    self.workers.locust_peak_cpu = max(self.workers.locust_peak_cpu or 0.0, max(cpus))
 
             def ms(v: float | None) -> str:
                 return "-" if v is None else f"{v:.0f}ms"
@@ -624,10 +517,10 @@ class Runtime:
             "cpu_s": usage.ru_utime + usage.ru_stime, "wall_s": time.time() - self.live.started,
             "cpu_warning": bool(getattr(runner, "cpu_warning_emitted", False)
                                 or getattr(runner, "worker_cpu_warning_emitted", False)),
-            "peak_worker_cpu_percent": self._peak_worker_cpu(),
-            "workers": self._workers_summary(),
-            "resplits": self.resplits,
-            "lost_workers": self.lost_workers,
+            "peak_worker_cpu_percent": self.workers.peak_cpu() if self.workers else None,
+            "workers": self.workers.summary() if self.workers else [],
+            "resplits": self.workers.resplits if self.workers else [],
+            "lost_workers": self.workers.lost if self.workers else [],
             "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,
             "stop_reason": self.stop_reason, "live": self.live.snapshot(),
             "arrivals": self._arrivals_summary(),
@@ -644,24 +537,6 @@ class Runtime:
         }
         (self.out_dir / "harness.json").write_text(json.dumps(harness, indent=2, default=str))
         self.environment.process_exit_code = self.exit_code
-
-    def _workers_summary(self) -> list[dict[str, Any]]:
-        """Master: each worker's index, records shipped and CPU (mean and peak of 2-s readings, % of a core)."""
-        out = []
-        for node_id, info in self.workers_seen.items():
-            cpu = self.worker_cpu.get(node_id, [])
-            arr = self.worker_arrivals.get(node_id)
-            out.append({"client_id": node_id, "worker_index": info["worker_index"], "records": info["records"],
-                        "cpu_percent_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
-                        "cpu_percent_peak": max(cpu) if cpu else None,
-                        "arrivals": {"offered": arr[0], "dropped": arr[1]} if arr else None})
-        return sorted(out, key=lambda w: (w["worker_index"] is None, w["worker_index"] or 0))
-
-    def _peak_worker_cpu(self) -> float | None:
-        peaks = [max(v) for v in self.worker_cpu.values() if v]
-        if self.peak_worker_cpu is not None:
-            peaks.append(self.peak_worker_cpu)
-        return max(peaks) if peaks else None
 
     def _budget_summary(self) -> dict[str, Any]:
         if self.pool is not None:  # the master: retries spent are the retried attempts the workers shipped
@@ -738,24 +613,6 @@ def install() -> None:
             if rt.arrivals is not None:
                 rt.arrivals.stop()
             gevent.spawn_later(WORKER_REPORT_INTERVAL + 1 if rt.role == "master" else 1.0, rt.write_report)
-
-    @events.report_to_master.add_listener
-    def _report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
-        rt = Runtime._instance
-        if rt is not None:
-            data["ttbench_in_flight"] = rt.caller.in_flight
-            if rt.arrivals is not None:
-                data["ttbench_arrivals"] = [rt.arrivals.offered, rt.arrivals.dropped]
-
-    @events.worker_report.add_listener
-    def _worker_report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
-        rt = Runtime._instance
-        if rt is not None and "ttbench_arrivals" in data:
-            offered, dropped = data["ttbench_arrivals"]
-            rt.worker_arrivals[client_id] = (int(offered), int(dropped))
-        if rt is not None and "ttbench_in_flight" in data:
-            rt.worker_in_flight[client_id] = int(data["ttbench_in_flight"])
-            rt._worker_info(client_id)
 
     @events.quitting.add_listener
     def _quit(environment: Any, **_kw: Any) -> None:

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from analysis.capacity import early_stop_verdict
-from analysis.load import InputError, load_records
+from analysis.load import InputError
 from analysis.metrics import Options, compute
+from analysis.records import load_records
 from analysis.report import analyze
 from analysis.settings import check_analysis
 from locustfiles.live import Live

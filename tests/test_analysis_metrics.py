@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analysis.load import LoadReport, load_records
+from analysis.load import LoadReport
 from analysis.metrics import SLO, Options, compute
+from analysis.records import load_records
 from analysis.report import analyze
 from locustfiles.records import encode_chunks
 
