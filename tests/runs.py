@@ -64,7 +64,8 @@ def start_master_and_workers(scenario: Path, out: Path, target: str, key: str, u
     common = ["-f", str(GATEWAY), "--scenario", str(scenario)]
     master = subprocess.Popen([sys.executable, "-m", "locust", *common, "--master", "--master-bind-host",
                                "127.0.0.1", "--master-bind-port", str(port), "--headless", "--expect-workers",
-                               str(workers), "-u", str(users), "-r", str(users), "-H", target, "--ttbench-out",
+                               str(workers), "--enable-rebalancing", "-u", str(users), "-r", str(users), "-H",
+                               target, "--ttbench-out",
                                str(out), "--run-id", run_id, "--only-summary"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     procs = [subprocess.Popen([sys.executable, "-m", "locust", *common, "--worker", "--master-host", "127.0.0.1",

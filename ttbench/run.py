@@ -238,6 +238,8 @@ def run(args: Any) -> int:
         if sim is not None:
             (out / "ledger.jsonl").write_text(sim.admin("/_sim/ledger").text)
             (out / "truth.jsonl").write_text(sim.admin("/_sim/truth").text)
+        if rc not in (0, 3):  # ttbench's own stops end with 0, 2 or 3: anything else is Locust failing
+            raise RunError(f"Locust exited with code {rc} (its output is above); {out} keeps what was recorded")
     finally:
         if sim is not None:
             sim.stop()
