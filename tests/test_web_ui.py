@@ -38,6 +38,7 @@ def wait_http(url: str, timeout: float = 30) -> None:
                     reason="no chromium/chromedriver here (.ci/run installs Debian's chromium and chromium-driver)")
 def test_llm_views_update_live_in_the_browser(tmp_path):
     from selenium import webdriver
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
@@ -65,7 +66,10 @@ def test_llm_views_update_live_in_the_browser(tmp_path):
         seen: list[str] = []
         deadline = time.time() + 30
         while time.time() < deadline:
-            rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table tr")]
+            try:
+                rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table tr")]
+            except StaleElementReferenceException:  # the table was redrawn while it was read
+                continue
             all_row = next((r for r in rows if r.startswith("All ")), "")
             cells = all_row.split()
             if len(cells) >= 6 and int(cells[1]) > 0 and any("." in c for c in cells[2:]):
@@ -77,7 +81,10 @@ def test_llm_views_update_live_in_the_browser(tmp_path):
         deadline = time.time() + 20  # every dialect of the mix gets its rows, the Responses API's included
         while time.time() < deadline and not any(r.startswith("responses ") for r in rows):
             time.sleep(1.0)
-            rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table tr")]
+            try:
+                rows = [r.text for r in driver.find_elements(By.CSS_SELECTOR, "table tr")]
+            except StaleElementReferenceException:  # the table was redrawn while it was read
+                continue
         assert any(r.startswith("responses ") for r in rows), rows
         live_rows = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/ttbench/live.json").read())
         assert "responses" in json.dumps(live_rows)

@@ -86,6 +86,8 @@ class Reader(BaseReader):
         """One SSE event; the type comes from the JSON."""
         if self.first_event is None:
             self.first_event = t
+        if data.startswith("[DONE]"):
+            return  # not the API's, but some gateways (LiteLLM) end every stream with it: the end is the final event
         obj = loads(data)
         kind = obj.get("type") or name
         if kind == "response.output_text.delta":
