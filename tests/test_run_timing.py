@@ -49,5 +49,7 @@ def test_chunk_receive_times_match_write_times(tmp_path):
     errors_ms.sort()
     p99 = errors_ms[int(0.99 * (len(errors_ms) - 1))]
     assert min(errors_ms) > -1.0  # never received before it was written (same clock)
-    assert p99 <= 2.0, f"p99 {p99:.2f} ms"
+    # one buffered event would be late by a whole 50 ms gap; alone on this 2-core machine p99 is 0.8-1.8 ms, and
+    # up to 4 ms late in a full suite on a loaded box, so 5 ms keeps the test about buffering, not about load
+    assert p99 <= 5.0, f"p99 {p99:.2f} ms"
     assert errors_ms[-1] <= 50.0, f"max {errors_ms[-1]:.2f} ms"
