@@ -12,12 +12,6 @@ RETRYABLE = frozenset({"http_429", "http_5xx", "connect", "reset", "timeout", "t
 NOT_TAKEN_STATUSES = frozenset({429, 503, 529})
 
 
-def may_be_billed(error_kind: str | None, status: int | None, sent: bool) -> bool:
-    """Whether a failed attempt may have been billed: it was sent and the gateway did not say it refused it."""
-    if error_kind in (None, "cancelled", "http_4xx") or not sent:
-        return False
-    return status not in NOT_TAKEN_STATUSES
-
 
 @dataclass(slots=True)
 class RetryPolicy:
