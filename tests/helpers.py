@@ -40,3 +40,19 @@ def charges(sim: Any) -> list[dict[str, Any]]:
 def truth_by_id(sim: Any) -> dict[str, dict[str, Any]]:
     """The truth entries by request id."""
     return {e["request_id"]: e for e in sim.truth()}
+
+
+def sse_events(text: str) -> list[tuple[str | None, str | None]]:
+    """(event line, data line) of every SSE event in a body."""
+    out = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        if not block.strip():
+            continue
+        event = data = None
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+        out.append((event, data))
+    return out

@@ -9,6 +9,8 @@ import struct
 import httpx
 import pytest
 
+from .helpers import sse_events
+
 pytestmark = pytest.mark.timeout(60)
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 12}
@@ -16,21 +18,6 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello 
 
 def bearer(sim):
     return {"Authorization": f"Bearer {sim.api_key}"}
-
-
-def sse_events(text: str) -> list[tuple[str | None, str]]:
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        event, data = None, None
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-        events.append((event, data))
-    return events
 
 
 def test_chat_plain_has_ids_usage_and_text(sim):

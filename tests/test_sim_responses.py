@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from .helpers import auth, charges, truth_by_id
+from .helpers import auth, charges, sse_events, truth_by_id
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,22 +55,6 @@ def oai(sim) -> Iterator[openai.OpenAI]:
     c = client(sim)
     yield c
     c.close()
-
-
-def sse_events(text: str) -> list[tuple[str | None, str | None]]:
-    """(event line, data line) of every SSE event in a body."""
-    out = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        event = data = None
-        for line in block.split("\n"):
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-        out.append((event, data))
-    return out
 
 
 def post(sim, body: dict[str, Any], **headers: str) -> httpx.Response:
