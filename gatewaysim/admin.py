@@ -1,4 +1,4 @@
-"""Admin routes under /_sim/: ledger, truth, capacity, stats, health. They take the admin token."""
+"""Admin routes under /_sim/: ledger, truth, capacity, stats, limits, health. They take the admin token."""
 
 from __future__ import annotations
 
@@ -81,19 +81,33 @@ async def capacity_route(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """Counters: requests per route, pool occupancy, planted faults and billing errors."""
+    """Counters: requests per route, pool occupancy, planted faults and billing errors, tenants."""
     denied = _denied(request)
     if denied is not None:
         return denied
     gw = request.app[GW_KEY]
+    tenant_pools: dict[str, dict[str, Any]] = {}
+    for (model, label), pool in gw.tenant_pools.items():
+        tenant_pools.setdefault(model, {})[label] = pool.snapshot()
     return web.json_response({
         "served": gw.served,
         "pools": {name: pool.snapshot() for name, pool in gw.pools.items()},
+        "tenant_pools": tenant_pools,
+        "tenants": gw.limits.snapshot()["tenants"],
+        "limit_errors_planted": gw.limits.planter.planted,
         "caches": {name: cache.snapshot() for name, cache in gw.caches.items() if cache.hits or cache.snapshot()["entries"]},
         "faults_planted": gw.faults.planted,
         "billing_errors_planted": gw.biller.planter.planted,
         "idempotency_keys": len(gw.idempotency),
     })
+
+
+async def limits(request: web.Request) -> web.Response:
+    """Per tenant: limits, advertised limits, accepted and refused calls, overshoot, spend, header errors."""
+    denied = _denied(request)
+    if denied is not None:
+        return denied
+    return web.json_response(request.app[GW_KEY].limits.snapshot())
 
 
 async def config_route(request: web.Request) -> web.Response:
@@ -113,4 +127,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/_sim/truth", truth)
     app.router.add_get("/_sim/capacity", capacity_route)
     app.router.add_get("/_sim/stats", stats)
+    app.router.add_get("/_sim/limits", limits)
     app.router.add_get("/_sim/config", config_route)

@@ -101,6 +101,13 @@ class ModelPool:
         }
 
 
+def partition(spec: dict[str, Any], share: float) -> dict[str, Any]:
+    """A model's settings for one tenant's part of it: max(1, round(slots x share)) slots, the queue alike."""
+    queue = int(spec["queue"])
+    return {**spec, "slots": max(1, round(int(spec["slots"]) * share)),
+            "queue": max(1, round(queue * share)) if queue > 0 else 0}
+
+
 def ttft_s(spec: dict[str, Any], input_tokens: int, jitter_u: float) -> float:
     """Time from admission to the first output token: base + prefill + seeded jitter."""
     return (

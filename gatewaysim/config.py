@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from ttformats.buckets import ACCOUNTING
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 from ttformats.yamlfile import YamlFileError, read_yaml
 
@@ -35,7 +37,15 @@ BILLING_ERROR_KINDS = (
     "unknown_request",
     "cache_discount_missing",
 )
+LIMIT_ERROR_KINDS = ("remaining_stuck", "reset_wrong")
 MODEL_KINDS = ("chat", "embedding", "image")
+SLOT_MODES = ("shared", "partitioned")
+#: The fields of one `keys:` entry.
+KEY_FIELDS = ("tenant", "rpm", "tpm", "concurrency", "budget", "slot_share", "advertise")
+#: The limits a tenant has once, whichever of its keys states them (advertise.* included).
+TENANT_FIELDS = ("rpm", "tpm", "concurrency", "budget", "slot_share", "advertise.rpm", "advertise.tpm")
+#: The `keys:` entry that stands for the gateway's own `--api-key` key, and that key's tenant label.
+GATEWAY_KEY = "default"
 #: Paths no `routes:` entry may start with, besides the dialects' own routes.
 RESERVED_PREFIXES = ("/_sim/",)
 
@@ -116,8 +126,8 @@ def _merge(where: str, path: str, base: dict[str, Any], over: dict[str, Any], fr
                 continue
             raise ConfigError(f"{where}: {dotted}: unknown key")
         _check_like(where, dotted, value, base[key])
-        if isinstance(base[key], dict) and isinstance(value, dict) and key not in ("weights", "quota"):
-            out[key] = _merge(where, dotted, base[key], value, free=key in ("models", "routes"))
+        if isinstance(base[key], dict) and isinstance(value, dict) and key not in ("weights", "quota", "keys"):
+            out[key] = _merge(where, dotted, base[key], value, free=key in ("models", "routes") or path == "models")
         else:
             out[key] = value
     return out
@@ -213,6 +223,123 @@ def _check_routes(where: str, routes: dict[str, Any]) -> None:
                 raise ConfigError(f"{where}: {key}: {path} is already listed under {seen[path]}")
             seen[path] = key
 
+def _whole(where: str, key: str, value: Any, low: int) -> int | None:
+    """An optional whole number of at least `low` (null: unlimited)."""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or int(value) != value or value < low:
+        raise ConfigError(f"{where}: {key}: expected a whole number of at least {low} or null, got {value!r}")
+    return int(value)
+
+
+def _budget(where: str, key: str, value: Any) -> str | None:
+    """An optional spend budget (a number, or a decimal string), kept as an exact decimal string."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise InvalidOperation
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ConfigError(f"{where}: {key}: expected an amount (a number) or null, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"{where}: {key}: expected a non-negative amount, got {value!r}")
+    return str(amount)
+
+
+def _check_keys(where: str, keys: dict[Any, Any]) -> dict[str, dict[str, Any]]:
+    """Each `keys:` entry with every field present (null: not set); a bad one is a ConfigError naming it."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in keys.items():
+        name = f"keys.{key}"
+        if not isinstance(key, str) or not key or key != key.strip():
+            raise ConfigError(f"{where}: {name}: an API key must be a non-empty string without surrounding spaces")
+        entry = {} if entry is None else entry
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: {name}: expected a mapping, got {_type_name(entry)}")
+        for field in entry:
+            if field not in KEY_FIELDS:
+                raise ConfigError(f"{where}: {name}.{field}: unknown key (known: {', '.join(KEY_FIELDS)})")
+        tenant = entry.get("tenant")
+        if tenant is not None and (not isinstance(tenant, str) or not tenant.strip()):
+            raise ConfigError(f"{where}: {name}.tenant: expected a non-empty string or null, got {tenant!r}")
+        share = entry.get("slot_share")
+        if share is not None and (not isinstance(share, int | float) or isinstance(share, bool)
+                                  or not 0 < share <= 1):
+            raise ConfigError(f"{where}: {name}.slot_share: expected a number in (0, 1] or null, got {share!r}")
+        advertise = entry.get("advertise") or {}
+        if not isinstance(advertise, dict):
+            raise ConfigError(f"{where}: {name}.advertise: expected a mapping, got {_type_name(advertise)}")
+        for field in advertise:
+            if field not in ("rpm", "tpm"):
+                raise ConfigError(f"{where}: {name}.advertise.{field}: unknown key (known: rpm, tpm)")
+        out[key] = {
+            "tenant": tenant,
+            "rpm": _whole(where, f"{name}.rpm", entry.get("rpm"), 1),
+            "tpm": _whole(where, f"{name}.tpm", entry.get("tpm"), 1),
+            "concurrency": _whole(where, f"{name}.concurrency", entry.get("concurrency"), 1),
+            "budget": _budget(where, f"{name}.budget", entry.get("budget")),
+            "slot_share": share,
+            "advertise": {"rpm": _whole(where, f"{name}.advertise.rpm", advertise.get("rpm"), 1),
+                          "tpm": _whole(where, f"{name}.advertise.tpm", advertise.get("tpm"), 1)},
+        }
+    return out
+
+
+def resolve_tenants(where: str, keys: dict[str, dict[str, Any]],
+                    api_key: str | None) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """The tenant label of every valid API key, and each tenant's limits (its keys' fields, merged)."""
+    # `keys` is the checked `keys:` section; its entry `default` is the gateway's own key (`api_key`; None:
+    # not known yet, checking the file only). A key without a `tenant` is its own tenant, labelled `default`
+    # (the gateway's key) or by its position (`key2`). Keys of one tenant share its limits: a field two of
+    # them state must have one value. With any keys the gateway's own key stays valid (tenant `default`).
+    if not keys:
+        return {}, {}
+    if api_key is not None and api_key != GATEWAY_KEY and GATEWAY_KEY in keys and api_key in keys:
+        raise ConfigError(f"{where}: keys.{GATEWAY_KEY}: the gateway's own key is also listed by its value")
+    labels: dict[str, str] = {}
+    tenants: dict[str, dict[str, Any]] = {}
+    sources: dict[tuple[str, str], str] = {}
+    for i, (key, entry) in enumerate(keys.items(), start=1):
+        real = api_key if key == GATEWAY_KEY and api_key is not None else key
+        own = key == GATEWAY_KEY or (api_key is not None and key == api_key)
+        label = entry["tenant"] or (GATEWAY_KEY if own else f"key{i}")
+        labels[real] = label
+        tenant = tenants.setdefault(label, {"label": label, "keys": 0, **{f: None for f in TENANT_FIELDS}})
+        tenant["keys"] += 1
+        for field in TENANT_FIELDS:
+            value = entry["advertise"][field[10:]] if field.startswith("advertise.") else entry[field]
+            if value is None:
+                continue
+            if tenant[field] is not None and tenant[field] != value:
+                raise ConfigError(f"{where}: keys.{key}.{field}: tenant {label!r} already has {field} "
+                                  f"{tenant[field]} (from keys.{sources[(label, field)]})")
+            tenant[field] = value
+            sources[(label, field)] = key
+    for label, tenant in tenants.items():
+        for dim in ("rpm", "tpm"):
+            if tenant[f"advertise.{dim}"] is not None and tenant[dim] is None:
+                raise ConfigError(f"{where}: keys.{sources[(label, 'advertise.' + dim)]}.advertise.{dim}: tenant "
+                                  f"{label!r} has no {dim} limit for it to misstate")
+    if api_key is not None and api_key not in labels:
+        labels[api_key] = GATEWAY_KEY
+        tenant = tenants.setdefault(GATEWAY_KEY, {"label": GATEWAY_KEY, "keys": 0,
+                                                  **{f: None for f in TENANT_FIELDS}})
+        tenant["keys"] += 1
+    return labels, tenants
+
+
+def _check_limits(where: str, raw: dict[str, Any]) -> None:
+    limits = raw["limits"]
+    if limits["accounting"] not in ACCOUNTING:
+        raise ConfigError(f"{where}: limits.accounting: expected one of {', '.join(ACCOUNTING)}, "
+                          f"got {limits['accounting']!r}")
+    if limits["slots"] not in SLOT_MODES:
+        raise ConfigError(f"{where}: limits.slots: expected one of {', '.join(SLOT_MODES)}, got {limits['slots']!r}")
+    raw["keys"] = _check_keys(where, raw["keys"])
+    resolve_tenants(where, raw["keys"], None)
+    _check_planting(where, "limit_errors", raw["limit_errors"], LIMIT_ERROR_KINDS)
+
 
 def load_config(path: str | Path | None = None, seed: int | None = None) -> SimConfig:
     """Load the defaults, merge the given file over them, validate, and load the price sheet."""
@@ -233,6 +360,7 @@ def load_config(path: str | Path | None = None, seed: int | None = None) -> SimC
     _resolve_models(where, raw)
     _check_planting(where, "faults", raw["faults"], FAULT_KINDS)
     _check_planting(where, "billing_errors", raw["billing_errors"], BILLING_ERROR_KINDS)
+    _check_limits(where, raw)
     _check_routes(where, raw["routes"])
     prices_spec = raw["prices"]
     try:

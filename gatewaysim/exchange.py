@@ -1,4 +1,4 @@
-"""One attempt from request to last byte: auth, parsing, idempotency, faults, capacity, timing, billing."""
+"""One attempt from request to last byte: auth, parsing, idempotency, limits, faults, capacity, timing, billing."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from .idempotency import MAX_KEY_LENGTH, StoredResponse, fingerprint, normalize_
 from .ledger import format_amount
 
 if TYPE_CHECKING:
+    from ttformats.prices import Usage
+
     from .dialects.base import Dialect
+    from .limits import Admission
     from .state import Gateway
 
 REPLAY_HEADERS = ("Content-Type", "Cache-Control")
@@ -31,9 +34,9 @@ class Aborted(Exception):
 
 
 def id_headers(ctx: dict[str, Any]) -> dict[str, str]:
-    """The request-id headers every response carries."""
+    """The request-id headers every response carries, and the rate-limit headers once the call met its limits."""
     rid = ctx["request_id"]
-    return {"X-TT-Request-ID": rid, "x-request-id": rid, "request-id": rid}
+    return {"X-TT-Request-ID": rid, "x-request-id": rid, "request-id": rid, **ctx.get("limit_headers", {})}
 
 
 def abort_connection(request: web.Request) -> None:
@@ -101,10 +104,13 @@ class Exchange:
         if not key:
             status, message = self.dialect.auth_failure(missing=True)
             return await self.error(status, "auth_missing", message)
-        if key != self.gw.api_key:
+        if not self.gw.limits.valid(key):
             status, message = self.dialect.auth_failure(missing=False)
             return await self.error(status, "auth_invalid", message)
         self.ctx["api_key"] = key
+        tenant = self.gw.limits.tenant_of(key)
+        self.ctx["tenant"] = tenant
+        self.entry["tenant"] = None if tenant is None else tenant.label
         return None
 
     async def run(self) -> web.StreamResponse:
@@ -132,7 +138,7 @@ class Exchange:
             self.entry["images_requested"] = call.images_n
         raw_key = self.request.headers.get("Idempotency-Key")
         if raw_key is None:
-            return await self.execute(call, spec, dry)
+            return await self.limited(call, spec, dry)
         key = normalize_key(raw_key)
         if not key or len(key) > MAX_KEY_LENGTH:
             return await self.error(400, "invalid_request", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.")
@@ -150,13 +156,49 @@ class Exchange:
                                     headers={"Retry-After": wait})
         if verdict == "replay":
             assert stored is not None
-            return await self.replay(call, stored)
+            return await self.limited(call, spec, dry, stored)
         self.ctx["idem_scope"] = scope
         try:
-            return await self.execute(call, spec, dry)
+            return await self.limited(call, spec, dry)
         finally:
             if "stored" not in self.ctx:
                 self.gw.idempotency.abandon(scope)
+
+    async def limited(self, call: Call, spec: dict[str, Any], dry: bool,
+                      stored: StoredResponse | None = None) -> web.StreamResponse:
+        """Admission through the tenant's limits, then the attempt or the replay; settled however it ends."""
+        gw = self.gw
+        tenant = self.ctx.get("tenant")
+        if tenant is None:
+            return await (self.execute(call, spec, dry) if stored is None else self.replay(call, stored))
+        basis = gw.biller.estimate(call, spec)
+        estimate = 0 if stored is not None else basis.input_tokens + basis.output_tokens  # a replay: no tokens
+        gate = gw.limits.admit(tenant, self.dialect.ratelimit_style, self.ctx["attempt_key"], call.model, estimate,
+                               time.time(), dry)
+        self.ctx["limit_headers"] = gate.headers
+        self.entry["limit"] = gate.record
+        if gate.refused is not None:
+            return await self.refuse(gate)
+        try:
+            return await (self.execute(call, spec, dry) if stored is None else self.replay(call, stored))
+        finally:
+            gate.finish(time.time(), self.ctx.get("limit_actual", 0))
+
+    async def refuse(self, gate: Admission) -> web.StreamResponse:
+        """The dialect's answer to a call its tenant's budget or rate limits refused."""
+        extra: dict[str, str] = {}
+        if gate.refusal is None:
+            status, body = self.dialect.quota_exceeded()
+        else:
+            status, body, extra = self.dialect.rate_limited(gate.refusal)
+        gate.sent(extra)
+        self.entry["outcome"] = "error"
+        return await send_bytes(self.request, self.ctx, status, json.dumps(body).encode(), extra)
+
+    def _settle_success(self, call: Call, usage: Usage, requested_images: int | None) -> None:
+        """Bill a completed call and add its fair amount to its tenant's spend."""
+        self.gw.biller.settle_success(self.ctx, call, usage, requested_images)
+        self.gw.limits.spend(self.ctx.get("tenant"), self.gw.biller.amount(call.model, usage))
 
     def _store(self, status: int, headers: dict[str, str], body: bytes | None, frames: list[bytes] | None,
                usage: Any) -> None:
@@ -226,7 +268,8 @@ class Exchange:
             return early
         if dry:
             return await self.dry_run(call, spec)
-        pool = gw.pools[call.model]
+        tenant = self.ctx.get("tenant")
+        pool = gw.pool_for(call.model, None if tenant is None else tenant.label)
         try:
             queued = await pool.acquire()
         except QueueFull as full:
@@ -234,6 +277,8 @@ class Exchange:
             return await self.error(429, "rate_limit", f"The model `{call.model}` is at capacity; retry later.",
                                     headers={"Retry-After": str(full.retry_after_s)})
         self.entry["queue_ms"] = round(queued * 1000, 3)
+        produced = gw.biller.usage(call, plan)
+        self.ctx["limit_actual"] = produced.input_tokens + produced.output_tokens  # the model runs from here
         if call.kind == "chat" and call.segments:
             self._apply_cache(call, plan, spec)
         gw.biller.hold(self.ctx, call, gw.biller.estimate(call, spec))
@@ -315,14 +360,14 @@ class Exchange:
         self.entry["usage"] = plan.usage_dict()
         requested = self.entry["images_requested"]
         if fault == "disconnect_after_billing":
-            gw.biller.settle_success(self.ctx, call, usage, requested)
+            self._settle_success(call, usage, requested)
             self._store(200, {"Content-Type": "application/json"}, body, None, usage)
             self.dialect.completed(gw, call, plan, self.ctx)
             self.entry["outcome"] = "failed"
             await send_bytes(self.request, self.ctx, 200, body, cut=True)
         resp = await send_bytes(self.request, self.ctx, 200, body)
         self.entry["outcome"] = "ok"
-        gw.biller.settle_success(self.ctx, call, usage, requested)
+        self._settle_success(call, usage, requested)
         self._store(200, {"Content-Type": "application/json"}, body, None, usage)
         self.dialect.completed(gw, call, plan, self.ctx)
         return resp
@@ -363,7 +408,7 @@ class Exchange:
             if i == cut_at and fault in ("disconnect_midstream", "stream_error", "malformed_chunk"):
                 return await self._stream_fault(call, plan, resp, fault, i)
             if i == last and fault == "disconnect_after_billing":
-                gw.biller.settle_success(self.ctx, call, usage, None)
+                self._settle_success(call, usage, None)
                 self._store(200, {"Content-Type": ctype, "Cache-Control": "no-cache"}, None,
                             [f.data for f in frames], usage)
                 self.dialect.completed(gw, call, plan, self.ctx)
@@ -376,7 +421,7 @@ class Exchange:
         await resp.write_eof()
         entry["last_byte"] = time.time()
         entry["outcome"] = "ok"
-        gw.biller.settle_success(self.ctx, call, usage, None)
+        self._settle_success(call, usage, None)
         self._store(200, {"Content-Type": ctype, "Cache-Control": "no-cache"}, None, [f.data for f in frames], usage)
         self.dialect.completed(gw, call, plan, self.ctx)
         return resp

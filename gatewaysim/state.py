@@ -1,4 +1,4 @@
-"""The simulator's state: configuration, capacity pools, idempotency store, ledger, truth."""
+"""The simulator's state: configuration, tenants, capacity pools, idempotency store, ledger, truth."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from typing import Any
 
 from .billing import Biller
 from .cache import PrefixCache
-from .capacity import ModelPool
+from .capacity import ModelPool, partition
 from .config import FAULT_KINDS, SimConfig
 from .draws import Planter
 from .idempotency import IdempotencyStore
 from .ledger import Ledger
+from .limits import TenantLimits
 from .truth import Truth
 
 DEFAULT_API_KEY = "tt-sim-local-key"
@@ -25,7 +26,14 @@ class Gateway:
         self.config = config
         self.api_key = api_key
         self.admin_token = admin_token
+        self.limits = TenantLimits(config, api_key)
         self.pools = {name: ModelPool(name, spec) for name, spec in config.models.items()}
+        #: Partitioned slots: a pool per (model, tenant label), sized by the tenant's share.
+        self.tenant_pools: dict[tuple[str, str], ModelPool] = {}
+        if self.limits.partitioned:
+            for label, share in self.limits.shares().items():
+                for name, spec in config.models.items():
+                    self.tenant_pools[(name, label)] = ModelPool(name, partition(spec, share))
         self.caches = {name: PrefixCache(config.section("cache")) for name in config.models}
         self.idempotency = IdempotencyStore(float(config.section("idempotency")["ttl_s"]))
         self.ledger = Ledger(ledger_path or config.section("ledger")["path"])
@@ -35,3 +43,9 @@ class Gateway:
         self.served: dict[str, int] = {}
         #: Server-side state a dialect keeps across requests (e.g. stored responses), by endpoint name.
         self.dialect_state: dict[str, Any] = {}
+
+    def pool_for(self, model: str, tenant: str | None) -> ModelPool:
+        """The slot pool a tenant's call to a model takes a slot from."""
+        if tenant is not None and (model, tenant) in self.tenant_pools:
+            return self.tenant_pools[(model, tenant)]
+        return self.pools[model]

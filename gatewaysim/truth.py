@@ -63,6 +63,7 @@ class Truth:
             "client_headers": None,
             "endpoint": None,
             "model": None,
+            "tenant": None,
             "stream": False,
             "dry_run": False,
             "idempotency_key": None,
@@ -83,6 +84,7 @@ class Truth:
             "images_returned": None,
             "fair_amount": None,
             "charged_amount": "0",
+            "limit": None,
         }
         entry.update(fields)
         self.entries[request_id] = entry

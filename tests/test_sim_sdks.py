@@ -11,7 +11,9 @@ import base64
 import json
 import math
 import struct
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +23,10 @@ import pytest
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
+
+from ttbench.simproc import SimProcess
+
+from .conftest import write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -665,3 +671,112 @@ def test_forced_tool_choice_always_calls_the_named_tool(oai, anth, gem, dialect)
                            "gemini": (gem, _gemini_forced, "function_call")}[dialect]
     answers = [ask(client, prompt) for prompt in PROMPTS[:6]]
     assert answers == [(finish, "get_time")] * len(answers)
+
+
+# ------------------------------------------------------------------------------ rate limits and budgets (keys)
+
+#: "Hi" is 1 token: with max 10 output tokens a call's estimate is 11.
+LIMITED_KEYS = {
+    "sdk-openai": {"tenant": "sdk-openai", "rpm": 2, "tpm": 10000},
+    "sdk-anthropic": {"tenant": "sdk-anthropic", "rpm": 2, "tpm": 10000},
+    "sdk-gemini-plain": {"tenant": "sdk-gemini-plain", "rpm": 1},
+    "sdk-gemini-stream": {"tenant": "sdk-gemini-stream", "rpm": 1},
+    "sdk-broke-openai": {"tenant": "broke-openai", "budget": 0},
+    "sdk-broke-anthropic": {"tenant": "broke-anthropic", "budget": 0},
+    "sdk-broke-gemini": {"tenant": "broke-gemini", "budget": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
+    """A simulator whose keys have rate limits or an empty budget."""
+    cfg = write_config(tmp_path_factory.mktemp("sdk-limits") / "limits.yaml", {"keys": LIMITED_KEYS})
+    with SimProcess(config=cfg, seed=5) as proc:
+        yield proc
+
+
+def test_openai_sdk_reads_rate_limit_headers_and_raises_rate_limit_error(limited):
+    with openai.OpenAI(api_key="sdk-openai", base_url=limited.url + "/v1", max_retries=0, timeout=20) as client:
+        raw = client.chat.completions.with_raw_response.create(model=GPT, messages=user("Hi"),
+                                                               max_completion_tokens=10)
+        assert raw.headers["x-ratelimit-limit-requests"] == "2"
+        assert raw.headers["x-ratelimit-remaining-requests"] == "1"
+        assert raw.headers["x-ratelimit-limit-tokens"] == "10000"
+        assert raw.headers["x-ratelimit-remaining-tokens"] == "9989"  # 10000 - (1 + 10)
+        assert raw.headers["x-ratelimit-reset-requests"] == "30s"  # 1 request at 2/60 per second
+        assert raw.parse().choices[0].message.content
+        second = client.chat.completions.with_raw_response.create(model=GPT, messages=user("Hi"),
+                                                                  max_completion_tokens=10)
+        assert second.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model=GPT, messages=user("Hi"), max_completion_tokens=10)
+    err = info.value
+    assert err.status_code == 429 and err.code == "rate_limit_exceeded" and err.type == "requests"
+    assert err.response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert err.response.headers["x-ratelimit-limit-requests"] == "2"
+    assert "retry-after" not in err.response.headers
+    assert truth_of(limited, err.request_id)["limit"]["refused"] == "requests"
+
+
+def test_openai_sdk_budget_exhausted_is_insufficient_quota(limited):
+    with openai.OpenAI(api_key="sdk-broke-openai", base_url=limited.url + "/v1", max_retries=0) as client:
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model=GPT, messages=user("Hi"))
+    assert info.value.status_code == 429 and info.value.code == "insufficient_quota"
+    assert info.value.type == "insufficient_quota"
+    assert truth_of(limited, info.value.request_id)["limit"]["refused"] == "budget"
+
+
+def test_anthropic_sdk_reads_rate_limit_headers_and_retry_after(limited):
+    with anthropic.Anthropic(api_key="sdk-anthropic", base_url=limited.url, max_retries=0, timeout=20) as client:
+        raw = client.messages.with_raw_response.create(model=CLAUDE, max_tokens=10, messages=user("Hi"))
+        assert raw.headers["anthropic-ratelimit-requests-limit"] == "2"
+        assert raw.headers["anthropic-ratelimit-requests-remaining"] == "1"
+        assert raw.headers["anthropic-ratelimit-tokens-remaining"] == "9989"
+        reset = datetime.fromisoformat(raw.headers["anthropic-ratelimit-requests-reset"].replace("Z", "+00:00"))
+        assert reset.timestamp() - time.time() == pytest.approx(30, abs=2)  # RFC 3339, rounded up
+        assert raw.parse().content[0].text
+        client.messages.create(model=CLAUDE, max_tokens=10, messages=user("Hi"))
+        with pytest.raises(anthropic.RateLimitError) as info:
+            client.messages.create(model=CLAUDE, max_tokens=10, messages=user("Hi"))
+    err = info.value
+    assert err.status_code == 429 and err.body["error"]["type"] == "rate_limit_error"
+    assert err.response.headers["retry-after"] in ("29", "30")  # (1 - level) / (2/60), the level just above 0
+    assert err.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert truth_of(limited, err.request_id)["limit"]["refused"] == "requests"
+
+
+def test_anthropic_sdk_budget_exhausted_is_bad_request(limited):
+    with anthropic.Anthropic(api_key="sdk-broke-anthropic", base_url=limited.url, max_retries=0) as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            client.messages.create(model=CLAUDE, max_tokens=10, messages=user("Hi"))
+    assert info.value.status_code == 400
+    assert "credit balance is too low" in info.value.body["error"]["message"]
+    assert "retry-after" not in info.value.response.headers
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_gemini_sdk_rate_limit_is_client_error_429_with_details(limited, stream):
+    with gemini_client(limited, api_key="sdk-gemini-stream" if stream else "sdk-gemini-plain") as client:
+        assert client.models.generate_content(model=GEMINI, contents="Hi").text  # the one request a minute
+        with pytest.raises(genai_errors.ClientError) as info:
+            if stream:
+                list(client.models.generate_content_stream(model=GEMINI, contents="Hi"))
+            else:
+                client.models.generate_content(model=GEMINI, contents="Hi")
+    err = info.value
+    assert err.code == 429 and err.status == "RESOURCE_EXHAUSTED"
+    details = {d["@type"]: d for d in err.details["error"]["details"]}
+    (violation,) = details["type.googleapis.com/google.rpc.QuotaFailure"]["violations"]
+    assert violation["quotaValue"] == "1" and violation["quotaId"] == "GenerateRequestsPerMinutePerProjectPerModel"
+    delay = details["type.googleapis.com/google.rpc.RetryInfo"]["retryDelay"]
+    assert delay in ("59s", "60s")  # (1 - level) / (1/60) s, the level just above 0, rounded up
+
+
+def test_gemini_sdk_budget_exhausted_has_no_retry_info(limited):
+    with gemini_client(limited, api_key="sdk-broke-gemini") as client:
+        with pytest.raises(genai_errors.ClientError) as info:
+            client.models.generate_content(model=GEMINI, contents="Hi")
+    err = info.value
+    assert err.code == 429 and err.status == "RESOURCE_EXHAUSTED"
+    assert [d["@type"] for d in err.details["error"]["details"]] == ["type.googleapis.com/google.rpc.QuotaFailure"]

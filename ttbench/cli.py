@@ -43,7 +43,7 @@ def _sim(args: argparse.Namespace) -> int:
     try:
         gw = Gateway(config, api_key=api_key, admin_token=args.admin_token or DEFAULT_ADMIN_TOKEN,
                      ledger_path=args.ledger, truth_path=args.truth)
-    except LedgerError as exc:
+    except (LedgerError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
     try:
         asyncio.run(serve_forever(gw, args.host, args.port, ssl_ctx))

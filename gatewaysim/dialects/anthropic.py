@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -11,6 +11,9 @@ from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
 from .base import Dialect, Route, bearer, content_key, sse, texts_of, want_bool, want_int
+
+if TYPE_CHECKING:
+    from ..limits import Refusal
 
 _TYPES = {
     "invalid_request": "invalid_request_error",
@@ -25,6 +28,10 @@ _TYPES = {
     "key_reused": "invalid_request_error",
 }
 STOP = {"stop": "end_turn", "length": "max_tokens", "tool": "tool_use"}
+CREDIT_MESSAGE = ("Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to "
+                  "upgrade or purchase credits.")
+_PER_MINUTE = {"requests": "requests per minute", "tokens": "tokens per minute",
+               "concurrency": "concurrent requests"}
 
 
 class AnthropicMessages(Dialect):
@@ -35,6 +42,7 @@ class AnthropicMessages(Dialect):
     routes = (Route("POST", "/v1/messages"),)
     configurable = True
     cache_writes = True
+    ratelimit_style = "anthropic"
 
     def owns_path(self, path: str) -> bool:
         """Unknown URLs under /v1/messages get the Anthropic error shape."""
@@ -52,6 +60,18 @@ class AnthropicMessages(Dialect):
               code: str | None = None) -> dict[str, Any]:
         """{"type": "error", "error": {type, message}}."""
         return {"type": "error", "error": {"type": _TYPES.get(category, "api_error"), "message": message}}
+
+    def rate_limited(self, refusal: Refusal) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """429 `rate_limit_error` with retry-after in whole seconds."""
+        message = (f"This request would exceed your organization's rate limit of {refusal.limit} "
+                   f"{_PER_MINUTE[refusal.dimension]}. For details, refer to: "
+                   "https://docs.claude.com/en/api/rate-limits. You can see the response headers for current usage. "
+                   "Please reduce the prompt length or the maximum tokens requested, or try again later.")
+        return 429, self.error(429, "rate_limit", message), {"retry-after": str(refusal.retry_after_s)}
+
+    def quota_exceeded(self) -> tuple[int, dict[str, Any]]:
+        """400 `invalid_request_error`: the credit balance is too low."""
+        return 400, self.error(400, "invalid_request", CREDIT_MESSAGE)
 
     def parse(self, body: Any, request: web.Request) -> Call:
         """Validate a Messages request."""

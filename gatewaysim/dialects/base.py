@@ -19,6 +19,7 @@ from ..calls import BadRequest, Call, Frame, Plan
 from ..exchange import Exchange
 
 if TYPE_CHECKING:
+    from ..limits import Refusal
     from ..state import Gateway
 
 #: Error categories the pipeline raises; each dialect maps them to its own shape.
@@ -137,6 +138,9 @@ class Dialect:
     model_kind: str | None = "chat"
     #: Whether the prefix cache reports cache writes (billed at `cache_write`) besides cached reads.
     cache_writes = False
+    #: How a limited tenant's rate-limit state goes on the wire: "openai" (x-ratelimit-*), "anthropic"
+    #: (anthropic-ratelimit-*), or None (no headers: only a refusal's body tells).
+    ratelimit_style: str | None = None
 
     async def handle(self, gw: Gateway, request: web.Request) -> web.StreamResponse:
         """Serve one request on a route of this dialect."""
@@ -178,6 +182,15 @@ class Dialect:
               code: str | None = None) -> dict[str, Any]:
         """An error body in the dialect's shape."""
         raise NotImplementedError
+
+    def rate_limited(self, refusal: Refusal) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The (status, body, extra headers) of a call its tenant's rate or concurrency limit refused."""
+        message = f"Rate limit reached for {refusal.model} on {refusal.dimension}."
+        return 429, self.error(429, "rate_limit", message), {"retry-after": str(refusal.retry_after_s)}
+
+    def quota_exceeded(self) -> tuple[int, dict[str, Any]]:
+        """The (status, body) of a call refused because its tenant's budget is spent."""
+        return 429, self.error(429, "rate_limit", "You exceeded your current quota.")
 
     def unknown_model(self, model: str) -> tuple[str, str | None, str | None]:
         """The (message, param, code) of the 404 for a model that is not configured."""

@@ -13,6 +13,7 @@ from ..textgen import count_texts
 from .base import Dialect, Route, content_key, texts_of, want_bool, want_int
 
 if TYPE_CHECKING:
+    from ..limits import Refusal
     from ..state import Gateway
 
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -20,6 +21,20 @@ _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DEN
            502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "tool": "STOP"}
 METHODS = ("generateContent", "streamGenerateContent")
+QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+EXHAUSTED = "Resource has been exhausted (e.g. check quota)."
+QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
+#: The quota metric and id of a refusal, per dimension.
+_QUOTAS = {
+    "requests": ("generativelanguage.googleapis.com/generate_content_requests",
+                 "GenerateRequestsPerMinutePerProjectPerModel"),
+    "tokens": ("generativelanguage.googleapis.com/generate_content_input_token_count",
+               "GenerateContentInputTokensPerModelPerMinute"),
+    # neither "request" nor "token" in its names: a client reading them as per-minute figures passes it by
+    "concurrency": ("generativelanguage.googleapis.com/generate_content_concurrency",
+                    "GenerateContentConcurrencyPerProjectPerModel"),
+}
 
 
 def _dump(data: Any) -> str:
@@ -73,6 +88,24 @@ class Gemini(Dialect):
                                "domain": "googleapis.com",
                                "metadata": {"service": "generativelanguage.googleapis.com"}}]
         return {"error": err}
+
+    def rate_limited(self, refusal: Refusal) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """429 RESOURCE_EXHAUSTED with QuotaFailure and RetryInfo details; no headers."""
+        metric, quota_id = _QUOTAS[refusal.dimension]
+        violation = {"quotaMetric": metric, "quotaId": quota_id,
+                     "quotaDimensions": {"model": refusal.model, "location": "global"},
+                     "quotaValue": str(refusal.limit)}
+        details = [{"@type": QUOTA_FAILURE, "violations": [violation]},
+                   {"@type": RETRY_INFO, "retryDelay": f"{refusal.retry_after_s}s"}]
+        return 429, {"error": {"code": 429, "message": EXHAUSTED, "status": "RESOURCE_EXHAUSTED",
+                               "details": details}}, {}
+
+    def quota_exceeded(self) -> tuple[int, dict[str, Any]]:
+        """429 RESOURCE_EXHAUSTED naming the billing quota, without RetryInfo (waiting does not help)."""
+        violation = {"quotaMetric": "generativelanguage.googleapis.com/billing_prepay_credit",
+                     "quotaId": "BillingPrepayCreditPerProject", "quotaDimensions": {"location": "global"}}
+        return 429, {"error": {"code": 429, "message": QUOTA_MESSAGE, "status": "RESOURCE_EXHAUSTED",
+                               "details": [{"@type": QUOTA_FAILURE, "violations": [violation]}]}}
 
     def parse(self, body: Any, request: web.Request) -> Call:
         """Validate a generateContent request; the model and method come from the path."""

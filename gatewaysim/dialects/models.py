@@ -38,9 +38,11 @@ class ModelList(OpenAIBase):
         if not key:
             return await exchange.error(401 if exchange.dialect is self else 403, "auth_missing",
                                         "You didn't provide an API key.")
-        if key != gw.api_key:
+        if not gw.limits.valid(key):
             return await exchange.error(401 if exchange.dialect is self else 400, "auth_invalid",
                                         "Incorrect API key provided.")
+        tenant = gw.limits.tenant_of(key)  # a listing meets no limits, but the truth names its tenant
+        ctx["entry"]["tenant"] = None if tenant is None else tenant.label
         body = json.dumps(self.listing(request, gw.config.models)).encode()
         ctx["entry"]["outcome"] = "ok"
         return await send_bytes(request, ctx, 200, body)

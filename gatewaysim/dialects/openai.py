@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -10,6 +10,9 @@ from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
 from .base import Dialect, Route, bearer, content_key, sse, texts_of, want_bool, want_int
+
+if TYPE_CHECKING:
+    from ..limits import Refusal
 
 _OPENAI_TYPES = {
     "invalid_request": ("invalid_request_error", None),
@@ -24,12 +27,16 @@ _OPENAI_TYPES = {
     "key_reused": ("idempotency_error", "idempotency_key_reused"),
 }
 FINISH = {"stop": "stop", "length": "length", "tool": "tool_calls"}
+QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
+_PER_MINUTE = {"requests": "requests per min (RPM)", "tokens": "tokens per min (TPM)",
+               "concurrency": "concurrent requests"}
 
 
 class OpenAIBase(Dialect):
     """Auth and errors shared by the OpenAI-shaped routes."""
 
     name = "openai"
+    ratelimit_style = "openai"
 
     def api_key(self, request: web.Request) -> str | None:
         """`Authorization: Bearer`, else `Ocp-Apim-Subscription-Key` (Azure API Management)."""
@@ -40,6 +47,24 @@ class OpenAIBase(Dialect):
         """{"error": {message, type, param, code}} with all four keys."""
         etype, default_code = _OPENAI_TYPES.get(category, ("invalid_request_error", None))
         return {"error": {"message": message, "type": etype, "param": param, "code": code or default_code}}
+
+    def rate_limited(self, refusal: Refusal) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """429 `rate_limit_exceeded` of type requests or tokens; no retry-after (the x-ratelimit-* headers tell)."""
+        where = f"for {refusal.model} in organization org-{refusal.tenant} on {_PER_MINUTE[refusal.dimension]}"
+        if refusal.too_large:
+            message = (f"Request too large {where}: Limit {refusal.limit}, Requested {refusal.requested}. "
+                       "The input or output tokens must be reduced in order to run successfully.")
+        else:
+            message = (f"Rate limit reached {where}: Limit {refusal.limit}, Used {refusal.used}, Requested "
+                       f"{refusal.requested}. Please try again in {refusal.wait_text}.")
+        message += " Visit https://platform.openai.com/account/rate-limits to learn more."
+        etype = "tokens" if refusal.dimension == "tokens" else "requests"
+        return 429, {"error": {"message": message, "type": etype, "param": None, "code": "rate_limit_exceeded"}}, {}
+
+    def quota_exceeded(self) -> tuple[int, dict[str, Any]]:
+        """429 `insufficient_quota`."""
+        return 429, {"error": {"message": QUOTA_MESSAGE, "type": "insufficient_quota", "param": None,
+                               "code": "insufficient_quota"}}
 
 
 class OpenAIChat(OpenAIBase):
