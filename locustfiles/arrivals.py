@@ -10,6 +10,7 @@ never queued into a later burst.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import time
@@ -67,6 +68,12 @@ def _advance_on_time(t: float, gap: float, on_s: float, period: float) -> float:
         gap -= on_s - phase
         k, phase = k + 1, 0.0
     return k * period + phase + gap
+
+
+def _labelled(times: Iterator[float], label: str) -> Iterator[tuple[float, None, None, str]]:
+    """A tenant's own arrival times as plan entries (time, no stage, no trace arrival, its label)."""
+    for t in times:
+        yield t, None, None, label
 
 
 def is_mine(index: int, rank: int, workers: int) -> bool:
@@ -134,8 +141,10 @@ class Arrivals:
         return len(sc.stages) - 1, 0.0
 
     def times(self) -> Iterator[float]:
-        """The run's whole arrival sequence (all workers'), seconds from the start."""
+        """The run's whole arrival sequence (all workers'), seconds from the start (tenants' own arrivals aside)."""
         sc = self.scenario
+        if sc.arrivals == "tenants":
+            return iter(())
         return arrival_times(sc.arrivals, lambda t: self.stage_at(t)[1], self.rng, burstiness=sc.burstiness,
                              on_s=sc.on_s, off_s=sc.off_s, until=self.duration_s)
 
@@ -152,16 +161,42 @@ class Arrivals:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
 
-    def _plan(self) -> Iterator[tuple[float, int | None, TraceArrival | None]]:
+    def _plan(self) -> Iterator[tuple[float, int | None, TraceArrival | None, str | None]]:
+        """(time, stage, trace arrival, tenant label) of every arrival of the run, in time order."""
         if self.trace is not None:
-            return ((LEAD_IN_S + a.t, None, a) for a in self.trace)
-        return ((t, self.stage_at(t)[0], None) for t in self.times())
+            base: Iterator[tuple[float, int | None, TraceArrival | None]] = \
+                ((LEAD_IN_S + a.t, None, a) for a in self.trace)
+        else:
+            base = ((t, self.stage_at(t)[0], None) for t in self.times())
+        tenants = self.scenario.tenants
+        if not tenants:
+            return ((t, stage, item, None) for t, stage, item in base)
+        shared = [t for t in tenants if t.arrivals is None]
+        draw = random.Random(f"{self.seed}:tenant-draw")  # the same on every worker, apart from the schedule's rng
+        cum = [sum(t.weight for t in shared[: i + 1]) for i in range(len(shared))]
+
+        def tag(item: tuple[float, int | None, TraceArrival | None]) -> tuple[float, int | None, Any, str | None]:
+            if not shared:
+                return (*item, None)
+            u = draw.random() * cum[-1]
+            return (*item, next((t.label for t, c in zip(shared, cum, strict=True) if u < c), shared[-1].label))
+
+        streams: list[Iterator[tuple[float, int | None, Any, str | None]]] = [map(tag, base)]
+        for t in tenants:
+            a = t.arrivals
+            if a is None:
+                continue
+            rate = a.rate
+            times = arrival_times(a.process, lambda _t, r=rate: r, random.Random(f"{self.seed}:arrivals:{t.label}"),
+                                  burstiness=a.burstiness, on_s=a.on_s, off_s=a.off_s, until=self.duration_s)
+            streams.append(_labelled(times, t.label))
+        return heapq.merge(*streams, key=lambda e: e[0])
 
     def _run(self) -> None:
         assert self.started_at is not None
         start_wall = self.started_at
         start = time.perf_counter() - (time.time() - start_wall)  # schedule time 0 on the perf_counter clock
-        for i, (t, stage, item) in enumerate(self._plan()):
+        for i, (t, stage, item, tenant) in enumerate(self._plan()):
             if self.stopped:
                 return
             if not self.split.mine(i, t):
@@ -172,16 +207,20 @@ class Arrivals:
                 if self.stopped:
                     return
             elif delay < -1.0:
-                continue  # from before this process joined the run: another rank's then
+                # this process's by the split, but more than a second late (a worker that joined or was re-ranked
+                # while busy starting its users): never sent late in a burst, counted as dropped
+                self.offered += 1
+                self.dropped += 1
+                continue
             self.offered += 1
             if self.idle > self.tickets.qsize():
-                self.tickets.put((start_wall + t, stage, item, i))
+                self.tickets.put((start_wall + t, stage, item, i, tenant))
             else:
                 self.dropped += 1  # no free user: counted, never queued into a later burst
 
-    def wait(self, timeout: float | None = None) -> tuple[float, int | None, Any, int] | None:
+    def wait(self, timeout: float | None = None) -> tuple[float, int | None, Any, int, str | None] | None:
         """Block a user until an arrival is handed to it: (scheduled epoch, stage index, trace arrival or None,
-        the arrival's index in the run's schedule)."""
+        the arrival's index in the run's schedule, its tenant's label or None)."""
         self.idle += 1
         try:
             return self.tickets.get(timeout=timeout)

@@ -10,7 +10,7 @@ import gevent
 
 from .calls import CallSpec
 from .dialects import DIALECTS
-from .profile import Profile
+from .profile import Profile, ratelimit_wait
 from .records import RECORD_VERSION, encode_chunks
 from .retry import RetryBudget, RetryPolicy
 from .transport import Outcome, Transports
@@ -40,7 +40,7 @@ class Caller:
                  profile: Profile | None = None) -> None:
         self.profile = profile or Profile()
         self.on_dry_run_ignored: Callable[[], None] | None = None
-        self.admit: Callable[[], bool] | None = None  # False: the spend cap forbids starting the call
+        self.admit: Callable[[Any], bool] | None = None  # False: a spend cap forbids starting the call (of a tenant)
         self.run_id = run_id
         self.worker = worker
         self.api_key = api_key
@@ -60,16 +60,18 @@ class Caller:
 
     def run(self, transports: Transports, spec: CallSpec, scheduled: float | None = None,
             stage: int | None = None, answer: list[str] | None = None,
-            arrival: int | None = None) -> list[dict[str, Any]]:
+            arrival: int | None = None, tenant: Any = None) -> list[dict[str, Any]]:
         """Make the call, retrying idempotently; returns its records (the last one is final).
 
         With `answer`, the final attempt's answer text is appended to it (a conversation's next turn needs it).
+        With `tenant`, the call goes with that tenant's key and its records carry its label.
         """
-        if self.admit is not None and not self.admit():
+        if self.admit is not None and not self.admit(tenant):
             return []
         dialect = DIALECTS[spec.endpoint]
         profile = self.profile
         idempotent = profile.idempotency_honoured is True
+        label = tenant.label if tenant is not None else None
         call_id = self.next_call_id()
         records: list[dict[str, Any]] = []
         attempt = 0
@@ -78,7 +80,7 @@ class Caller:
             while True:
                 attempt += 1
                 wire = dialect.build(spec)
-                profile.apply(wire, spec, self.api_key, spec.headers)
+                profile.apply(wire, spec, tenant.api_key if tenant is not None else self.api_key, spec.headers)
                 attempt_id = f"{call_id}-a{attempt}"
                 wire.headers[profile.idempotency_header] = call_id
                 wire.headers["X-Client-Attempt-ID"] = attempt_id
@@ -90,7 +92,7 @@ class Caller:
                     reader.text_parts = []
                 epoch0 = time.time()
                 t0 = time.perf_counter()
-                rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage, arrival)
+                rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage, arrival, label)
                 out = Outcome()
                 try:
                     transports.get(wire.base).send(wire, reader, spec.stream, spec.dry_run, out)
@@ -103,6 +105,12 @@ class Caller:
                     records.append(rec)
                     self.emit(rec)
                     raise
+                if out.refusal == "rate_limit" and out.retry_after_s is None:
+                    # no retry-after: wait until the exhausted limit holds this call, as its headers say
+                    need = {"requests": 1.0, "tokens": float((spec.prompt_tokens_target or 0) + (spec.max_tokens or 0))}
+                    wait = ratelimit_wait(out.ratelimit, need)
+                    if wait is not None:
+                        out.retry_after_s, out.retry_after_header = round(wait, 3), "x-ratelimit-reset"
                 self._fill(rec, spec, out, reader, t0)
                 if out.dry_run_ignored and self.on_dry_run_ignored is not None:
                     self.on_dry_run_ignored()
@@ -124,7 +132,7 @@ class Caller:
                     # (never sent, so no attempt); its last error is not the call's outcome
                     epoch0, t0 = time.time(), time.perf_counter()
                     rec = self._record(spec, call_id, f"{call_id}-a{attempt + 1}", attempt + 1, epoch0, scheduled,
-                                       stage, arrival)
+                                       stage, arrival, label)
                     marker = Outcome(error_kind="cancelled", error="the run stopped while the call waited to retry",
                                      t_end=t0)
                     self._fill(rec, spec, marker, dialect.Reader(None), t0)
@@ -138,9 +146,10 @@ class Caller:
         return records
 
     def _record(self, spec: CallSpec, call_id: str, attempt_id: str, attempt: int, epoch0: float,
-                scheduled: float | None, stage: int | None, arrival: int | None = None) -> dict[str, Any]:
+                scheduled: float | None, stage: int | None, arrival: int | None = None,
+                tenant: str | None = None) -> dict[str, Any]:
         return {
-            "v": RECORD_VERSION, "run_id": self.run_id, "worker": self.worker, "attempt_id": attempt_id,
+            "v": RECORD_VERSION, "run_id": self.run_id, "worker": self.worker, "tenant": tenant, "attempt_id": attempt_id,
             "call_id": call_id, "attempt": attempt, "final": True, "idempotency_key": call_id,
             "request_id": None, "original_request_id": None, "replayed": False,
             "endpoint": spec.endpoint, "model": spec.model, "stream": spec.stream,
@@ -164,7 +173,7 @@ class Caller:
             error_type=out.error_type, error_code=out.error_code, error_reason=out.error_reason,
             sent=out.sent, dry_run_ignored=out.dry_run_ignored, framing_mismatch=out.framing is not None,
             retry_after_s=out.retry_after_s, retry_after_header=out.retry_after_header,
-            ratelimit_reset_s=out.ratelimit_reset_s,
+            ratelimit_reset_s=out.ratelimit_reset_s, ratelimit=out.ratelimit, refusal=out.refusal,
             headers_ms=_ms(out.t_headers, t0), end_ms=_ms(out.t_end, t0) or 0.0,
             stream_format=out.framing or rec["stream_format"],
             first_event_ms=_ms(reader.first_event, t0) if streamed else None,

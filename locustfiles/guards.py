@@ -43,8 +43,8 @@ class Hopeless:
 
     def observe(self, rec: dict[str, Any], now: float | None = None) -> tuple[int, str] | None:
         """Fold in a call's final record; (exit code, reason) when the run must stop."""
-        if rec.get("error_kind") == "cancelled":
-            return None
+        if rec.get("error_kind") == "cancelled" or rec.get("refusal") == "quota":
+            return None  # a quota refusal ends its key's calls (the runtime's tenants), not the run by itself
         refused = self.refused(rec)
         self.refused_total += refused
         if len(self.first) < FIRST_CALLS:

@@ -31,16 +31,36 @@ COMMON_ID_HEADERS = ("x-tt-request-id", "x-litellm-call-id", "x-request-id", "re
 #: Retry waits, in the order they are read: milliseconds first (as the OpenAI SDK does), prefixed copies after.
 RETRY_AFTER_HEADERS = ("retry-after-ms", "retry-after", "llm_provider-retry-after-ms", "llm_provider-retry-after",
                        "x-ms-retry-after-ms")
-#: Rate-limit resets: when a limit is fully restored (recorded, never waited on).
+#: Rate-limit resets: when a limit is fully restored.
 RESET_HEADERS = {"requests": ("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset"),
                  "tokens": ("x-ratelimit-reset-tokens", "anthropic-ratelimit-tokens-reset")}
+#: Rate-limit headers per dimension, in each dialect's spelling: (limit, remaining, reset), OpenAI's then
+#: Anthropic's, each also as a gateway's `llm_provider-` copy.
+RATELIMIT_HEADERS = {
+    dim: tuple((pre + lim, pre + rem, pre + res) for lim, rem, res in (
+        (f"x-ratelimit-limit-{dim}", f"x-ratelimit-remaining-{dim}", f"x-ratelimit-reset-{dim}"),
+        (f"anthropic-ratelimit-{dim}-limit", f"anthropic-ratelimit-{dim}-remaining", f"anthropic-ratelimit-{dim}-reset"),
+    ) for pre in ("", "llm_provider-"))
+    for dim in ("requests", "tokens")
+}
+#: How error answers are classified when the profile says nothing: a spend budget or credit refusal is final
+#: (`quota`), any other 429 is a rate limit that waits as its headers say.
+DEFAULT_REFUSALS: list[dict[str, Any]] = [
+    {"code": "insufficient_quota", "kind": "quota"},
+    {"type": "insufficient_quota", "kind": "quota"},
+    {"message": "credit balance", "kind": "quota"},
+    {"status": 429, "message": "billing details", "kind": "quota"},
+    {"status": 429, "kind": "rate_limit"},
+]
+REFUSAL_KINDS = ("quota", "rate_limit")
+REFUSAL_MATCH_KEYS = ("status", "type", "code", "reason", "message")
 #: Which API family each endpoint's auth belongs to, and each family's standard credential header.
 FAMILY_OF = FAMILIES
 DEFAULT_AUTH = {m.DECLARATION.family: (m.DECLARATION.auth_header, m.DECLARATION.auth_scheme)
                 for m in DIALECTS.values()}
 PROFILE_KEYS = ("name", "description", "request_id_headers", "original_request_id_headers", "replay_headers",
                 "retry_after_headers", "idempotency", "dry_run", "gemini_auth", "auth_errors", "headers", "auth",
-                "paths")
+                "paths", "refusals")
 AUTH_KEYS = ("header", "scheme", "query", "key")
 ENDPOINT_KEYS = tuple(DIALECTS)
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -146,6 +166,7 @@ class Profile:
     headers: dict[str, Secret] = field(default_factory=dict)
     auth: dict[str, Auth] = field(default_factory=dict)   # endpoint or family -> Auth
     paths: dict[str, str] = field(default_factory=dict)   # endpoint -> path template or absolute URL
+    refusals: list[dict[str, Any]] = field(default_factory=lambda: [dict(r) for r in DEFAULT_REFUSALS])
     source: str = ""
     id_headers: tuple[str, ...] = ()           # the join order: the profile's own, then the common ones
 
@@ -205,6 +226,28 @@ class Profile:
                 return True
         return False
 
+    def refusal(self, status: int | None, error_type: str | None, error_code: str | None, reason: str | None,
+                message: str | None) -> str | None:
+        """How an error answer is classified: `quota` (final), `rate_limit` (waits), or None."""
+        if status is None or status < 400:
+            return None
+        got = {"status": str(status), "type": error_type, "code": error_code, "reason": reason}
+        low = (message or "").lower()
+        for rule in self.refusals:
+            ok = True
+            for k, v in rule.items():
+                if k == "kind":
+                    continue
+                if k == "message":
+                    ok = str(v).lower() in low
+                else:
+                    ok = got.get(k) is not None and str(got[k]) == str(v)
+                if not ok:
+                    break
+            if ok:
+                return str(rule["kind"])
+        return None
+
     def describe(self) -> dict[str, Any]:
         """The resolved profile as written to the run folder's gateway.json (no secret values)."""
         return {
@@ -219,6 +262,7 @@ class Profile:
             "gemini_auth": self.gemini_auth, "auth_errors": self.auth_errors,
             "headers": {k: v.describe() for k, v in self.headers.items()},
             "auth": {k: a.describe() for k, a in self.auth.items()}, "paths": dict(self.paths),
+            "refusals": self.refusals,
         }
 
 
@@ -307,6 +351,58 @@ def retry_info_delay(body: Any) -> float | None:
                 except (TypeError, ValueError):
                     return None
     return None
+
+
+def read_ratelimit(get: Any, now: float | None = None) -> dict[str, dict[str, float | int | None]] | None:
+    """The rate-limit headers of an answer, normalised: {dimension: {limit, remaining, reset_s}} (None: none).
+
+    Each figure is taken from the first spelling that has it (a gateway may pass the upstream's limit and
+    remaining on as they are, and its reset only as an `llm_provider-` copy)."""
+    out: dict[str, dict[str, float | int | None]] | None = None
+    for dim, spellings in RATELIMIT_HEADERS.items():
+        lim = rem = res = None
+        for lim_h, rem_h, res_h in spellings:
+            lim = lim or get(lim_h)
+            rem = rem or get(rem_h)
+            res = res or get(res_h)
+        if not (lim or rem or res):
+            continue
+        reset = parse_reset(res, now) if res else None
+        out = out or {}
+        out[dim] = {"limit": _int_header(lim), "remaining": _int_header(rem),
+                    "reset_s": None if reset is None else round(reset, 3)}
+    return out
+
+
+def _int_header(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(float(value.strip()))
+    except ValueError:
+        return None
+
+
+def ratelimit_wait(ratelimit: dict[str, dict[str, Any]] | None, need: dict[str, float]) -> float | None:
+    """Seconds until an exhausted limit holds what a call needs, from limit, remaining and reset alone.
+
+    A bucket refilled continuously from `remaining` to `limit` in `reset_s` refills at (limit - remaining) /
+    reset_s; the wait for `need` is (need - remaining) / that rate, and never longer than the reset.
+    """
+    if not ratelimit:
+        return None
+    wait = None
+    for dim, got in ratelimit.items():
+        lim, rem, reset = got.get("limit"), got.get("remaining"), got.get("reset_s")
+        want = need.get(dim, 1.0)
+        if rem is None or reset is None or rem >= want:
+            continue
+        if lim is None or lim <= rem or reset <= 0:
+            w = float(reset)
+        else:
+            w = min(float(reset), reset * (want - rem) / (lim - rem))
+        wait = w if wait is None else max(wait, w)
+    return wait
 
 
 # loading ---------------------------------------------------------------------------------------------
@@ -436,6 +532,16 @@ def build_profile(data: dict[str, Any], where: str, source: str = "") -> Profile
                                                                                       "reason"} for r in rules):
         raise ProfileError(f"{where}.auth_errors: expected a list of {{status, type, code, reason}} matchers")
     p.auth_errors = rules
+    refusals = data.get("refusals", p.refusals)
+    if not isinstance(refusals, list):
+        raise ProfileError(f"{where}.refusals: expected a list of {{status, type, code, reason, message, kind}} "
+                           "matchers")
+    for i, r in enumerate(refusals):
+        if not isinstance(r, dict) or r.get("kind") not in REFUSAL_KINDS or not set(r) - {"kind"} or \
+                set(r) - {*REFUSAL_MATCH_KEYS, "kind"}:
+            raise ProfileError(f"{where}.refusals[{i}]: expected {{kind: quota|rate_limit}} with at least one of "
+                               f"{', '.join(REFUSAL_MATCH_KEYS)}, got {r!r}")
+    p.refusals = refusals
     p.headers = headers(f"{where}.headers", data.get("headers"))
     auth = data.get("auth") or {}
     if not isinstance(auth, dict):

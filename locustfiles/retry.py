@@ -26,13 +26,16 @@ class RetryPolicy:
     def should_retry(self, out: Any, attempt: int, idempotent: bool) -> bool:
         """Whether this failed attempt (a transport Outcome) is worth another try (budget aside).
 
-        Never: an answer that arrived whole (a `protocol` failure of a complete message), `x-should-retry: false`.
+        Never: an answer that arrived whole (a `protocol` failure of a complete message), `x-should-retry: false`,
+        a quota refusal (the profile's `refusals`).
         Against a gateway that does not honour Idempotency-Key, only what cannot have been billed: a connection
         that failed before the request was sent, 429, 503 and 529.
         """
         kind = out.error_kind
         if attempt >= self.max_attempts or kind is None or kind == "cancelled" or out.should_retry is False:
             return False
+        if getattr(out, "refusal", None) == "quota":
+            return False  # a spend budget or credit refusal: final whatever its status
         if kind == "protocol" and out.complete:
             return False  # the whole answer arrived: retrying cannot mend it, and it may have been billed
         if not idempotent:

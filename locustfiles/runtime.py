@@ -25,7 +25,7 @@ from .arrivals import Split
 from .caller import Caller
 from .calls import CallSpec
 from .dialects import TEXT_ENDPOINTS
-from .guards import EXIT_BAD_INPUT, EXIT_OK, Hopeless
+from .guards import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED_MID_RUN, Hopeless
 from .live import Live
 from .profile import ProfileError
 from .prompts import Calibrator
@@ -34,6 +34,7 @@ from .retry import BudgetPool, LeasedBudget, RetryBudget
 from .scenario import Scenario, ScenarioError, gateway_profile, load_scenario
 from .spend import SpendCap, SpendPool, unpriced_models
 from .sweep import SweepWatch
+from .tenants import Tenant, TenantError, Tenants
 from .workers import CpuMeter, Workers
 from .workload import Workload
 
@@ -156,11 +157,19 @@ class Runtime:
         else:
             self.sink = RecordSink(ship=self._ship)
         self.api_key = ""
+        try:
+            self.tenants = Tenants(scenario, self.rng, self.calibrator, self.prices,
+                                   share=0.0 if self.role == "worker" else 1.0, need_keys=self.role != "master")
+        except TenantError as exc:
+            fail(str(exc))
+        # the scenario's own key: without tenants, or for the calls no tenant takes
+        needs_key = not scenario.tenants or (all(t.arrivals is not None for t in scenario.tenants)
+                                             and scenario.arrivals not in ("closed", "tenants"))
         if self.role != "master":
             key = os.environ.get(scenario.api_key_env)
-            if not key:
+            if not key and needs_key:
                 fail(f"{scenario.path}: api_key_env: environment variable {scenario.api_key_env} is not set")
-            self.api_key = key
+            self.api_key = key or ""
         self.pool = BudgetPool(scenario.retry.budget) if self.role == "master" else None
         budget: RetryBudget = LeasedBudget(self._ask_budget) if self.role == "worker" else \
             RetryBudget(scenario.retry.budget)
@@ -168,18 +177,21 @@ class Runtime:
         self.caller = Caller(self.run_id, self.worker, self.api_key, scenario.retry, budget, self._emit, self.rng,
                              on_call=self._on_call, profile=self.profile)
         self.caller.on_dry_run_ignored = self._dry_run_ignored
-        if self.role == "worker" and self.spend.capped:
+        if (self.role == "worker" and self.spend.capped) or self.tenants:
             self.caller.admit = self.admit
         try:
-            self.secrets = tuple(self.profile.secrets(self.api_key))
+            self.secrets = tuple(dict.fromkeys([*self.profile.secrets(self.api_key), *self.tenants.keys()]))
         except ProfileError as exc:
             fail(str(exc))
 
-    def admit(self) -> bool:
-        """Worker: whether a call may start under the spend cap, asking the master for a further share first
-        when this worker's lease is spent (at most 2 s)."""
-        if not self.spend.exceeded:
-            return True
+    def admit(self, tenant: Tenant | None = None) -> bool:
+        """Whether a call (of a tenant) may start under the run's and the tenant's spend caps; a worker asks the
+        master for a further share first when its lease is spent (at most 2 s)."""
+        if tenant is not None and tenant.quota_refused is not None:
+            return False
+        exceeded = self.spend.exceeded or (tenant is not None and tenant.spend.exceeded)
+        if not exceeded or self.role != "worker":
+            return tenant is None or tenant.may_start()
         if self.spend_denied:
             return False
         if self._spend_event is None:
@@ -189,7 +201,7 @@ class Runtime:
         event.wait(2.0)
         if self._spend_event is event:
             self._spend_event = None
-        return not self.spend.exceeded
+        return not self.spend.exceeded and (tenant is None or tenant.may_start())
 
     def on_spend_grant(self, share: float) -> None:
         """Worker: the master's answer; 0 means the run's cap is all leased."""
@@ -197,6 +209,7 @@ class Runtime:
             self.spend_denied = True
         else:
             self.spend.set_share(self.spend.share + share)
+            self.tenants.set_share(self.spend.share)
         if self._spend_event is not None:
             self._spend_event.set()
 
@@ -238,6 +251,7 @@ class Runtime:
         if self.sweep is not None:
             self.sweep.add(rec)
         self.spend.add(rec)
+        self.tenants.account(rec)
         if self.role == "worker":
             return  # the master holds the cap: a worker only stops starting calls past its lease
         if self.spend.exceeded and not self.stopping:
@@ -311,6 +325,11 @@ class Runtime:
         verdict = self.hopeless.observe(last)
         if verdict is not None and not self.stopping:
             self.request_stop(verdict[1], verdict[0])
+        if last.get("refusal") == "quota" and not self.stopping and \
+                (self.tenants.all_refused() if self.tenants else last.get("tenant") is None):
+            what = "every tenant's key" if self.tenants else "the API key"
+            self.request_stop(f"the gateway refused {what} for quota: {last.get('error') or last.get('status')}",
+                              EXIT_REFUSED_MID_RUN)
         first = records[0]
         e2e = call_e2e_ms(first["t_start"], last["t_start"], last["end_ms"])
         exc = None if last["ok"] else RuntimeError(f"{last['error_kind']}: {last.get('error') or ''}")

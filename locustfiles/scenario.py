@@ -86,6 +86,31 @@ class Stage:
     users: int | None = None
 
 
+@dataclass(slots=True)
+class ArrivalSpec:
+    """An open-loop arrival process: its kind, rate and shape."""
+
+    process: str = "closed"
+    rate: float = 0.0
+    burstiness: float = 1.0              # gamma: shape k (1 = Poisson, < 1 burstier)
+    on_s: float = 0.0                    # onoff: length of the on and off periods
+    off_s: float = 0.0
+
+
+@dataclass
+class TenantSpec:
+    """One tenant of the scenario: its key's environment variable, label, share or own mix and arrivals."""
+
+    label: str
+    api_key_env: str
+    weight: float = 1.0
+    mix: list[MixEntry] | None = None          # None: the scenario's mix
+    arrivals: ArrivalSpec | None = None         # None: a weighted share of the scenario's arrivals (or users)
+    spend_max: float | None = None
+    spend_max_tokens: int | None = None
+    spend_max_images: int | None = None
+
+
 @dataclass
 class Scenario:
     """A validated scenario."""
@@ -133,11 +158,17 @@ class Scenario:
     conv_think_min_s: float = 0.0
     conv_think_max_s: float = 0.0
     conv_server_state: bool = False      # go on by the last response's id where the dialect can (Responses)
+    tenants: list[TenantSpec] = field(default_factory=list)
 
     @property
     def open_loop(self) -> bool:
         """Whether arrivals come from a rate rather than from users' loops."""
         return self.arrivals != "closed"
+
+    @property
+    def all_mix(self) -> list[MixEntry]:
+        """The scenario's mix lines and every tenant's own."""
+        return [*self.mix, *(m for t in self.tenants if t.mix for m in t.mix)]
 
     @property
     def total_duration_s(self) -> float:
@@ -212,7 +243,8 @@ MIX_KEYS = ("endpoint", "weight", "models", "stream", "json_array", "dry_run", "
             "prompt_tokens", "output_tokens", "ignore_eos", "images", "inputs", "dims", "headers")
 TOP_KEYS = ("name", "description", "seed", "target", "api_key_env", "sim", "users", "spawn_rate", "duration",
             "stop_timeout", "arrivals", "stages", "think_time", "timeouts", "retry", "defaults", "mix", "spend",
-            "tls", "gates", "ledger", "analysis", "trace", "conversations", "gateway")
+            "tls", "gates", "ledger", "analysis", "trace", "conversations", "gateway", "tenants")
+TENANT_KEYS = ("label", "api_key_env", "weight", "mix", "arrivals", "spend")
 PROFILE_SECTION_KEYS = tuple(k for k in PROFILE_KEYS if k != "name")
 ARRIVAL_KEYS = ("process", "rate", "burstiness", "on_s", "off_s")
 TRACE_KEYS = ("format", "file", "time_scale", "rate_scale", "window", "models", "endpoints", "columns", "time_unit",
@@ -222,8 +254,8 @@ TIME_UNITS = (*traces.TIME_UNITS, "datetime")
 COLUMN_KEYS = ("time", "input_tokens", "output_tokens", "model", "endpoint")
 
 
-def _mix_entry(v: _V, i: int, raw: Any, defaults: dict[str, Any]) -> MixEntry:
-    path = f"mix[{i}]"
+def _mix_entry(v: _V, i: int, raw: Any, defaults: dict[str, Any], prefix: str = "") -> MixEntry:
+    path = f"{prefix}mix[{i}]"
     d = v.mapping(path, raw, MIX_KEYS)
     endpoint = d.get("endpoint")
     if endpoint not in ENDPOINTS:
@@ -274,6 +306,84 @@ def _mix_entry(v: _V, i: int, raw: Any, defaults: dict[str, Any]) -> MixEntry:
     return e
 
 
+def _arrivals(v: _V, path: str, raw: Any) -> ArrivalSpec:
+    arr = v.mapping(path, raw, ARRIVAL_KEYS)
+    process = arr.get("process", "closed")
+    if process not in ARRIVALS:
+        raise v.fail(f"{path}.process", f"unknown arrival process {process!r} (known: {', '.join(ARRIVALS)})")
+    out = ArrivalSpec(process=process, rate=float(v.num(f"{path}.rate", arr.get("rate", 0))))
+    for key, owner in (("burstiness", "gamma"), ("on_s", "onoff"), ("off_s", "onoff")):
+        if key in arr and process != owner:
+            raise v.fail(f"{path}.{key}", f"only for process {owner}, not {process}")
+        if key not in arr and process == owner:
+            raise v.fail(f"{path}.{key}", f"process {owner} needs {key}")
+    if "burstiness" in arr:
+        out.burstiness = float(v.num(f"{path}.burstiness", arr["burstiness"], positive=True))
+    if "on_s" in arr:
+        out.on_s = v.duration(f"{path}.on_s", arr["on_s"])
+    if "off_s" in arr:
+        out.off_s = v.duration(f"{path}.off_s", arr["off_s"])
+    return out
+
+
+def _spend(v: _V, path: str, raw: Any) -> tuple[dict[str, Any], bool]:
+    spend = v.mapping(path, raw, ("max", "max_tokens", "max_images"))
+    money_off = spend.get("max") == "off"
+    if money_off:
+        if "max_tokens" not in spend and "max_images" not in spend:
+            raise v.fail(f"{path}.max", "off needs a token or image cap (max_tokens or max_images)")
+        spend = {k: x for k, x in spend.items() if k != "max"}
+    out = {
+        "max": float(v.num(f"{path}.max", spend["max"], positive=True)) if "max" in spend else None,
+        "max_tokens": int(v.num(f"{path}.max_tokens", spend["max_tokens"], 1)) if "max_tokens" in spend else None,
+        "max_images": int(v.num(f"{path}.max_images", spend["max_images"], 1)) if "max_images" in spend else None,
+    }
+    return out, money_off
+
+
+def _tenants(v: _V, raw: Any, defaults: dict[str, Any], api_key_env: str, closed: bool) -> list[TenantSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not raw:
+        raise v.fail("tenants", "expected a non-empty list of {label, api_key_env, weight | mix | arrivals}")
+    out: list[TenantSpec] = []
+    for i, t in enumerate(raw):
+        path = f"tenants[{i}]"
+        d = v.mapping(path, t, TENANT_KEYS)
+        label = v.text(f"{path}.label", d.get("label"))
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", label):
+            raise v.fail(f"{path}.label", f"expected letters, digits, '_', '.' or '-' (at most 64), got {label!r}")
+        if any(o.label == label for o in out):
+            raise v.fail(f"{path}.label", f"{label!r} is already a tenant")
+        env = d.get("api_key_env", api_key_env)
+        if not isinstance(env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", env):
+            raise v.fail(f"{path}.api_key_env", f"expected an environment variable name, got {env!r}")
+        ts = TenantSpec(label=label, api_key_env=env, weight=float(v.num(f"{path}.weight", d.get("weight", 1))))
+        if "mix" in d:
+            if not isinstance(d["mix"], list) or not d["mix"]:
+                raise v.fail(f"{path}.mix", "expected a non-empty list of endpoints")
+            ts.mix = [_mix_entry(v, j, m, defaults, prefix=f"{path}.") for j, m in enumerate(d["mix"])]
+            if sum(m.weight for m in ts.mix) <= 0:
+                raise v.fail(f"{path}.mix", "weights sum to zero")
+        if "arrivals" in d:
+            ts.arrivals = _arrivals(v, f"{path}.arrivals", d["arrivals"])
+            if ts.arrivals.process == "closed" or ts.arrivals.rate <= 0:
+                raise v.fail(f"{path}.arrivals", "a tenant's own arrivals need an open-loop process and a positive "
+                                                 "rate")
+            if closed:
+                raise v.fail(f"{path}.arrivals", "a tenant's own arrivals need an open-loop scenario (set the "
+                                                 "top-level arrivals.process, or give every tenant its arrivals)")
+        spend, money_off = _spend(v, f"{path}.spend", d.get("spend"))
+        if money_off:
+            spend["max"] = None
+        ts.spend_max, ts.spend_max_tokens, ts.spend_max_images = spend["max"], spend["max_tokens"], spend["max_images"]
+        out.append(ts)
+    shared = [t for t in out if t.arrivals is None]
+    if shared and sum(t.weight for t in shared) <= 0:
+        raise v.fail("tenants", "the weights of the tenants without their own arrivals sum to zero")
+    return out
+
+
 def gateway_profile(scenario: Scenario, name: str | None = None) -> Profile:
     """The scenario's gateway profile, or the profile `name` (--gateway) with the scenario's `gateway:` over it;
     a profile that says the gateway has no dry run refuses dry-run and pair shares before any load."""
@@ -289,7 +399,7 @@ def gateway_profile(scenario: Scenario, name: str | None = None) -> Profile:
     except ProfileError as exc:
         raise ScenarioError(str(exc)) from None
     if profile.dry_run_supported is False:
-        for i, m in enumerate(scenario.mix):
+        for i, m in enumerate(scenario.all_mix):
             for key in ("dry_run", "pair"):
                 if getattr(m, key) > 0:
                     raise ScenarioError(f"{scenario.path}: mix[{i}].{key}: the gateway profile {profile.name!r} "
@@ -325,19 +435,8 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     spawn_rate = float(v.num("spawn_rate", d.get("spawn_rate", users), positive=True))
     duration_s = v.duration("duration", d.get("duration", "30s"))
     stop_timeout_s = v.duration("stop_timeout", d.get("stop_timeout", "30s"), positive=False)
-    arr = v.mapping("arrivals", d.get("arrivals"), ARRIVAL_KEYS)
-    process = arr.get("process", "closed")
-    if process not in ARRIVALS:
-        raise v.fail("arrivals.process", f"unknown arrival process {process!r} (known: {', '.join(ARRIVALS)})")
-    rate = float(v.num("arrivals.rate", arr.get("rate", 0)))
-    for key, owner in (("burstiness", "gamma"), ("on_s", "onoff"), ("off_s", "onoff")):
-        if key in arr and process != owner:
-            raise v.fail(f"arrivals.{key}", f"only for process {owner}, not {process}")
-        if key not in arr and process == owner:
-            raise v.fail(f"arrivals.{key}", f"process {owner} needs {key}")
-    burstiness = float(v.num("arrivals.burstiness", arr["burstiness"], positive=True)) if "burstiness" in arr else 1.0
-    on_s = v.duration("arrivals.on_s", arr["on_s"]) if "on_s" in arr else 0.0
-    off_s = v.duration("arrivals.off_s", arr["off_s"]) if "off_s" in arr else 0.0
+    top = _arrivals(v, "arrivals", d.get("arrivals"))
+    process, rate, burstiness, on_s, off_s = top.process, top.rate, top.burstiness, top.on_s, top.off_s
     stages: list[Stage] = []
     raw_stages = d.get("stages") or []
     if not isinstance(raw_stages, list):
@@ -352,7 +451,12 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         if st.rate is None and st.users is None:
             raise v.fail(f"stages[{i}]", "needs a rate (open loop) or a users count")
         stages.append(st)
-    if process != "closed" and rate <= 0 and not any(s.rate for s in stages):
+    raw_tenants = d.get("tenants")
+    own_arrivals = isinstance(raw_tenants, list) and raw_tenants and all(
+        isinstance(t, dict) and t.get("arrivals") is not None for t in raw_tenants)
+    if own_arrivals and "arrivals" not in d and not stages:
+        process = "tenants"  # every tenant has its own arrival process: the run is open loop
+    elif process != "closed" and rate <= 0 and not any(s.rate for s in stages):
         raise v.fail("arrivals.rate", f"an open-loop process ({process}) needs a positive rate")
     think = v.mapping("think_time", d.get("think_time"), ("min_s", "max_s"))
     think_min = float(v.num("think_time.min_s", think.get("min_s", 0)))
@@ -373,8 +477,10 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         retry.budget = int(v.num("retry.budget", rt["budget"], 0, integer=True))
     defaults = v.mapping("defaults", d.get("defaults"), ("prompt_tokens", "output_tokens", "ignore_eos"))
     traced = d.get("trace") is not None
-    raw_mix = d.get("mix", [] if traced else None)
-    if not isinstance(raw_mix, list) or not (raw_mix or traced):
+    own_mixes = isinstance(raw_tenants, list) and raw_tenants and all(
+        isinstance(t, dict) and t.get("mix") is not None for t in raw_tenants)
+    raw_mix = d.get("mix", [] if traced or own_mixes else None)
+    if not isinstance(raw_mix, list) or not (raw_mix or traced or own_mixes):
         raise v.fail("mix", "expected a non-empty list of endpoints")
     mix = [_mix_entry(v, i, m, defaults) for i, m in enumerate(raw_mix)]
     if mix and sum(m.weight for m in mix) <= 0:
@@ -404,12 +510,10 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     conv_think_max = float(v.num("conversations.think_time.max_s", cthink.get("max_s", conv_think_min)))
     if conv_think_max < conv_think_min:
         raise v.fail("conversations.think_time.max_s", f"must be >= min_s ({conv_think_min:g})")
-    spend = v.mapping("spend", d.get("spend"), ("max", "max_tokens", "max_images"))
-    money_off = spend.get("max") == "off"
-    if money_off:
-        if "max_tokens" not in spend and "max_images" not in spend:
-            raise v.fail("spend.max", "off needs a token or image cap (spend.max_tokens or spend.max_images)")
-        spend = {k: x for k, x in spend.items() if k != "max"}
+    spend, money_off = _spend(v, "spend", d.get("spend"))
+    tenants = _tenants(v, raw_tenants, defaults, api_key_env, closed=process == "closed")
+    if traced and tenants and any(t.arrivals is not None or t.mix is not None for t in tenants):
+        raise v.fail("tenants", "with a trace, tenants take weighted shares of its arrivals (no own mix or arrivals)")
     tls = v.mapping("tls", d.get("tls"), ("ca_file", "insecure", "client_cert", "client_key"))
     ca_file = tls.get("ca_file")
     if ca_file is not None:
@@ -433,9 +537,7 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         api_key_env=api_key_env, sim_config=sim_cfg, users=users, spawn_rate=spawn_rate, duration_s=duration_s,
         stop_timeout_s=stop_timeout_s, arrivals=process, rate=rate, stages=stages, think_min_s=think_min,
         think_max_s=think_max, timeouts=timeouts, retry=retry, mix=mix,
-        spend_max=float(v.num("spend.max", spend["max"], positive=True)) if "max" in spend else None,
-        spend_max_tokens=int(v.num("spend.max_tokens", spend["max_tokens"], 1)) if "max_tokens" in spend else None,
-        spend_max_images=int(v.num("spend.max_images", spend["max_images"], 1)) if "max_images" in spend else None,
+        spend_max=spend["max"], spend_max_tokens=spend["max_tokens"], spend_max_images=spend["max_images"],
         ca_file=ca_file, insecure=insecure, raw=data,
         gates=v.mapping("gates", d.get("gates"), tuple(d.get("gates") or {})),
         ledger=v.mapping("ledger", d.get("ledger"), tuple(d.get("ledger") or {})),
@@ -443,7 +545,7 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         burstiness=burstiness, on_s=on_s, off_s=off_s, trace=trace, trace_data=trace_data,
         conv_share=conv_share, conv_turns=conv_turns, conv_think_min_s=conv_think_min, conv_server_state=server_state,
         conv_think_max_s=conv_think_max, gateway=gateway, client_cert=certs.get("client_cert"),
-        client_key=certs.get("client_key"), spend_money_off=money_off,
+        client_key=certs.get("client_key"), spend_money_off=money_off, tenants=tenants,
     )
     scenario.profile = gateway_profile(scenario)
     return scenario

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 def unpriced_models(scenario: Scenario, prices: PriceSheet) -> list[str]:
     """Models the scenario may call that the price sheet does not price (the spend cap could not count them)."""
     names: list[str] = []
-    for m in scenario.mix:
+    for m in scenario.all_mix:
         if m.endpoint != "models":
             names += [name for name, w in m.models if w > 0]
     if scenario.trace is not None:

@@ -17,7 +17,7 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTP
 
 from .calls import WireRequest
 from .dialects.base import Reader, loads
-from .profile import RESET_HEADERS, Profile, parse_reset, parse_wait, retry_info_delay
+from .profile import RESET_HEADERS, Profile, parse_reset, parse_wait, read_ratelimit, retry_info_delay
 from .streams import BodyReader, JsonArrayFramer, ProtocolError, SSEFramer
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -52,6 +52,8 @@ class Outcome:
     retry_after_s: float | None = None
     retry_after_header: str | None = None
     ratelimit_reset_s: dict[str, float] | None = None
+    ratelimit: dict[str, dict[str, Any]] | None = None  # {dimension: {limit, remaining, reset_s}}
+    refusal: str | None = None            # quota | rate_limit, as the profile classifies an error answer
     should_retry: bool | None = None      # x-should-retry, when the gateway said
     t_headers: float | None = None
     t_end: float = 0.0
@@ -130,7 +132,8 @@ def _scrub(text: str, req: WireRequest, secrets: tuple[str, ...] = ()) -> str:
 
 
 def error_fields(body: bytes) -> tuple[dict[str, str], Any]:
-    """An error body's `status`, `type`, `code` and (Gemini's details) `reason` fields, and the parsed body."""
+    """An error body's `status`, `type`, `code`, `message` and (Gemini's details) `reason` fields, and the parsed
+    body."""
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -143,6 +146,8 @@ def error_fields(body: bytes) -> tuple[dict[str, str], Any]:
         for k in ("status", "type", "code"):
             if err.get(k) is not None and not isinstance(err[k], dict | list):
                 out[k] = str(err[k])[:64]
+        if isinstance(err.get("message"), str):
+            out["message"] = err["message"][:200]
         for d in err.get("details") or ():
             if isinstance(d, dict) and isinstance(d.get("reason"), str):
                 out["reason"] = d["reason"][:64]
@@ -158,6 +163,34 @@ def _short(fields: dict[str, str], parsed: bool) -> str:
         return "non-JSON error body"
     parts = [fields[k] for k in ("status", "type", "code") if k in fields]
     return " ".join(parts)[:80] or "error"
+
+
+def quota_failure(body: Any) -> dict[str, dict[str, Any]] | None:
+    """Gemini's `QuotaFailure` details as rate-limit figures: the violated quota's limit, nothing remaining."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        err = body[0].get("error")
+    details = err.get("details") if isinstance(err, dict) else None
+    if not isinstance(details, list):
+        return None
+    out: dict[str, dict[str, Any]] | None = None
+    for d in details:
+        if not (isinstance(d, dict) and str(d.get("@type", "")).endswith("QuotaFailure")):
+            continue
+        for v in d.get("violations") or ():
+            if not isinstance(v, dict):
+                continue
+            metric = f"{v.get('quotaMetric', '')} {v.get('quotaId', '')}".lower()
+            dim = "tokens" if "token" in metric else "requests" if "request" in metric else None
+            if dim is None:
+                continue
+            try:
+                limit: int | None = int(float(v.get("quotaValue")))
+            except (TypeError, ValueError):
+                limit = None
+            out = out or {}
+            out[dim] = {"limit": limit, "remaining": 0, "reset_s": retry_info_delay(body)}
+    return out
 
 
 class Transport:
@@ -331,6 +364,7 @@ class Transport:
                     resets[limit] = round(r, 3)
                     break
         out.ratelimit_reset_s = resets
+        out.ratelimit = read_ratelimit(get)
         should = (get("x-should-retry") or "").strip().lower()
         out.should_retry = True if should == "true" else False if should == "false" else None
 
@@ -372,6 +406,10 @@ class Transport:
                 fields.get("reason") or fields.get("status")
             if out.retry_after_s is None and (delay := retry_info_delay(parsed)) is not None:
                 out.retry_after_s, out.retry_after_header = delay, "RetryInfo.retryDelay"
+            out.refusal = self.profile.refusal(status, out.error_type, out.error_code, out.error_reason,
+                                               fields.get("message"))
+            if out.ratelimit is None and (quota := quota_failure(parsed)) is not None:
+                out.ratelimit = quota
             return
         if not 200 <= status < 300:
             raise ProtocolError(f"unexpected HTTP {status}")

@@ -13,6 +13,7 @@ from .dialects import DIALECTS, FAMILY_NAMES, TEXT_ENDPOINTS
 from .prompts import make_prompt
 from .runtime import Runtime
 from .sessions import Conversation
+from .tenants import Tenant
 from .transport import Transport, Transports
 
 
@@ -48,27 +49,35 @@ class GatewayUser(User):
     def call(self) -> None:
         """One call of the mix or of a trace arrival (two for a dry-run/real pair), after an arrival in open loop."""
         rt = self.rt
-        scheduled, stage, arrival, index = None, None, None, None
+        scheduled, stage, arrival, index, label = None, None, None, None, None
         if rt.arrivals is not None:
             ticket = rt.arrivals.wait(timeout=1.0)
             if ticket is None:
                 return
-            scheduled, stage, arrival, index = ticket
+            scheduled, stage, arrival, index, label = ticket
         if rt.stopping:
             return
-        # a trace arrival makes its own call, whichever user class takes it
-        specs = rt.workload.draw(self.family) if arrival is None else rt.workload.from_trace(arrival)
+        tenant = rt.tenants.by_label.get(label) if label is not None else rt.tenants.pick(rt.rng)
+        if tenant is not None and not tenant.may_start():
+            return
+        # a trace arrival, and a tenant's own mix in open loop, make their own call whichever user class takes it
+        if arrival is not None:
+            specs = rt.workload.from_trace(arrival)
+        elif tenant is not None and tenant.workload is not None:
+            specs = tenant.workload.draw(None if rt.arrivals is not None else self.family)
+        else:
+            specs = rt.workload.draw(self.family)
         first = specs[-1]
         if (arrival is None and len(specs) == 1 and not first.dry_run and first.endpoint in TEXT_ENDPOINTS
                 and rt.rng.random() < rt.scenario.conv_share):
-            self.converse(first, scheduled, stage, index)
+            self.converse(first, scheduled, stage, index, tenant)
             return
         for spec in specs:
-            rt.caller.run(self.transport, spec, scheduled=scheduled, stage=stage, arrival=index)
+            rt.caller.run(self.transport, spec, scheduled=scheduled, stage=stage, arrival=index, tenant=tenant)
             scheduled, index = None, None
 
     def converse(self, first: CallSpec, scheduled: float | None, stage: int | None,
-                 index: int | None = None) -> None:
+                 index: int | None = None, tenant: Tenant | None = None) -> None:
         """A multi-turn conversation: each turn sends the history plus a new message; think time between turns."""
         rt = self.rt
         sc = rt.scenario
@@ -78,7 +87,7 @@ class GatewayUser(User):
         while True:
             answer: list[str] = []
             rt.caller.run(self.transport, conv.next_turn(spec, rt.rng), scheduled=scheduled, stage=stage,
-                          answer=answer, arrival=index)
+                          answer=answer, arrival=index, tenant=tenant)
             conv.answer(answer[0] if answer else None, answer[1] if len(answer) > 1 else None)
             scheduled, index = None, None
             if conv.done or rt.stopping:

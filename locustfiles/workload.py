@@ -26,19 +26,23 @@ class _Weighted:
 class Workload:
     """Draws calls from the mix for each API family."""
 
-    def __init__(self, scenario: Scenario, rng: random.Random, calibrator: Calibrator) -> None:
+    def __init__(self, scenario: Scenario, rng: random.Random, calibrator: Calibrator,
+                 mix: list[MixEntry] | None = None) -> None:
         self.scenario = scenario
+        mix = scenario.mix if mix is None else mix
+        self.mix = mix
+        self.anything = _Weighted([(m, m.weight) for m in mix]) if any(m.weight > 0 for m in mix) else None
         self.rng = rng
         self.calibrator = calibrator
         self.dry_runs_off = False  # set once the gateway showed it ignores dry runs
         self.by_family: dict[str, _Weighted] = {}
         for fam in FAMILY_NAMES:
-            entries = [(m, m.weight) for m in scenario.mix if FAMILIES[m.endpoint] == fam and m.weight > 0]
+            entries = [(m, m.weight) for m in mix if FAMILIES[m.endpoint] == fam and m.weight > 0]
             if entries:
                 self.by_family[fam] = _Weighted(entries)
-        self.models = {id(m): _Weighted(list(m.models)) for m in scenario.mix}
+        self.models = {id(m): _Weighted(list(m.models)) for m in mix}
         self.trace_entries: dict[str, MixEntry] = {}
-        for m in scenario.mix:
+        for m in mix:
             self.trace_entries.setdefault(m.endpoint, m)  # a trace arrival's shape: the first line of its endpoint
 
     def family_weights(self) -> dict[str, float]:
@@ -47,7 +51,7 @@ class Workload:
         In a trace replay any free user takes any arrival, whatever its endpoint, so the weights only
         decide which classes Locust shows: the families the trace's endpoint settings or the mix name."""
         out = dict.fromkeys(FAMILY_NAMES, 0.0)
-        for m in self.scenario.mix:
+        for m in self.scenario.all_mix:
             out[FAMILIES[m.endpoint]] += m.weight
         tr = self.scenario.trace
         if tr is not None:
@@ -59,10 +63,12 @@ class Workload:
                 out[FAMILY_NAMES[0]] = 1.0
         return out
 
-    def draw(self, family: str) -> list[CallSpec]:
-        """The next call of a family (two for a dry-run/real pair)."""
+    def draw(self, family: str | None) -> list[CallSpec]:
+        """The next call of a family, or of any family with None (two for a dry-run/real pair)."""
         rng = self.rng
-        entry = self.by_family[family].pick(rng)
+        pick = self.anything if family is None or family not in self.by_family else self.by_family[family]
+        assert pick is not None
+        entry = pick.pick(rng)
         assert isinstance(entry, MixEntry)
         model = str(self.models[id(entry)].pick(rng))
         return self._build(entry, model)

@@ -125,6 +125,31 @@ def prepare(scenario: Scenario, args: Any) -> tuple[Path, str]:
     return out, f"{_slug(scenario.name)}-{stamp}"
 
 
+def tenant_keys(scenario: Any, sim_config: str | None, env: dict[str, str], own_key: str) -> None:
+    """Against the embedded simulator: each tenant whose key variable is unset gets the simulator config's key
+    of the same tenant label (`default`: the simulator's own key)."""
+    if not scenario.tenants:
+        return
+    from gatewaysim.config import ConfigError, load_config
+
+    try:
+        keys = load_config(sim_config).section("keys") if sim_config else {}
+    except ConfigError as exc:
+        raise RunError(str(exc)) from None
+    by_label = {}
+    for k, v in (keys or {}).items():
+        if isinstance(v, dict) and v.get("tenant"):
+            by_label.setdefault(str(v["tenant"]), own_key if k == "default" else k)
+    for t in scenario.tenants:
+        if env.get(t.api_key_env):
+            continue
+        if t.label not in by_label:
+            raise RunError(f"{scenario.path}: tenants: environment variable {t.api_key_env} of tenant {t.label!r} is "
+                           f"not set, and the simulator config has no key of tenant {t.label!r} (keys: {{KEY: "
+                           f"{{tenant: {t.label}}}}})")
+        env[t.api_key_env] = by_label[t.label]
+
+
 def run(args: Any) -> int:
     """Run a scenario end to end; returns the exit code (0 ok, 1 gates breached, 2 bad input)."""
     try:
@@ -169,6 +194,7 @@ def run(args: Any) -> int:
                 cfg = str(cfg_path)
             key = env.get(scenario.api_key_env) or DEFAULT_API_KEY
             env[scenario.api_key_env] = key
+            tenant_keys(scenario, cfg, env, key)
             try:
                 sim = SimProcess(config=cfg, seed=scenario.seed, api_key=key)
             except SimProcessError as exc:
@@ -182,6 +208,11 @@ def run(args: Any) -> int:
         else:
             url = target
             key = env.get(scenario.api_key_env)
+            for t in scenario.tenants:
+                if not env.get(t.api_key_env):
+                    raise RunError(f"{scenario.path}: tenants: environment variable {t.api_key_env} of tenant "
+                                   f"{t.label!r} is not set")
+            key = key or (env[scenario.tenants[0].api_key_env] if scenario.tenants else None)
             if not key:
                 raise RunError(f"{scenario.path}: api_key_env: environment variable {scenario.api_key_env} is not set")
             insecure = bool(args.insecure or scenario.insecure)
