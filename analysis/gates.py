@@ -14,9 +14,12 @@ from typing import Any
 from .load import InputError
 
 _CALLS = ("metrics", "overall", "calls")
+#: the isolation gate: its figure is the lower bound of the interval of the steady tenant's TTFT p95 ratio (during
+#: the burst tenant's bursts / outside them), so it fails only on a significant slow-down
+ISOLATION_GATE = "isolation_ttft_p95_ratio"
 
-#: gate name -> (path into the summary, "max" or "min")
-GATES: dict[str, tuple[tuple[str, ...], str]] = {
+#: gate name -> (path into the summary, "max" or "min"); a number in a path indexes a list
+GATES: dict[str, tuple[tuple[str | int, ...], str]] = {
     "ttft_p50_ms": (("metrics", "overall", "ttft_ms", "p50"), "max"),
     "ttft_p95_ms": (("metrics", "overall", "ttft_ms", "p95"), "max"),
     "ttft_p99_ms": (("metrics", "overall", "ttft_ms", "p99"), "max"),
@@ -33,12 +36,13 @@ GATES: dict[str, tuple[tuple[str, ...], str]] = {
     "missing_charges": (("billing", "counts", "missing_charge"), "max"),
     "billing_findings": (("billing", "findings_total"), "max"),
     "max_sustainable_rps": (("capacity", "max_sustainable_rps"), "min"),
+    ISOLATION_GATE: (("isolation", "ci", 0), "max"),
 }
 
 #: gate name -> (path to the count of samples behind its figure, the default minimum); a percentile needs a few
 #: samples beyond its tail (p50: 10, p95: 20, p99: 100), a rate or share 20 calls. The billing gates audit every
 #: call (one double charge is a finding, not noise) and the capacity gate every stage: no default minimum.
-SAMPLES: dict[str, tuple[tuple[str, ...], int]] = {
+SAMPLES: dict[str, tuple[tuple[str | int, ...], int]] = {
     "ttft_p50_ms": (("metrics", "overall", "ttft_ms", "n"), 10),
     "ttft_p95_ms": (("metrics", "overall", "ttft_ms", "n"), 20),
     "ttft_p99_ms": (("metrics", "overall", "ttft_ms", "n"), 100),
@@ -55,6 +59,7 @@ SAMPLES: dict[str, tuple[tuple[str, ...], int]] = {
     "missing_charges": (("billing", "calls"), 0),
     "billing_findings": (("billing", "calls"), 0),
     "max_sustainable_rps": (("capacity", "measured_stages"), 0),
+    ISOLATION_GATE: (("isolation", "n"), 20),  # calls on the smaller side (during or outside the bursts)
 }
 
 GATE_KEYS = ("max", "min", "min_samples", "fail_on_insufficient")
@@ -131,10 +136,13 @@ def check_names(gates: dict[str, Any] | None, where: str) -> None:
     parse(gates, where)
 
 
-def _get(summary: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _get(summary: dict[str, Any], path: tuple[str | int, ...]) -> Any:
     value: Any = summary
     for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(key, int):
+            value = value[key] if isinstance(value, list) and -len(value) <= key < len(value) else None
+        else:
+            value = value.get(key) if isinstance(value, dict) else None
     return value
 
 
@@ -149,9 +157,13 @@ def evaluate(gates: dict[str, Any] | None, summary: dict[str, Any]) -> list[dict
         n = int(n) if _is_number(n) else 0
         reason = None
         insufficient = False
-        if value is None:
+        iso = summary.get("isolation") if g.name == ISOLATION_GATE else None
+        if value is None and not (iso and n < g.min_samples):
             ok = False
             reason = "no value (no ledger?)" if g.name in BILLING_GATES and not billing else "no value"
+            if g.name == ISOLATION_GATE:
+                reason = ("no data: " + (iso.get("reason") or "no interval") if iso else
+                          "no data (no isolation figures: set analysis.isolation: {steady, burst})")
         elif n < g.min_samples:
             insufficient = True
             ok = not g.fail_on_insufficient
@@ -159,6 +171,10 @@ def evaluate(gates: dict[str, Any] | None, summary: dict[str, Any]) -> list[dict
                       + (" (fail_on_insufficient)" if g.fail_on_insufficient else ": not judged"))
         else:
             ok = value <= g.threshold if g.sense == "max" else value >= g.threshold
+            if iso and not ok:
+                reason = (f"the steady tenant's TTFT p95 is {iso.get('ratio'):.3g}x as long during the bursts, "
+                          f"{100 * iso.get('confidence', 0):g}% interval {iso['ci'][0]:.3g}-{iso['ci'][1]:.3g}: "
+                          f"its lower bound is above {g.threshold}")
         if g.name in BILLING_GATES and billing and billing.get("trusted") is False:
             ok = False
             reason = "the billing audit cannot be trusted: " + "; ".join(billing.get("trust_issues") or [])

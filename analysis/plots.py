@@ -134,3 +134,64 @@ def ttft_vs_input(calls: pd.DataFrame) -> bytes | None:
     ax.set_title("TTFT against input tokens")
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+_MAX_TENANT_PANELS = 6
+
+
+def ratelimit_remaining(replays: dict[str, Any]) -> bytes | None:
+    """Remaining requests as the headers reported them against time, with the model's, per tenant."""
+    shown = [r for r in replays.values() if r.remaining][:_MAX_TENANT_PANELS]
+    if not shown:
+        return None
+    start = min(r.t0 for r in shown)
+    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.6 * len(shown)), sharex=True, squeeze=False)
+    for ax, r in zip(axes[:, 0], shown, strict=True):
+        t, reported, model = (np.array(v) for v in zip(*r.remaining, strict=True))
+        ax.step(t - start, model, where="post", color="grey", label="model (token bucket)")
+        ax.plot(t - start, reported, ".", markersize=4, label="reported (headers)")
+        ax.set_ylabel("remaining requests")
+        ax.set_title(f"tenant {r.label}: limit {r.limits.get('requests', 0):g} requests/min", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel("seconds from the first call")
+    return _png(fig)
+
+
+def ratelimit_tokens(replays: dict[str, Any]) -> bytes | None:
+    """Cumulative accepted tokens per tenant against what its tokens-per-minute limit allows."""
+    shown = [r for r in replays.values() if r.tokens and r.limits.get("tokens")][:_MAX_TENANT_PANELS]
+    if not shown:
+        return None
+    start = min(r.t0 for r in shown)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for r in shown:
+        t, cum = (np.array(v) for v in zip(*r.tokens, strict=True))
+        (line,) = ax.step(t - start, cum, where="post", label=f"{r.label}: accepted")
+        limit = r.limits["tokens"]
+        x = np.array([r.t0, max(float(t.max()), r.t0)])
+        ax.plot(x - start, limit + limit / 60.0 * (x - r.t0), "--", color=line.get_color(),
+                label=f"{r.label}: allowed ({limit:g}/min)")
+    ax.set_xlabel("seconds from the first call")
+    ax.set_ylabel("tokens (cumulative)")
+    ax.set_title("Accepted tokens against the limit's allowance")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def isolation_ttft(samples: dict[str, np.ndarray], steady: str = "", burst: str = "") -> bytes | None:
+    """CDF of the steady tenant's TTFT during the burst tenant's bursts and outside them."""
+    if not samples or not any(len(v) for v in samples.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for side, v in samples.items():
+        if len(v):
+            s = np.sort(v)
+            ax.plot(s, np.arange(1, s.size + 1) / s.size, label=f"{side} the bursts of {burst} (n={s.size})")
+    ax.set_xlabel("time to first token (ms)")
+    ax.set_ylabel("share of calls")
+    ax.set_title(f"TTFT of {steady} during and outside {burst}'s bursts")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)

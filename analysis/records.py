@@ -26,11 +26,12 @@ SCALARS = ("run_id", "worker", "attempt_id", "call_id", "attempt", "final", "ide
            "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms", "first_reasoning_ms", "end_ms",
            "status", "ok", "error_kind", "retry_after_s", "finish_reason", "images_requested", "images_returned",
            "image_size", "image_quality", "prompt_tokens_target", "max_tokens")
-V2_SCALARS = ("ids", "sent", "dry_run_ignored", "framing_mismatch")  # version 2 only (defaults for version 1)
-SCALARS = (*SCALARS, *V2_SCALARS)
+V2_SCALARS = ("ids", "sent", "dry_run_ignored", "framing_mismatch")  # version 2 on (defaults for version 1)
+V3_SCALARS = ("tenant", "refusal")  # version 3 on (null before)
+SCALARS = (*SCALARS, *V2_SCALARS, *V3_SCALARS)
 DERIVED = ("chunks_n", "chunks_us", "u_input", "u_output", "u_cached", "u_write", "u_reasoning", "est_amount")
 COLUMNS = SCALARS + DERIVED
-RECORD_VERSIONS = (1, 2)  # version 2 adds ids, request_id_header, sent, dry_run_ignored, framing_mismatch, ...
+RECORD_VERSIONS = (1, 2, 3)  # 2 adds ids, request_id_header, sent, dry_run_ignored, ...; 3 tenant, refusal, ratelimit
 
 
 NUMERIC = ("t_start", "end_ms", "headers_ms", "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms",
@@ -40,11 +41,11 @@ FLAGS = ("final", "ok", "stream", "dry_run", "replayed", "dry_run_ignored", "fra
 COUNTS = {"attempt": 1, "chunks_n": 0}  # integer columns, and what a missing value becomes
 #: low-cardinality text columns: one string object per distinct value instead of one per record
 SHARED = ("run_id", "endpoint", "model", "stream_format", "name", "error_kind", "finish_reason", "image_size",
-          "image_quality")
+          "image_quality", "tenant", "refusal")
 #: columns the records hold as strings (or null)
 TEXTS = ("run_id", "attempt_id", "call_id", "idempotency_key", "request_id", "original_request_id", "endpoint",
          "model", "stream_format", "pair_id", "session_id", "name", "error_kind", "finish_reason", "image_size",
-         "image_quality", "chunks_us", "est_amount")
+         "image_quality", "chunks_us", "est_amount", "tenant", "refusal")
 _USAGE = ("input", "output", "cached_input", "cache_write", "reasoning")
 SPLIT_BYTES = 256 << 20  # records files this big are read by two processes
 _PART_BYTES = 64 << 20  # ... in parts of about this size, each taken by whichever process is free first
@@ -62,10 +63,12 @@ _NO_USAGE = (None,) * len(_USAGE)
 _CALL_ID, _IDEMPOTENCY_KEY = COLUMNS.index("call_id"), COLUMNS.index("idempotency_key")
 _REQUEST_ID, _IDS, _ERROR_KIND = COLUMNS.index("request_id"), COLUMNS.index("ids"), COLUMNS.index("error_kind")
 assert V2_SCALARS == ("ids", "sent", "dry_run_ignored", "framing_mismatch")  # the order _columns fills them in
+assert SCALARS[-len(V3_SCALARS):] == V3_SCALARS
 _v_of = itemgetter("v")
 _ROW_KEYS = (*SCALARS, "chunks", "usage", "estimate")
 _row_of = itemgetter(*_ROW_KEYS)
-_row_of_v1 = itemgetter(*SCALARS[:-len(V2_SCALARS)], "chunks", "usage", "estimate")
+_row_of_v2 = itemgetter(*SCALARS[:-len(V3_SCALARS)], "chunks", "usage", "estimate")
+_row_of_v1 = itemgetter(*SCALARS[:-len(V2_SCALARS) - len(V3_SCALARS)], "chunks", "usage", "estimate")
 _usage_of = itemgetter(*_USAGE)
 
 
@@ -88,21 +91,32 @@ def _extra_ids(ids: Any, request_id: Any) -> dict[str, str] | None:
 
 def _columns(ds: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The COLUMNS of parsed records, column by column."""
-    v1 = False
+    version = 3
     try:
         rows = list(map(_row_of, ds))  # the harness writes every key
     except KeyError:
-        try:
-            rows, v1 = list(map(_row_of_v1, ds)), True  # version 1: every key but V2_SCALARS
-        except KeyError:
+        rows = []
+        versions = set(map(_v_of, ds))  # one version only: a record of a later one must keep its own fields
+        for version, getter in ((2, _row_of_v2), (1, _row_of_v1)):
+            if versions == {version}:
+                try:
+                    rows = list(map(getter, ds))  # every key of its version
+                    break
+                except KeyError:
+                    pass
+        else:
+            version = 3
+        if not rows:
             rows = [tuple(map(d.get, _ROW_KEYS)) for d in ds]
     cols = list(zip(*rows, strict=False))
     estimates, usages, chunks = cols.pop(), cols.pop(), cols.pop()
-    if v1:  # the version-1 defaults: no other ids, sent unless the connection failed, no dry run ignored, ...
-        n = len(ds)
+    n = len(ds)
+    if version == 1:  # the version-1 defaults: no other ids, sent unless the connection failed, no dry run ignored
         cols.extend([(None,) * n, tuple([k != "connect" for k in cols[_ERROR_KIND]]), (False,) * n, (False,) * n])
     elif any(cols[_IDS]):
         cols[_IDS] = tuple(map(_extra_ids, cols[_IDS], cols[_REQUEST_ID]))
+    if version < 3:  # no tenant, no refusal
+        cols.extend([(None,) * n] * len(V3_SCALARS))
     cs = [c or _EMPTY for c in chunks]
     cols.append(tuple([c.get("n", 0) for c in cs]))
     cols.append(tuple([c.get("us") for c in cs]))
@@ -296,7 +310,7 @@ class _Reader:
         try:
             ds = list(map(loads, lines))
             vs = list(map(_v_of, ds))
-            clean = vs.count(1) + vs.count(2) == len(vs)
+            clean = vs.count(1) + vs.count(2) + vs.count(3) == len(vs)
         except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
             clean = False
         if clean:
@@ -502,5 +516,5 @@ def load_records(path: str | Path, report: LoadReport | None = None, batch: int 
         if gc_on:
             gc.enable()
     if report.bad_lines:
-        report.warnings.append(f"{p}: skipped {report.bad_lines} lines that are not version-1 or -2 records")
+        report.warnings.append(f"{p}: skipped {report.bad_lines} lines that are not version-1, -2 or -3 records")
     return df

@@ -21,12 +21,15 @@ from .capacity import analyse as capacity_analyse
 from .chunks import decode_chunk_column
 from .conversations import by_turn
 from .gates import check_names, evaluate
+from .limits import Replay, limits_report
 from .load import InputError, LoadReport, load_jsonl
 from .metrics import SLO, Options, compute, finite
 from .records import load_records
+from .tenants import isolation, tenant_metrics
 
-SUMMARY_VERSION = 2  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers
+SUMMARY_VERSION = 3  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers; 3: tenants, limits, isolation
 UNTRUSTED = "the billing audit cannot be trusted: "
+FINDINGS_SHOWN = 20  # rate-limit findings listed in the report per kind (summary.json has them all)
 BOTTLENECK_CPU_PCT = 90.0
 BOTTLENECK_LAG_P99_MS = 100.0
 BOTTLENECK_TIMING_P99_MS = 10.0
@@ -212,6 +215,11 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
             summary["warnings"].append(f"the sweep stopped early after stage {early.get('stage')}: "
                                        f"{early.get('reason') or 'no reason given'}; later stages never ran")
     summary["conversations"] = by_turn(calls) if calls is not None and not calls.empty else None
+    have_calls = calls is not None and not calls.empty
+    summary["tenants"] = tenant_metrics(calls, att, m["duration_s"], opts.slo) if have_calls else None
+    summary["limits"], replays = limits_report(att, run_dir / "records.jsonl", an.get("limits"))
+    iso_cfg = an.get("isolation")
+    summary["isolation"], iso_samples = isolation(calls if have_calls else att.iloc[:0], att, iso_cfg)
     truth = load_jsonl(run_dir / "truth.jsonl")
     summary["harness"] = harness_health(att, run_dir, scenario, m, truth) if not att.empty else None
     for w in (summary["harness"] or {}).get("lost_workers", []):
@@ -224,6 +232,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     summary = finite(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     figs = _figures(calls, m, summary) if calls is not None else {}
+    figs.update(_limit_figures(replays, iso_samples, summary.get("isolation")))
     (run_dir / "report.md").write_text(render_md(summary, figs))
     (run_dir / "report.html").write_text(render_html(summary, figs))
     return summary, (0 if summary["gates_ok"] else 1)
@@ -235,6 +244,18 @@ def _figures(calls: pd.DataFrame, m: dict[str, Any], summary: dict[str, Any]) ->
                       ("tokens_per_s", plots.tps_hist(calls)), ("capacity", plots.capacity_curve(summary["capacity"])),
                       ("billing", plots.billing_findings((summary["billing"] or {}).get("counts"))),
                       ("ttft_vs_input", plots.ttft_vs_input(calls) if summary.get("conversations") else None)):
+        if png:
+            out[name] = png
+    return out
+
+
+def _limit_figures(replays: dict[str, Replay], samples: dict[str, Any],
+                   iso: dict[str, Any] | None) -> dict[str, bytes]:
+    out = {}
+    for name, png in (("ratelimit_remaining", plots.ratelimit_remaining(replays)),
+                      ("ratelimit_tokens", plots.ratelimit_tokens(replays)),
+                      ("isolation_ttft", plots.isolation_ttft(samples, (iso or {}).get("steady", ""),
+                                                              (iso or {}).get("burst", "")))):
         if png:
             out[name] = png
     return out
@@ -255,6 +276,89 @@ def _epoch(t: Any) -> str:
     import datetime as _dt
 
     return _dt.datetime.fromtimestamp(t, _dt.UTC).strftime("%H:%M:%S UTC")
+
+
+def _pcts(d: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
+    return " / ".join(_fmt((d or {}).get(k)) for k in keys)
+
+
+def _tenant_tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The Tenants, Rate limits and Isolation tables (those that have figures)."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    tenants = summary.get("tenants")
+    if tenants:
+        out.append(("Tenants", ["tenant", "calls", "successes", "error rate", "refusals: rate limit / quota",
+                                "TTFT p50 / p95 / p99 ms", "E2E p50 / p95 ms", "requests/s", "output tokens/s",
+                                "errors"],
+                    [[label, _fmt(t["calls"]), _fmt(t["successes"]), _fmt(t["error_rate"]),
+                      f"{t['refusals']['rate_limit']} / {t['refusals']['quota']}",
+                      _pcts(t["ttft_ms"], ("p50", "p95", "p99")), _pcts(t["e2e_ms"], ("p50", "p95")),
+                      _fmt(t["requests_per_s"]), _fmt(t["output_tokens_per_s"]),
+                      ", ".join(f"{k} {v}" for k, v in t["errors"].items()) or "–"] for label, t in tenants.items()]))
+    lim = summary.get("limits")
+    if lim:
+        rows, drift = [], []
+        for label, t in lim["tenants"].items():
+            refusals = f"{t['refusals']['rate_limit']} / {t['refusals']['quota']}"
+            if not t["dimensions"]:
+                rows.append([label, "–", "no limit known", _fmt(t["accepted_requests"]), "–", "–", refusals,
+                             "–", "–"])
+            for dim, d in t["dimensions"].items():
+                ep = d["empty_to_first_429"]
+                rows.append([
+                    label, dim, f"{_fmt(d['limit'])}/min ({d['limit_source']})", _fmt(d["accepted"]),
+                    _fmt(d["allowed"]), f"{_fmt(d['overshoot'])} ({_fmt(d['overshoot_pct'], ' %')})", refusals,
+                    f"{d['early_refusals']} / {d['late_acceptances']}",
+                    f"{ep['episodes']} ({ep['without_429']} without a 429): median {_fmt(ep['median_s'], ' s')}, "
+                    f"max {_fmt(ep['max_s'], ' s')}"])
+                rem, reset = d["drift"]["remaining"], d["drift"]["reset_s"]
+                if rem["n"] or reset["n"]:
+                    drift.append([label, dim, _fmt(max(rem["n"], reset["n"])),
+                                  _pcts(rem, ("p50_abs", "p95_abs", "max_abs")),
+                                  _pcts(reset, ("p50_abs", "p95_abs", "max_abs"))])
+        out.append((f"Rate limits: conformance ({lim['accounting']} accounting)",
+                    ["tenant", "dimension", "advertised limit", "accepted", "allowed over the span",
+                     "overshoot (% of accepted)", "refusals: rate limit / quota",
+                     "refused with room / accepted past the limit", "empty bucket to first 429"], rows))
+        if drift:
+            out.append(("Rate limits: header drift against the model (reported, never gated)",
+                        ["tenant", "dimension", "headers", "remaining drift (absolute) p50 / p95 / max",
+                         "reset drift (absolute) p50 / p95 / max s"], drift))
+        counts = lim.get("finding_counts") or {}
+        shown: dict[str, int] = {}
+        frows = []
+        for f in lim.get("findings") or []:
+            shown[f["kind"]] = shown.get(f["kind"], 0) + 1
+            if shown[f["kind"]] <= FINDINGS_SHOWN:
+                frows.append([f["kind"], str(f["tenant"]), str(f["dimension"]), f["request_id"] or "–",
+                              _finding_detail(f)])
+        out.append(("Rate limits: findings (" + (", ".join(f"{k} {v}" for k, v in counts.items()) or "none") + ")",
+                    ["finding", "tenant", "dimension", "request id", "detail"],
+                    frows or [["none", "–", "–", "–", "no header or limit disagrees with the model"]]))
+    iso = summary.get("isolation")
+    if iso:
+        ci = iso.get("ci")
+        out.append((f"Isolation: {iso['steady']} while {iso['burst']} bursts", ["figure", "value"], [
+            ["calls during the bursts (TTFT p95)",
+             f"{iso['during']['n']} ({_fmt(iso['during']['ttft_p95_ms'], ' ms')})"],
+            ["calls outside them (TTFT p95)",
+             f"{iso['outside']['n']} ({_fmt(iso['outside']['ttft_p95_ms'], ' ms')})"],
+            ["TTFT p95 ratio (during / outside)", _fmt(iso.get("ratio"))],
+            [f"{100 * iso['confidence']:g}% bootstrap interval",
+             f"{_fmt(ci[0])} – {_fmt(ci[1])}" if ci else (iso.get("reason") or "–")]]))
+    return out
+
+
+def _finding_detail(f: dict[str, Any]) -> str:
+    d = f.get("detail") or {}
+    if f["kind"] == "remaining_stuck":
+        return f"reported {_fmt(d.get('reported'))}, the model at most {_fmt(d.get('model_at_most'))}"
+    if f["kind"] == "reset_wrong":
+        lo, hi = d.get("model_range_s") or (None, None)
+        return f"reported {_fmt(d.get('reported_s'), ' s')}, the model {_fmt(lo)}–{_fmt(hi, ' s')}"
+    return (f"{d.get('limit_source') or 'advertised'} limit {_fmt(d.get('advertised'))}, "
+            f"enforced {d.get('enforced')} it (about {_fmt(d.get('estimated_limit'))}): "
+            f"{d.get('early_refusals')} refusals with room, {d.get('late_acceptances')} calls accepted past the limit")
 
 
 def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -288,6 +392,7 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
         out.append(("Per endpoint, model and stream mode",
                     ["group", "calls", "error rate", "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms", "E2E p50 ms",
                      "E2E p95 ms", "out tok/s p50", "errors"], rows))
+    out += _tenant_tables(summary)
     b = summary.get("billing")
     if b:
         joins = b.get("joins") or {}
@@ -444,7 +549,9 @@ def render_html(summary: dict[str, Any], figs: dict[str, bytes]) -> str:
         parts.append("</table>")
     titles = {"ttft_cdf": "TTFT CDF per endpoint", "over_time": "Latency and throughput over time",
               "tokens_per_s": "Output tokens/s per request", "capacity": "Capacity curve",
-              "billing": "Billing findings", "ttft_vs_input": "TTFT against input tokens"}
+              "billing": "Billing findings", "ttft_vs_input": "TTFT against input tokens",
+              "ratelimit_remaining": "Remaining requests: headers against the model",
+              "ratelimit_tokens": "Accepted tokens against the limit", "isolation_ttft": "Isolation: TTFT CDF"}
     for name, png in figs.items():
         parts.append(f"<h2>{titles[name]}</h2><img alt='{name}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode()}'>")

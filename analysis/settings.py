@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import yaml
 
+from ttformats.buckets import ACCOUNTING
+
 from .ledger import LEDGER_ALIASES, LEDGER_COLUMNS, load_ledger
 from .load import InputError
 
@@ -20,7 +22,10 @@ DEFAULT_MAPPING = "tt-sim"
 MAPPING_KEYS = ("kind", "name", "description", "format", "columns", "charge_type", "charge_if_amount", "amount_scale")
 LEDGER_KEYS = ("file", "mapping", "format", "columns", "charge_type", "charge_if_amount", "amount_scale", "headers")
 FORMATS = ("auto", "csv", "jsonl", "json")
-ANALYSIS_KEYS = ("warmup_s", "settle_s", "slo", "slo_share", "billing", "early_stop")
+ANALYSIS_KEYS = ("warmup_s", "settle_s", "slo", "slo_share", "billing", "early_stop", "limits", "isolation")
+LIMITS_KEYS = ("accounting", "max_output_default", "tenants")
+TENANT_LIMIT_KEYS = ("rpm", "tpm")
+ISOLATION_KEYS = ("steady", "burst", "resamples", "confidence", "seed")
 EARLY_STOP_KEYS = ("served_share_below", "ttft_p95_growth", "consecutive")
 SLO_KEYS = ("ttft_ms", "e2e_ms", "tpot_ms", "itl_ms")
 BILLING_FLAGS = ("bill_failed", "bill_dry_runs", "bill_replays")
@@ -56,6 +61,10 @@ def check_analysis(an: Any, where: str = "analysis") -> dict[str, Any]:
         _number(an["slo_share"], f"{where}.slo_share", 0.0, 1.0)
     if "early_stop" in an:
         check_early_stop(an["early_stop"], f"{where}.early_stop")
+    if "limits" in an:
+        check_limits(an["limits"], f"{where}.limits")
+    if "isolation" in an:
+        check_isolation(an["isolation"], f"{where}.isolation")
     for k, v in _known(an.get("slo"), SLO_KEYS, f"{where}.slo").items():
         if v is not None:
             _number(v, f"{where}.slo.{k}")
@@ -73,6 +82,56 @@ def check_analysis(an: Any, where: str = "analysis") -> dict[str, Any]:
             if not ok:
                 raise InputError(f"{where}.billing.{k}: expected a non-negative number, got {v!r}")
     return an
+
+
+def _whole(v: Any, where: str, minimum: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise InputError(f"{where}: expected a whole number >= {minimum}, got {v!r}")
+
+
+def _label(v: Any, where: str) -> None:
+    if not isinstance(v, str) or not v:
+        raise InputError(f"{where}: expected a tenant label, got {v!r}")
+
+
+def check_limits(limits: Any, where: str = "analysis.limits") -> dict[str, Any]:
+    """`analysis.limits` checked, or a one-line InputError naming the bad key."""
+    limits = _known(limits, LIMITS_KEYS, where)
+    if "accounting" in limits and limits["accounting"] not in ACCOUNTING:
+        raise InputError(f"{where}.accounting: expected one of {', '.join(ACCOUNTING)}, got {limits['accounting']!r}")
+    if "max_output_default" in limits:
+        _whole(limits["max_output_default"], f"{where}.max_output_default", 1)
+    tenants = limits.get("tenants")
+    if tenants is not None:
+        if not isinstance(tenants, dict):
+            raise InputError(f"{where}.tenants: expected a mapping of tenant label: {{rpm, tpm}}")
+        for label, lim in tenants.items():
+            _label(label, f"{where}.tenants.{label}")
+            lim = _known(lim, TENANT_LIMIT_KEYS, f"{where}.tenants.{label}")
+            for k, v in lim.items():
+                if v is not None:
+                    _number(v, f"{where}.tenants.{label}.{k}")
+                    if v <= 0:
+                        raise InputError(f"{where}.tenants.{label}.{k}: out of range: {v!r}")
+    return limits
+
+
+def check_isolation(iso: Any, where: str = "analysis.isolation") -> dict[str, Any]:
+    """`analysis.isolation` checked, or a one-line InputError naming the bad key."""
+    iso = _known(iso, ISOLATION_KEYS, where)
+    for k in ("steady", "burst"):
+        if k not in iso:
+            raise InputError(f"{where}.{k}: missing (the tenant label of the {k} tenant)")
+        _label(iso[k], f"{where}.{k}")
+    if iso["steady"] == iso["burst"]:
+        raise InputError(f"{where}.burst: the same tenant as steady ({iso['burst']!r})")
+    if "resamples" in iso:
+        _whole(iso["resamples"], f"{where}.resamples", 100)
+    if "confidence" in iso:
+        _number(iso["confidence"], f"{where}.confidence", 0.5, 0.999)
+    if "seed" in iso:
+        _whole(iso["seed"], f"{where}.seed", 0)
+    return iso
 
 
 def check_early_stop(rule: Any, where: str = "analysis.early_stop") -> None:

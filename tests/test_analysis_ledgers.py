@@ -210,7 +210,8 @@ def test_bad_analysis_and_ledger_settings_are_one_line_errors(tmp_path):
         "analysis.slo.ttf": ({"analysis": {"slo": {"ttf": 100}}},
                              "analysis.slo.ttf: unknown key (known: ttft_ms, e2e_ms, tpot_ms, itl_ms)"),
         "analysis.bogus": ({"analysis": {"warmup": 5}},
-                           "analysis.warmup: unknown key (known: warmup_s, settle_s, slo, slo_share, billing, early_stop)"),
+                           "analysis.warmup: unknown key (known: warmup_s, settle_s, slo, slo_share, billing, early_stop, limits, "
+                           "isolation)"),
         "bill_failed no": ({"analysis": {"billing": {"bill_failed": "no"}}},
                            "analysis.billing.bill_failed: expected true or false, got 'no'"),
         "ledger key": ({"ledger": {"file": "x.csv", "colums": {}}},

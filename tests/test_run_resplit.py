@@ -56,6 +56,7 @@ def test_a_lost_and_a_new_worker_re_split_the_schedule_without_duplicates(tmp_pa
             for p in (master, *workers, *([extra] if extra else [])):
                 if p.poll() is None:
                     p.kill()
+    newcomer_output = extra.communicate(timeout=10)[0][-2000:] if extra else ""
     assert master.returncode == 0, output[-3000:]
     harness = json.loads((out / "harness.json").read_text())
     (lost,) = harness["lost_workers"]
@@ -78,7 +79,8 @@ def test_a_lost_and_a_new_worker_re_split_the_schedule_without_duplicates(tmp_pa
     # every other hole is an arrival counted as dropped (no free user: while users spawn at the start, or while
     # the newcomer's rebalanced users spawn), never one silently lost
     others = holes - lost_holes
-    assert harness["arrivals"]["dropped"] == len(others), sorted((i, schedule[i]) for i in others)[:20]
+    assert harness["arrivals"]["dropped"] == len(others), (sorted((i, schedule[i]) for i in others)[:20],
+                                                           harness["workers"], newcomer_output, output[-2000:])
     late = [r for r in recs if r["worker"] == newcomer]
     assert all(schedule[r["arrival"]] >= resplits[-1]["from_t"] for r in late)  # never before its rank took effect
     # the run's figures are the sums over its workers
