@@ -150,3 +150,28 @@ def test_records_carry_tenants_and_headers_never_keys(runs):
         text = (run_dir / f).read_text()
         for key in (*KEYS.values(), "tt-sim-local-key"):
             assert key not in text, (f, key)
+
+
+def test_a_tenants_spend_cap_stops_that_tenant_only(tmp_path):
+    """Tenant `small` may spend 0.0004 (about 25 calls of gpt-4o-mini here); `big` has no cap of its own."""
+    path = write_scenario(tmp_path / "caps.yaml", {
+        "name": "caps", "seed": 2, "target": "sim", "sim": {"config": {"models": MODELS}},
+        "users": 6, "spawn_rate": 6, "duration": "6s", "stop_timeout": "5s",
+        "think_time": {"min_s": 0.02, "max_s": 0.05},
+        "tenants": [{"label": "small", "api_key_env": "TT_API_KEY", "spend": {"max": 0.0004}},
+                    {"label": "big", "api_key_env": "TT_API_KEY"}],
+        "mix": [{"endpoint": "chat", "models": ["gpt-4o-mini"], "prompt_tokens": 40, "output_tokens": 16}]})
+    out = tmp_path / "run"
+    r = ttbench("run", str(path), "--out", str(out), timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tenant small: spend cap reached" in r.stderr
+    recs = records(out)
+    prices = {"input": 0.15e-6, "output": 0.60e-6}  # gpt-4o-mini per token, the shipped price sheet
+    spent = {t: sum(prices["input"] * (r["usage"] or {}).get("input", 0) + prices["output"] * (r["usage"] or {}).get(
+        "output", 0) for r in recs if r["tenant"] == t and r["ok"]) for t in ("small", "big")}
+    one_call = max(prices["input"] * r["usage"]["input"] + prices["output"] * r["usage"]["output"]
+                   for r in recs if r["ok"])
+    assert 0.0004 <= spent["small"] <= 0.0004 + 6 * one_call  # reached, overshot by at most a call per user
+    small_end = max(r["t_start"] for r in recs if r["tenant"] == "small")
+    big = [r["t_start"] for r in recs if r["tenant"] == "big"]
+    assert max(big) > small_end + 1.0 and spent["big"] > spent["small"]  # the other tenant went on
