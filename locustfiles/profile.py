@@ -332,13 +332,19 @@ def parse_reset(value: str, now: float | None = None) -> float | None:
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def retry_info_delay(body: Any) -> float | None:
-    """Gemini's `RetryInfo.retryDelay` (e.g. "30s") from an error body, in seconds."""
+def error_details(body: Any) -> list[Any] | None:
+    """The `error.details` list of a Google-style error body (or of the first element of a JSON array)."""
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(body, list) and body and isinstance(body[0], dict):
         err = body[0].get("error")
     details = err.get("details") if isinstance(err, dict) else None
-    if not isinstance(details, list):
+    return details if isinstance(details, list) else None
+
+
+def retry_info_delay(body: Any) -> float | None:
+    """Gemini's `RetryInfo.retryDelay` (e.g. "30s") from an error body, in seconds."""
+    details = error_details(body)
+    if details is None:
         return None
     for d in details:
         if isinstance(d, dict) and str(d.get("@type", "")).endswith("RetryInfo"):

@@ -17,7 +17,15 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTP
 
 from .calls import WireRequest
 from .dialects.base import Reader, loads
-from .profile import RESET_HEADERS, Profile, parse_reset, parse_wait, read_ratelimit, retry_info_delay
+from .profile import (
+    RESET_HEADERS,
+    Profile,
+    error_details,
+    parse_reset,
+    parse_wait,
+    read_ratelimit,
+    retry_info_delay,
+)
 from .streams import BodyReader, JsonArrayFramer, ProtocolError, SSEFramer
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -167,11 +175,8 @@ def _short(fields: dict[str, str], parsed: bool) -> str:
 
 def quota_failure(body: Any) -> dict[str, dict[str, Any]] | None:
     """Gemini's `QuotaFailure` details as rate-limit figures: the violated quota's limit, nothing remaining."""
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        err = body[0].get("error")
-    details = err.get("details") if isinstance(err, dict) else None
-    if not isinstance(details, list):
+    details = error_details(body)
+    if details is None:
         return None
     out: dict[str, dict[str, Any]] | None = None
     for d in details:
