@@ -195,3 +195,41 @@ def isolation_ttft(samples: dict[str, np.ndarray], steady: str = "", burst: str 
     ax.grid(alpha=0.3)
     ax.legend()
     return _png(fig)
+
+
+def overhead_ttft_cdf(samples: dict[str, list[float]]) -> bytes | None:
+    """CDF of the added TTFT per attempt: through the gateway against the baseline (the harness's own share)."""
+    if not any(samples.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for route in ("gateway", "baseline"):
+        v = np.sort(np.asarray(samples.get(route) or [], dtype=np.float64))
+        if v.size:
+            ax.plot(v, np.arange(1, v.size + 1) / v.size, label=f"{route} (n={v.size})")
+    ax.set_xlabel("added time to first token (ms)")
+    ax.set_ylabel("share of attempts")
+    ax.set_title("Gateway overhead: added TTFT CDF")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def overhead_vs_load(stages: list[dict[str, Any]]) -> bytes | None:
+    """Added TTFT and E2E p50 against each stage's offered load, per route."""
+    pts = [s for s in stages if s.get("offered_rps") is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for route, marker in (("gateway", "o"), ("baseline", "s")):
+        mine = sorted((s for s in pts if s.get("route") == route), key=lambda s: s["offered_rps"])
+        for key, label in (("added_ttft_p50_ms", "added TTFT p50"), ("added_e2e_p50_ms", "added E2E p50")):
+            xy = [(s["offered_rps"], s[key]) for s in mine if s.get(key) is not None]
+            if xy:
+                ax.plot([x for x, _ in xy], [y for _, y in xy], marker=marker, label=f"{route}: {label}")
+    ax.set_xlabel("offered load (calls/s)")
+    ax.set_ylabel("ms")
+    ax.set_title("Gateway overhead against offered load")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _png(fig)

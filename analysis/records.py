@@ -31,7 +31,7 @@ V3_SCALARS = ("tenant", "refusal")  # version 3 on (null before)
 SCALARS = (*SCALARS, *V2_SCALARS, *V3_SCALARS)
 DERIVED = ("chunks_n", "chunks_us", "u_input", "u_output", "u_cached", "u_write", "u_reasoning", "est_amount")
 COLUMNS = SCALARS + DERIVED
-RECORD_VERSIONS = (1, 2, 3)  # 2 adds ids, request_id_header, sent, dry_run_ignored, ...; 3 tenant, refusal, ratelimit
+RECORD_VERSIONS = (1, 2, 3, 4)  # 2 adds ids, request_id_header, sent, dry_run_ignored, ...; 3 tenant, refusal, ratelimit
 
 
 NUMERIC = ("t_start", "end_ms", "headers_ms", "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms",

@@ -14,7 +14,7 @@ import yaml
 
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 
-from . import plots, settings, trust
+from . import overhead, plots, settings, trust
 from .billing import Policy, audit
 from .capacity import SETTLE_S
 from .capacity import analyse as capacity_analyse
@@ -25,6 +25,7 @@ from .limits import Replay, limits_report
 from .load import InputError, LoadReport, load_jsonl
 from .metrics import SLO, Options, compute, finite
 from .records import load_records
+from .scrape import scrape_summary, scrape_table
 from .tenants import isolation, tenant_metrics
 
 SUMMARY_VERSION = 3  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers; 3: tenants, limits, isolation
@@ -222,17 +223,20 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     summary["isolation"], iso_samples = isolation(calls if have_calls else att.iloc[:0], att, iso_cfg)
     truth = load_jsonl(run_dir / "truth.jsonl")
     summary["harness"] = harness_health(att, run_dir, scenario, m, truth) if not att.empty else None
+    summary["overhead"] = overhead.analyse(run_dir, scenario)
     for w in (summary["harness"] or {}).get("lost_workers", []):
         summary["warnings"].append(
             f"worker {w.get('worker_index')} was lost mid-run (client {w.get('client_id')}): up to "
             f"{w.get('possibly_missing_records')} of its records may be missing; the gateway's charges for its "
             "unfinished calls are attributed to it (billing.lost_worker_charges)")
+    summary["scrape"] = scrape_summary(run_dir)
     summary["gates"] = evaluate(gates_cfg, summary)
     summary["gates_ok"] = all(g["ok"] for g in summary["gates"])
     summary = finite(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     figs = _figures(calls, m, summary) if calls is not None else {}
     figs.update(_limit_figures(replays, iso_samples, summary.get("isolation")))
+    figs.update(_overhead_figures(run_dir, summary.get("overhead")))
     (run_dir / "report.md").write_text(render_md(summary, figs))
     (run_dir / "report.html").write_text(render_html(summary, figs))
     return summary, (0 if summary["gates_ok"] else 1)
@@ -246,6 +250,51 @@ def _figures(calls: pd.DataFrame, m: dict[str, Any], summary: dict[str, Any]) ->
                       ("ttft_vs_input", plots.ttft_vs_input(calls) if summary.get("conversations") else None)):
         if png:
             out[name] = png
+    return out
+
+
+def _overhead_figures(run_dir: Path, ov: dict[str, Any] | None) -> dict[str, bytes]:
+    if not ov:
+        return {}
+    out = {}
+    for name, png in (("overhead_ttft", plots.overhead_ttft_cdf(overhead.samples(run_dir))),
+                      ("overhead_load", plots.overhead_vs_load(ov.get("stages") or []))):
+        if png:
+            out[name] = png
+    return out
+
+
+def _overhead_tables(ov: dict[str, Any] | None) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The gateway overhead section: joins and counts, added figures per group (raw and net), per stage."""
+    if not ov:
+        return []
+    j = ov["join"]
+    out = [("Gateway overhead", ["figure", "value"], [
+        ["attempts joined by X-Client-Attempt-ID / by prompt marker / not joined",
+         f"{j['by_attempt_id']} / {j['by_marker']} / {j['unjoined']}"],
+        ["upstream requests", _fmt(ov["upstream_requests"])],
+        ["hidden upstream retries (upstream requests beyond one per attempt)", _fmt(ov["hidden_retries"])],
+        ["answers with no upstream request (cache answers)", _fmt(ov["cache_answers"])],
+        ["clocks", ov.get("clocks") or ""]])]
+    rows = []
+    names = (("added_ttfb_ms", "first byte"), ("added_ttft_ms", "TTFT"), ("added_chunk_ms", "per chunk"),
+             ("added_e2e_ms", "E2E"))
+    for key, g in ov["groups"].items():
+        for metric, label in names:
+            d, b = g[metric], g["baseline"][metric]
+            if not d["n"] and not b["n"]:
+                continue
+            rows.append([key, label, _fmt(d["n"]), " / ".join(_fmt(d[k], " ms") for k in ("p50", "p95", "p99", "max")),
+                         _fmt(b["n"]), _fmt(b["p50"], " ms"), _fmt(g["net_p50"][metric], " ms")])
+    if rows:
+        out.append(("Gateway overhead: added time per group (gateway raw; baseline = the harness's own share)",
+                    ["group", "figure", "n", "gateway p50 / p95 / p99 / max", "baseline n", "baseline p50",
+                     "net p50 (gateway - baseline)"], rows))
+    if ov["stages"]:
+        out.append(("Gateway overhead per stage", ["stage", "route", "offered rps", "attempts", "added TTFT p50",
+                                                   "added E2E p50"],
+                    [[str(s["stage"]), s["route"], _fmt(s["offered_rps"]), _fmt(s["attempts"]),
+                      _fmt(s["added_ttft_p50_ms"], " ms"), _fmt(s["added_e2e_p50_ms"], " ms")] for s in ov["stages"]]))
     return out
 
 
@@ -482,6 +531,8 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
                          f"{_epoch(w.get('last_shipment_at'))}; up to {_fmt(w.get('possibly_missing_records'))} "
                          "records may be missing"])
         out.append(("Harness health", ["figure", "value"], rows))
+    out += _overhead_tables(summary.get("overhead"))
+    out += scrape_table(summary.get("scrape"))
     if summary["gates"]:
         out.append(("Gates", ["gate", "threshold", "value", "samples (min)", "result", "why"],
                     [[g["gate"], f"{g['sense']} {g['threshold']}", _fmt(g["value"]),
@@ -551,7 +602,9 @@ def render_html(summary: dict[str, Any], figs: dict[str, bytes]) -> str:
               "tokens_per_s": "Output tokens/s per request", "capacity": "Capacity curve",
               "billing": "Billing findings", "ttft_vs_input": "TTFT against input tokens",
               "ratelimit_remaining": "Remaining requests: headers against the model",
-              "ratelimit_tokens": "Accepted tokens against the limit", "isolation_ttft": "Isolation: TTFT CDF"}
+              "ratelimit_tokens": "Accepted tokens against the limit", "isolation_ttft": "Isolation: TTFT CDF",
+              "overhead_ttft": "Gateway overhead: added TTFT CDF (gateway against baseline)",
+              "overhead_load": "Gateway overhead against offered load"}
     for name, png in figs.items():
         parts.append(f"<h2>{titles[name]}</h2><img alt='{name}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode()}'>")

@@ -14,6 +14,7 @@ from .billing import new_request_id
 from .dialects import DIALECTS, configurable
 from .dialects.base import Dialect, Route
 from .exchange import Aborted, send_error
+from .metrics import METRICS_PATH, metrics_route
 from .state import Gateway
 from .truth import client_headers, redacted_query
 
@@ -45,14 +46,15 @@ def _handler(dialect: Dialect, route: Route):  # noqa: ANN202
 @web.middleware
 async def gateway_middleware(request: web.Request, handler) -> web.StreamResponse:  # noqa: ANN001
     """Give every API request a fresh id and a truth entry, and keep errors in the dialect's shape."""
-    if request.path.startswith("/_sim/"):
+    if request.path.startswith("/_sim/") or request.path == METRICS_PATH:  # admin and metrics: no truth entry
         return await handler(request)
     gw = request.app[GW_KEY]
     rid = new_request_id()
     attempt = request.headers.get("X-Client-Attempt-ID")
+    headers = client_headers(request.headers)
     entry = gw.truth.open(rid, client_attempt_id=attempt, received=time.time(), method=request.method,
                           path=request.path, query=redacted_query(request.rel_url.raw_query_string),
-                          client_headers=client_headers(request.headers))
+                          client_headers=headers, traceparent=headers.get("traceparent"))
     ctx = {"request_id": rid, "created": int(time.time()), "entry": entry, "attempt_key": attempt or rid,
            "client_attempt_id": attempt}
     request["ctx"] = ctx
@@ -72,6 +74,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
     except asyncio.CancelledError:
         if entry["outcome"] in ("open", "ok"):
             entry["outcome"] = "cancelled"
+        gw.counters.observe(entry)
         gw.truth.close(entry)
         raise
     except Exception:
@@ -82,6 +85,7 @@ async def gateway_middleware(request: web.Request, handler) -> web.StreamRespons
                                     "The server had an error while processing your request.")
     endpoint = entry.get("endpoint") or "other"
     gw.served[endpoint] = gw.served.get(endpoint, 0) + 1
+    gw.counters.observe(entry)
     gw.truth.close(entry)
     return response
 
@@ -91,6 +95,7 @@ def make_app(gw: Gateway) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=64 * 1024 * 1024)
     app[GW_KEY] = gw
     add_routes(app)
+    app.router.add_get(METRICS_PATH, metrics_route)
 
     def serve(dialect: Dialect, route: Route) -> None:
         if route.method == "GET":

@@ -32,6 +32,7 @@ class PrefixCache:
         self._entries: OrderedDict[str, int] = OrderedDict()
         self._used = 0
         self.hits = 0
+        self.lookups = 0
         self.evictions = 0
 
     @staticmethod
@@ -49,6 +50,7 @@ class PrefixCache:
         """Serve the longest cached prefix (except the last message), then cache every prefix of this request."""
         if not self.enabled or len(segments) < 1:
             return Lookup()
+        self.lookups += 1
         prefs = self.prefixes(model, segments)
         served = 0
         for key, tokens in prefs[:-1]:  # the newest message is never served from cache
@@ -74,4 +76,5 @@ class PrefixCache:
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for the admin API."""
-        return {"entries": len(self._entries), "tokens": self._used, "hits": self.hits, "evictions": self.evictions}
+        return {"entries": len(self._entries), "tokens": self._used, "hits": self.hits,
+                "lookups": self.lookups, "evictions": self.evictions}

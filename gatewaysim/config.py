@@ -217,7 +217,7 @@ def _check_routes(where: str, routes: dict[str, Any]) -> None:
             if not path.startswith("/") or any(c in path for c in "{}?#% \t\r\n") or "//" in path:
                 raise ConfigError(f"{where}: {key}: expected an exact path starting with '/' (no {{}}, ?, #, % "
                                   f"or spaces), got {path!r}")
-            if path in exact or path.startswith(prefixes) or path.rstrip("/") == "/_sim":
+            if path in exact or path.startswith(prefixes) or path.rstrip("/") in ("/_sim", "/metrics"):
                 raise ConfigError(f"{where}: {key}: {path} is a built-in route of the simulator")
             if path in seen:
                 raise ConfigError(f"{where}: {key}: {path} is already listed under {seen[path]}")

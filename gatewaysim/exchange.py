@@ -18,6 +18,7 @@ from .faults import FAULT_TABLE, REPLAY_FAULTS, applicable
 from .generation import plan_chat, plan_embeddings, plan_images
 from .idempotency import MAX_KEY_LENGTH, StoredResponse, fingerprint, normalize_key
 from .ledger import format_amount
+from .truth import find_marker
 
 if TYPE_CHECKING:
     from ttformats.prices import Usage
@@ -119,6 +120,7 @@ class Exchange:
         if denied is not None:
             return denied
         raw = await self.request.read()
+        self.entry["marker"] = find_marker(raw)
         try:
             body = json.loads(raw) if raw else None
         except (ValueError, UnicodeDecodeError):

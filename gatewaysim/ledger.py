@@ -65,6 +65,8 @@ class Ledger:
             raise LedgerError(f"{path}: the ledger file has no column {missing[0]!r} (written by an older "
                               "simulator); use a new file")
         self._pending = 0
+        #: Money charged through this instance (charge rows added since it started).
+        self.charged = Decimal(0)
 
     def add(
         self,
@@ -101,6 +103,8 @@ class Ledger:
                 currency,
             ),
         )
+        if kind == "charge":
+            self.charged += amount
         self._pending += 1
         if self._pending >= 500:
             self.flush()

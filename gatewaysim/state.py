@@ -12,6 +12,7 @@ from .draws import Planter
 from .idempotency import IdempotencyStore
 from .ledger import Ledger
 from .limits import TenantLimits
+from .metrics import SimCounters
 from .truth import Truth
 
 DEFAULT_API_KEY = "tt-sim-local-key"
@@ -41,6 +42,8 @@ class Gateway:
         self.faults = Planter(config.seed, "fault", config.section("faults"), FAULT_KINDS)
         self.biller = Biller(config.prices, self.ledger, self.truth, config.seed, config.section("billing_errors"))
         self.served: dict[str, int] = {}
+        #: What /metrics counts of finished requests (by endpoint and status, tokens).
+        self.counters = SimCounters()
         #: Server-side state a dialect keeps across requests (e.g. stored responses), by endpoint name.
         self.dialect_state: dict[str, Any] = {}
 

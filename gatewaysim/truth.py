@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import IO, Any
 from urllib.parse import unquote_plus
 
@@ -14,6 +15,8 @@ DROPPED_HEADERS = frozenset((
     "cookie", "host", "content-length", "connection", "accept-encoding", "transfer-encoding",
 ))
 HEADER_VALUE_MAX = 200
+#: The short marker a load generator puts in a prompt to join its attempt to the upstream requests it caused.
+MARKER_RE = re.compile(rb"\[ttb:[0-9a-f]{4,32}\]")
 
 
 def client_headers(headers: CIMultiDictProxy[str]) -> dict[str, str]:
@@ -44,6 +47,12 @@ def redacted_query(query_string: str) -> str:
     return "&".join(parts)
 
 
+def find_marker(body: bytes) -> str | None:
+    """The first `[ttb:<hex>]` marker in a request body, if any."""
+    m = MARKER_RE.search(body)
+    return m.group(0).decode() if m else None
+
+
 class Truth:
     """Per-request truth entries, kept in memory and optionally appended to a JSONL file."""
 
@@ -56,11 +65,13 @@ class Truth:
         entry: dict[str, Any] = {
             "request_id": request_id,
             "client_attempt_id": None,
+            "marker": None,
             "received": None,
             "method": None,
             "path": None,
             "query": None,
             "client_headers": None,
+            "traceparent": None,
             "endpoint": None,
             "model": None,
             "tenant": None,

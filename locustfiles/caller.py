@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 
+from .baseline import marker_text, with_marker
 from .calls import CallSpec
 from .dialects import DIALECTS
 from .profile import Profile, ratelimit_wait
@@ -50,6 +53,8 @@ class Caller:
         self.rng = rng
         self.on_call = on_call
         self.seq = 0
+        self._ids = random.Random(os.urandom(16))  # trace and span ids: random, apart from the seeded workload
+        self.overhead: Any = None  # baseline.Overhead: the route (gateway or baseline) and the prompt marker
         self.in_flight = 0
         self.retries = 0
 
@@ -70,20 +75,30 @@ class Caller:
             return []
         dialect = DIALECTS[spec.endpoint]
         profile = self.profile
+        ov = self.overhead
+        route = ov.route(stage) if ov is not None else None
+        origin: str | None = None  # the baseline's origin for a baseline attempt
+        if route == "baseline":
+            profile, origin, tenant = ov.profile, ov.url, None
         idempotent = profile.idempotency_honoured is True
         label = tenant.label if tenant is not None else None
         call_id = self.next_call_id()
+        trace_id = f"{self._ids.getrandbits(128) or 1:032x}"  # one W3C trace per logical call, a span per attempt
         records: list[dict[str, Any]] = []
         attempt = 0
         self.in_flight += 1
         try:
             while True:
                 attempt += 1
-                wire = dialect.build(spec)
-                profile.apply(wire, spec, tenant.api_key if tenant is not None else self.api_key, spec.headers)
+                marker = marker_text(self._ids.getrandbits(48)) if ov is not None and ov.marker else None
+                wire = dialect.build(with_marker(spec, marker) if marker else spec)
+                key = ov.key if route == "baseline" else tenant.api_key if tenant is not None else self.api_key
+                profile.apply(wire, spec, key, spec.headers)
                 attempt_id = f"{call_id}-a{attempt}"
                 wire.headers[profile.idempotency_header] = call_id
                 wire.headers["X-Client-Attempt-ID"] = attempt_id
+                traceparent = f"00-{trace_id}-{self._ids.getrandbits(64) or 1:016x}-01"
+                wire.headers["traceparent"] = traceparent
                 if spec.dry_run:
                     wire.headers[profile.dry_run_header] = "true"
                 stream_format = (spec.stream_format or "sse") if spec.stream else None
@@ -93,9 +108,11 @@ class Caller:
                 epoch0 = time.time()
                 t0 = time.perf_counter()
                 rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage, arrival, label)
+                rec["traceparent"] = traceparent
+                rec["route"], rec["marker"] = route, marker
                 out = Outcome()
                 try:
-                    transports.get(wire.base).send(wire, reader, spec.stream, spec.dry_run, out)
+                    transports.get(wire.base or origin).send(wire, reader, spec.stream, spec.dry_run, out)
                 except gevent.GreenletExit:
                     # what arrived before the stop is kept (status, request id, chunks): its charge can be joined
                     out.error_kind, out.error, out.t_end = "cancelled", "the harness stopped the attempt", \
@@ -150,6 +167,7 @@ class Caller:
                 tenant: str | None = None) -> dict[str, Any]:
         return {
             "v": RECORD_VERSION, "run_id": self.run_id, "worker": self.worker, "tenant": tenant, "attempt_id": attempt_id,
+            "traceparent": None, "route": None, "marker": None,
             "call_id": call_id, "attempt": attempt, "final": True, "idempotency_key": call_id,
             "request_id": None, "original_request_id": None, "replayed": False,
             "endpoint": spec.endpoint, "model": spec.model, "stream": spec.stream,

@@ -9,7 +9,7 @@ from array import array
 from collections.abc import Callable
 from typing import IO, Any
 
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "record.schema.json")
 
 

@@ -22,6 +22,7 @@ from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 from ttformats.sweep import rule_of
 
 from .arrivals import Split
+from .baseline import Overhead
 from .caller import Caller
 from .calls import CallSpec
 from .dialects import TEXT_ENDPOINTS
@@ -32,8 +33,10 @@ from .prompts import Calibrator
 from .records import FLUSH_INTERVAL_S, RecordSink
 from .retry import BudgetPool, LeasedBudget, RetryBudget
 from .scenario import Scenario, ScenarioError, gateway_profile, load_scenario
+from .scrape import Scraper
 from .spend import SpendCap, SpendPool, unpriced_models
 from .sweep import SweepWatch
+from .telemetry import Telemetry
 from .tenants import Tenant, TenantError, Tenants
 from .workers import CpuMeter, Workers
 from .workload import Workload
@@ -108,6 +111,7 @@ class Runtime:
         self.retries_seen = 0
         self.workers = Workers(runner) if self.role == "master" else None
         self.cpu = CpuMeter()
+        self.scraper: Scraper | None = None  # `scrape:` targets, read by the local or master process
         self.report_running = False
         self._report_at = 0.0
         self._started_once = False
@@ -177,12 +181,21 @@ class Runtime:
         self.caller = Caller(self.run_id, self.worker, self.api_key, scenario.retry, budget, self._emit, self.rng,
                              on_call=self._on_call, profile=self.profile)
         self.caller.on_dry_run_ignored = self._dry_run_ignored
+        try:  # gateway overhead: baseline stages straight at the upstream, prompt markers
+            self.caller.overhead = Overhead.from_scenario(scenario, self.api_key, need_baseline=self.role != "master")
+        except ScenarioError as exc:
+            fail(str(exc))
         if (self.role == "worker" and self.spend.capped) or self.tenants:
             self.caller.admit = self.admit
         try:
-            self.secrets = tuple(dict.fromkeys([*self.profile.secrets(self.api_key), *self.tenants.keys()]))
+            self.secrets = tuple(dict.fromkeys([*self.profile.secrets(self.api_key), *self.tenants.keys(),
+                                                *([self.caller.overhead.key] if self.caller.overhead is not None
+                                                  and self.caller.overhead.key else [])]))
         except ProfileError as exc:
             fail(str(exc))
+        # live metrics out (Prometheus, OpenTelemetry): where every record is seen, the local process or the master
+        self.telemetry = None if self.role == "worker" else Telemetry.for_runtime(
+            opts, self.in_flight, self.prices.currency if self.prices is not None else "USD")
 
     def admit(self, tenant: Tenant | None = None) -> bool:
         """Whether a call (of a tenant) may start under the run's and the tenant's spend caps; a worker asks the
@@ -252,6 +265,8 @@ class Runtime:
             self.sweep.add(rec)
         self.spend.add(rec)
         self.tenants.account(rec)
+        if self.telemetry is not None:
+            self.telemetry.add(rec, self.spend.money)
         if self.role == "worker":
             return  # the master holds the cap: a worker only stops starting calls past its lease
         if self.spend.exceeded and not self.stopping:
@@ -392,6 +407,10 @@ class Runtime:
             if self._clock_greenlet is not None:
                 self._clock_greenlet.kill(block=False)
             self._clock_greenlet = gevent.spawn(self._clock)
+            if self.scenario.scrape and self.out_dir is not None:
+                if self.scraper is None:
+                    self.scraper = Scraper(self.scenario.scrape, self.out_dir, verify=not self.insecure)
+                self.scraper.start()
             if first:
                 gevent.spawn(self._progress)
                 if self.role == "master":
@@ -522,6 +541,10 @@ class Runtime:
             gevent.sleep(0.02)
         if self.sink is not None:
             self.sink.close()
+        if self.scraper is not None:  # the last read of every target, after the run's end
+            self.scraper.stop()
+        if self.telemetry is not None:  # every record is in: a last scrape (--metrics-linger) sees the end
+            self.telemetry.close(gevent.sleep)
         if self.role == "worker" or self.out_dir is None:
             return
         opts = self.environment.parsed_options
@@ -631,6 +654,8 @@ def install() -> None:
             rt.stopping = True
             if rt.arrivals is not None:
                 rt.arrivals.stop()
+            if rt.scraper is not None:
+                rt.scraper.stop()
             gevent.spawn_later(WORKER_REPORT_INTERVAL + 1 if rt.role == "master" else 1.0, rt.write_report)
 
     @events.quitting.add_listener

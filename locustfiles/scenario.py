@@ -84,6 +84,7 @@ class Stage:
     duration_s: float
     rate: float | None = None
     users: int | None = None
+    baseline: bool = False  # straight at the overhead baseline (the upstream simulator), not the gateway
 
 
 @dataclass(slots=True)
@@ -159,6 +160,9 @@ class Scenario:
     conv_think_max_s: float = 0.0
     conv_server_state: bool = False      # go on by the last response's id where the dialect can (Responses)
     tenants: list[TenantSpec] = field(default_factory=list)
+    sim_port: int | None = None          # the embedded simulator's port (as the gateway's upstream: a fixed one)
+    overhead: dict[str, Any] = field(default_factory=dict)   # {marker, baseline, baseline_key_env, baseline_gateway}
+    scrape: dict[str, Any] = field(default_factory=dict)     # {every_s, targets: [{name, url, headers}]}
 
     @property
     def open_loop(self) -> bool:
@@ -243,7 +247,11 @@ MIX_KEYS = ("endpoint", "weight", "models", "stream", "json_array", "dry_run", "
             "prompt_tokens", "output_tokens", "ignore_eos", "images", "inputs", "dims", "headers")
 TOP_KEYS = ("name", "description", "seed", "target", "api_key_env", "sim", "users", "spawn_rate", "duration",
             "stop_timeout", "arrivals", "stages", "think_time", "timeouts", "retry", "defaults", "mix", "spend",
-            "tls", "gates", "ledger", "analysis", "trace", "conversations", "gateway", "tenants")
+            "tls", "gates", "ledger", "analysis", "trace", "conversations", "gateway", "tenants", "overhead",
+            "scrape")
+OVERHEAD_KEYS = ("marker", "baseline", "baseline_key_env", "baseline_gateway")
+SCRAPE_KEYS = ("every_s", "targets")
+SCRAPE_TARGET_KEYS = ("name", "url", "headers")
 TENANT_KEYS = ("label", "api_key_env", "weight", "mix", "arrivals", "spend")
 PROFILE_SECTION_KEYS = tuple(k for k in PROFILE_KEYS if k != "name")
 ARRIVAL_KEYS = ("process", "rate", "burstiness", "on_s", "off_s")
@@ -423,7 +431,9 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     api_key_env = d.get("api_key_env", "TT_API_KEY")
     if not isinstance(api_key_env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", api_key_env):
         raise v.fail("api_key_env", f"expected an environment variable name, got {api_key_env!r}")
-    sim_cfg = v.mapping("sim", d.get("sim"), ("config",)).get("config")
+    sim_sec = v.mapping("sim", d.get("sim"), ("config", "port"))
+    sim_cfg = sim_sec.get("config")
+    sim_port = int(v.num("sim.port", sim_sec["port"], 1, 65535, integer=True)) if "port" in sim_sec else None
     if isinstance(sim_cfg, str) and base_dir is not None:
         p = (base_dir / sim_cfg).resolve()
         if not p.is_file():
@@ -442,8 +452,12 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     if not isinstance(raw_stages, list):
         raise v.fail("stages", "expected a list of {duration, rate} or {duration, users}")
     for i, s in enumerate(raw_stages):
-        sd = v.mapping(f"stages[{i}]", s, ("duration", "rate", "users"))
+        sd = v.mapping(f"stages[{i}]", s, ("duration", "rate", "users", "baseline"))
         st = Stage(duration_s=v.duration(f"stages[{i}].duration", sd.get("duration")))
+        if "baseline" in sd:
+            if not isinstance(sd["baseline"], bool):
+                raise v.fail(f"stages[{i}].baseline", f"expected true or false, got {sd['baseline']!r}")
+            st.baseline = sd["baseline"]
         if "rate" in sd:
             st.rate = float(v.num(f"stages[{i}].rate", sd["rate"]))
         if "users" in sd:
@@ -547,8 +561,58 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
         conv_think_max_s=conv_think_max, gateway=gateway, client_cert=certs.get("client_cert"),
         client_key=certs.get("client_key"), spend_money_off=money_off, tenants=tenants,
     )
+    scenario.sim_port = sim_port
+    scenario.overhead = _overhead(v, d.get("overhead"), stages)
+    scenario.scrape = _scrape(v, d.get("scrape"))
     scenario.profile = gateway_profile(scenario)
     return scenario
+
+
+def _overhead(v: _V, raw: Any, stages: list[Stage]) -> dict[str, Any]:
+    o = v.mapping("overhead", raw, OVERHEAD_KEYS)
+    marker = o.get("marker", False)
+    if not isinstance(marker, bool):
+        raise v.fail("overhead.marker", f"expected true or false, got {marker!r}")
+    baseline = o.get("baseline", "sim")
+    if not isinstance(baseline, str) or not (baseline == "sim" or re.match(r"^https?://[^\s/]+", baseline)):
+        raise v.fail("overhead.baseline", f"expected 'sim' or an http(s) URL, got {baseline!r}")
+    key_env = o.get("baseline_key_env")
+    if key_env is not None and (not isinstance(key_env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key_env)):
+        raise v.fail("overhead.baseline_key_env", f"expected an environment variable name, got {key_env!r}")
+    gw = o.get("baseline_gateway", "tt")
+    if not isinstance(gw, str) or not gw:
+        raise v.fail("overhead.baseline_gateway", f"expected a gateway profile name or file, got {gw!r}")
+    if any(st.baseline for st in stages) and raw is None:
+        raise v.fail("stages", "a baseline stage needs an overhead section (overhead: {baseline: sim})")
+    return {"marker": marker, "baseline": baseline, "baseline_key_env": key_env, "baseline_gateway": gw} \
+        if raw is not None else {}
+
+
+def _scrape(v: _V, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    sc = v.mapping("scrape", raw, SCRAPE_KEYS)
+    every = v.duration("scrape.every_s", sc.get("every_s", 5))
+    targets = sc.get("targets")
+    if not isinstance(targets, list) or not targets:
+        raise v.fail("scrape.targets", "expected a non-empty list of {name, url}")
+    out = []
+    for i, t in enumerate(targets):
+        path = f"scrape.targets[{i}]"
+        td = v.mapping(path, t, SCRAPE_TARGET_KEYS)
+        url = td.get("url")
+        if not isinstance(url, str) or not (url == "sim" or re.match(r"^https?://[^\s/]+", url)):
+            raise v.fail(f"{path}.url", f"expected 'sim' (the embedded simulator's /metrics) or an http(s) URL, "
+                                        f"got {url!r}")
+        name = v.text(f"{path}.name", td.get("name", "sim" if url == "sim" else f"target{i + 1}"))
+        if any(o["name"] == name for o in out):
+            raise v.fail(f"{path}.name", f"{name!r} is already a scrape target")
+        try:
+            hdrs = headers(f"{v.file}: {path}.headers", td.get("headers"))
+        except ProfileError as exc:
+            raise ScenarioError(str(exc)) from None
+        out.append({"name": name, "url": url, "headers": hdrs})
+    return {"every_s": every, "targets": out}
 
 
 def _trace(v: _V, raw: Any, base_dir: Path | None) -> tuple[TraceSpec, Trace]:

@@ -108,6 +108,17 @@ def _tour(args: argparse.Namespace) -> int:
     return run_tour(args.config, args.seed)
 
 
+def _metrics_options(parser: argparse.ArgumentParser) -> None:
+    """Live metrics out: the Prometheus endpoint and OpenTelemetry (passed on to Locust)."""
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve live LLM metrics for Prometheus on this port (0 or absent: off)")
+    parser.add_argument("--metrics-host", default=None, help="address of the metrics endpoint (default 127.0.0.1)")
+    parser.add_argument("--metrics-linger", type=float, default=None, metavar="S",
+                        help="keep the endpoint up S seconds after the last record (a last scrape sees the end)")
+    parser.add_argument("--otel", action="store_true", help="export Locust's and ttbench's metrics with "
+                                                            "OpenTelemetry (configured by OTEL_* variables)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="ttbench", description=__doc__)
@@ -141,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prices", default=None, help="price sheet for a URL target")
     run.add_argument("--gateway", default=None, help="gateway profile: tt (default), openai-compatible, litellm, "
                                                      "or a YAML file")
+    _metrics_options(run)
     run.set_defaults(func=_run)
 
     ui = sub.add_parser("ui", help="the Locust web UI with ttbench's LLM views, against the simulator by default")
@@ -157,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--max-spend", type=float, default=None)
     ui.add_argument("--prices", default=None)
     ui.add_argument("--gateway", default=None)
+    _metrics_options(ui)
     ui.set_defaults(func=_run)
 
     rep = sub.add_parser("report", help="(re)analyse a run folder: summary.json, report.md, report.html")

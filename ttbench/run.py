@@ -150,6 +150,29 @@ def tenant_keys(scenario: Any, sim_config: str | None, env: dict[str, str], own_
         env[t.api_key_env] = by_label[t.label]
 
 
+def sim_config_path(scenario: Scenario, out: Path) -> str | None:
+    """The scenario's simulator config as a file (an inline mapping is written into the run folder)."""
+    cfg = scenario.sim_config
+    if isinstance(cfg, dict):
+        cfg_path = out / "sim-config.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        return str(cfg_path)
+    return cfg
+
+
+def start_sim(scenario: Scenario, cfg: str | None, key: str, out: Path, env: dict[str, str]) -> SimProcess:
+    """Start the embedded simulator (on `sim.port` when set) and tell the Locust process where it is."""
+    try:
+        sim = SimProcess(config=cfg, seed=scenario.seed, api_key=key, port=scenario.sim_port or 0)
+    except SimProcessError as exc:
+        where = f" on 127.0.0.1:{scenario.sim_port} (sim.port)" if scenario.sim_port else ""
+        raise RunError("; ".join(str(exc).splitlines()) + where) from None
+    env["TTBENCH_SIM_URL"] = sim.url
+    env["TTBENCH_SIM_KEY"] = key
+    (out / "sim-config.resolved.json").write_text(json.dumps(sim.admin("/_sim/config").json()["config"], indent=2))
+    return sim
+
+
 def run(args: Any) -> int:
     """Run a scenario end to end; returns the exit code (0 ok, 1 gates breached, 2 bad input)."""
     try:
@@ -187,26 +210,21 @@ def run(args: Any) -> int:
     env = dict(os.environ)
     try:
         if target == "sim":
-            cfg = scenario.sim_config
-            if isinstance(cfg, dict):
-                cfg_path = out / "sim-config.yaml"
-                cfg_path.write_text(yaml.safe_dump(cfg))
-                cfg = str(cfg_path)
+            cfg = sim_config_path(scenario, out)
             key = env.get(scenario.api_key_env) or DEFAULT_API_KEY
             env[scenario.api_key_env] = key
             tenant_keys(scenario, cfg, env, key)
-            try:
-                sim = SimProcess(config=cfg, seed=scenario.seed, api_key=key)
-            except SimProcessError as exc:
-                raise RunError(str(exc)) from None
+            sim = start_sim(scenario, cfg, key, out, env)
             url = sim.url
             env["TTBENCH_TARGET_IS_SIM"] = "1"
             prices = sim.admin("/_sim/config").json()["prices"]
             (out / "prices.yaml").write_text(yaml.safe_dump(prices, sort_keys=False))
-            (out / "sim-config.resolved.json").write_text(json.dumps(sim.admin("/_sim/config").json()["config"],
-                                                                      indent=2))
         else:
             url = target
+            if scenario.sim_port is not None or scenario.overhead:
+                # the gateway's upstream (and the overhead baseline): on a fixed port its config can name
+                sim = start_sim(scenario, sim_config_path(scenario, out), env.get("TTBENCH_SIM_KEY") or DEFAULT_API_KEY,
+                                out, env)
             key = env.get(scenario.api_key_env)
             for t in scenario.tenants:
                 if not env.get(t.api_key_env):
@@ -251,6 +269,11 @@ def run(args: Any) -> int:
             cmd += ["--processes", str(args.processes)]
         if getattr(args, "gateway", None):
             cmd += ["--gateway", str(args.gateway)]
+        for flag in ("metrics_port", "metrics_host", "metrics_linger"):  # live metrics out
+            if getattr(args, flag, None) is not None:
+                cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+        if getattr(args, "otel", False):
+            cmd.append("--otel")
         # Own process group: a terminal's Ctrl-C reaches only us, and we ask Locust to stop with SIGTERM
         # (its graceful path); the simulator, in its own group too, stays up until we have its ledger.
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)

@@ -81,10 +81,10 @@ class SimProcess(ServerProcess):
 
     def __init__(self, config: str | Path | None = None, seed: int = 0, api_key: str = DEFAULT_API_KEY,
                  admin_token: str = DEFAULT_ADMIN_TOKEN, extra_args: list[str] | None = None,
-                 startup_timeout: float = 20.0) -> None:
+                 startup_timeout: float = 20.0, port: int = 0) -> None:
         self.api_key = api_key
         self.admin_token = admin_token
-        cmd = [sys.executable, "-m", "ttbench", "sim", "--port", "0", "--seed", str(seed),
+        cmd = [sys.executable, "-m", "ttbench", "sim", "--host", "127.0.0.1", "--port", str(port), "--seed", str(seed),
                "--admin-token", admin_token]
         if config is not None:
             cmd += ["--config", str(config)]
