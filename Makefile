@@ -9,6 +9,9 @@ LITELLM_VERSION := 1.108.7
 PRISMA_VERSION := 0.15.0
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-$(LITELLM_VERSION)-prisma-$(PRISMA_VERSION)
 
+# The two venvs install side by side (on 2 cores this takes a minute off `make test` from a fresh clone).
+MAKEFLAGS += --jobs=2
+
 .PHONY: setup run test lint sim clean
 
 $(STAMP): pyproject.toml

@@ -145,7 +145,8 @@ def _calls(sub: pd.DataFrame, headers: dict[str, Header], max_output: int) -> _C
     return _Calls(
         t=t, h=h, end=end, est=np.where(replayed, 0, np.rint(est)).astype(np.int64),
         actual=np.where(replayed, 0, np.rint(actual)).astype(np.int64),
-        accepted=live & ~np.isnan(status) & (status != 429) & no_refusal,
+        # a 4xx other than 429 never reached the limits (a bad key, body or model); a 5xx came after admission
+        accepted=live & ~np.isnan(status) & ((status < 400) | (status >= 500)) & no_refusal,
         refused=live & ((refusal == "rate_limit") | ((status == 429) & no_refusal)), quota=refusal == "quota",
         attempt_id=ids, request_id=sub["request_id"].tolist(), headers=[headers.get(a) for a in ids])
 

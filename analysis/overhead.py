@@ -78,7 +78,8 @@ def pair_chunks(client: np.ndarray, upstream: list[float]) -> tuple[np.ndarray, 
 
 def join(records: list[dict[str, Any]], truth: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str | None,
                                                                                        list[dict[str, Any]]]]:
-    """Each attempt sent with the upstream requests it met: by X-Client-Attempt-ID, else by the prompt marker."""
+    """Each attempt sent with the upstream requests it met: by X-Client-Attempt-ID, else by the prompt marker (one
+    per call) and the attempt's time span."""
     by_attempt: dict[str, list[dict[str, Any]]] = defaultdict(list)
     by_marker: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in truth:
@@ -93,7 +94,11 @@ def join(records: list[dict[str, Any]], truth: list[dict[str, Any]]) -> list[tup
         ups = by_attempt.get(rec.get("attempt_id") or "")
         how: str | None = "attempt_id"
         if not ups and rec.get("marker"):
-            ups, how = by_marker.get(rec["marker"]), "marker"
+            # a call's attempts share its marker: an upstream request belongs to the attempt it arrived during
+            t0 = float(rec.get("t_start") or 0.0)
+            t1 = t0 + float(rec.get("end_ms") or 0.0) / 1000.0
+            ups = [e for e in by_marker.get(rec["marker"], ()) if t0 <= (e.get("received") or 0.0) <= t1]
+            how = "marker"
         if not ups:
             ups, how = [], None
         out.append((rec, how, sorted(ups, key=lambda e: e.get("received") or 0.0)))

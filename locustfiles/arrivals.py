@@ -70,10 +70,11 @@ def _advance_on_time(t: float, gap: float, on_s: float, period: float) -> float:
     return k * period + phase + gap
 
 
-def _labelled(times: Iterator[float], label: str) -> Iterator[tuple[float, None, None, str]]:
-    """A tenant's own arrival times as plan entries (time, no stage, no trace arrival, its label)."""
+def _labelled(times: Iterator[float], label: str,
+              stage_at: Callable[[float], tuple[int | None, float]]) -> Iterator[tuple[float, int | None, None, str]]:
+    """A tenant's own arrival times as plan entries (time, the stage in force, no trace arrival, its label)."""
     for t in times:
-        yield t, None, None, label
+        yield t, stage_at(t)[0], None, label
 
 
 def is_mine(index: int, rank: int, workers: int) -> bool:
@@ -189,7 +190,7 @@ class Arrivals:
             rate = a.rate
             times = arrival_times(a.process, lambda _t, r=rate: r, random.Random(f"{self.seed}:arrivals:{t.label}"),
                                   burstiness=a.burstiness, on_s=a.on_s, off_s=a.off_s, until=self.duration_s)
-            streams.append(_labelled(times, t.label))
+            streams.append(_labelled(times, t.label, self.stage_at))
         return heapq.merge(*streams, key=lambda e: e[0])
 
     def _run(self) -> None:

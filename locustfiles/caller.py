@@ -82,6 +82,8 @@ class Caller:
             profile, origin, tenant = ov.profile, ov.url, None
         idempotent = profile.idempotency_honoured is True
         label = tenant.label if tenant is not None else None
+        # one marker per call: every attempt sends the same body, as an Idempotency-Key's retries must
+        marker = marker_text(self._ids.getrandbits(48)) if ov is not None and ov.marker else None
         call_id = self.next_call_id()
         trace_id = f"{self._ids.getrandbits(128) or 1:032x}"  # one W3C trace per logical call, a span per attempt
         records: list[dict[str, Any]] = []
@@ -90,7 +92,6 @@ class Caller:
         try:
             while True:
                 attempt += 1
-                marker = marker_text(self._ids.getrandbits(48)) if ov is not None and ov.marker else None
                 wire = dialect.build(with_marker(spec, marker) if marker else spec)
                 key = ov.key if route == "baseline" else tenant.api_key if tenant is not None else self.api_key
                 profile.apply(wire, spec, key, spec.headers)

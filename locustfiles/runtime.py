@@ -188,9 +188,11 @@ class Runtime:
         if (self.role == "worker" and self.spend.capped) or self.tenants:
             self.caller.admit = self.admit
         try:
+            ov = self.caller.overhead
+            baseline = [] if ov is None or not ov.key else \
+                ov.profile.secrets(ov.key) if ov.profile is not None else [ov.key]
             self.secrets = tuple(dict.fromkeys([*self.profile.secrets(self.api_key), *self.tenants.keys(),
-                                                *([self.caller.overhead.key] if self.caller.overhead is not None
-                                                  and self.caller.overhead.key else [])]))
+                                                *baseline]))
         except ProfileError as exc:
             fail(str(exc))
         # live metrics out (Prometheus, OpenTelemetry): where every record is seen, the local process or the master
@@ -199,22 +201,30 @@ class Runtime:
 
     def admit(self, tenant: Tenant | None = None) -> bool:
         """Whether a call (of a tenant) may start under the run's and the tenant's spend caps; a worker asks the
-        master for a further share first when its lease is spent (at most 2 s)."""
+        master for a further share of both first when its lease is spent (at most 2 s)."""
         if tenant is not None and tenant.quota_refused is not None:
             return False
-        exceeded = self.spend.exceeded or (tenant is not None and tenant.spend.exceeded)
-        if not exceeded or self.role != "worker":
-            return tenant is None or tenant.may_start()
-        if self.spend_denied:
+        if not self.spend.exceeded and (tenant is None or not tenant.spend.exceeded):
+            return True
+        if self.role != "worker":
+            if tenant is not None and not self.spend.exceeded:
+                tenant.may_start()  # says once that the tenant's cap is reached
             return False
-        if self._spend_event is None:
-            self._spend_event = gevent.event.Event()
-            self.environment.runner.send_message(MSG_SPEND_ASK, 1)
-        event = self._spend_event
-        event.wait(2.0)
-        if self._spend_event is event:
-            self._spend_event = None
-        return not self.spend.exceeded and (tenant is None or tenant.may_start())
+        if not self.spend_denied:
+            if self._spend_event is None:
+                self._spend_event = gevent.event.Event()
+                self.environment.runner.send_message(MSG_SPEND_ASK, 1)
+            event = self._spend_event
+            event.wait(2.0)
+            if self._spend_event is event:
+                self._spend_event = None
+        if self.spend.exceeded:
+            return False
+        if tenant is not None and tenant.spend.exceeded:
+            if self.spend_denied:
+                tenant.may_start()  # the run's caps are all leased: says once that the tenant's share is spent
+            return False
+        return True
 
     def on_spend_grant(self, share: float) -> None:
         """Worker: the master's answer; 0 means the run's cap is all leased."""
@@ -269,9 +279,26 @@ class Runtime:
             self.telemetry.add(rec, self.spend.money)
         if self.role == "worker":
             return  # the master holds the cap: a worker only stops starting calls past its lease
+        if not self.stopping and (rec.get("refusal") == "quota" or self.tenants):
+            self._stop_when_no_key_can_call(rec)
         if self.spend.exceeded and not self.stopping:
             self.spend_in_flight_at_cap = self.in_flight()
             self.request_stop(self.spend.reason or "spend cap reached")
+
+    def _stop_when_no_key_can_call(self, rec: dict[str, Any]) -> None:
+        """Local or master: stop once the gateway refused the key for quota, or every tenant is refused or capped."""
+        what = rec.get("error") or rec.get("status")
+        if not self.tenants:
+            if rec.get("final"):
+                self.request_stop(f"the gateway refused the API key for quota: {what}", EXIT_REFUSED_MID_RUN)
+            return
+        items = self.tenants.items
+        if not all(t.quota_refused is not None or t.spend.exceeded for t in items):
+            return
+        if all(t.quota_refused is not None for t in items):
+            self.request_stop(f"the gateway refused every tenant's key for quota: {what}", EXIT_REFUSED_MID_RUN)
+        else:
+            self.request_stop("every tenant's quota or spend cap is spent")
 
     def _ship(self, batch: list[dict[str, Any]]) -> None:
         """Worker: a batch of records with this worker's state (calls in flight, CPU), every flush."""
@@ -340,11 +367,6 @@ class Runtime:
         verdict = self.hopeless.observe(last)
         if verdict is not None and not self.stopping:
             self.request_stop(verdict[1], verdict[0])
-        if last.get("refusal") == "quota" and not self.stopping and \
-                (self.tenants.all_refused() if self.tenants else last.get("tenant") is None):
-            what = "every tenant's key" if self.tenants else "the API key"
-            self.request_stop(f"the gateway refused {what} for quota: {last.get('error') or last.get('status')}",
-                              EXIT_REFUSED_MID_RUN)
         first = records[0]
         e2e = call_e2e_ms(first["t_start"], last["t_start"], last["end_ms"])
         exc = None if last["ok"] else RuntimeError(f"{last['error_kind']}: {last.get('error') or ''}")

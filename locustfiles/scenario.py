@@ -75,6 +75,7 @@ class MixEntry:
     inputs: Dist = field(default_factory=lambda: Dist("fixed", 1))
     dims: int | None = None
     headers: dict[str, Secret] | None = None
+    repeat: float = 0.0  # share of calls that resend one of this line's recent calls unchanged (a gateway's cache)
 
 
 @dataclass(slots=True)
@@ -243,7 +244,7 @@ class _V:
         raise self.fail(f"{path}.dist", f"unknown distribution {kind!r} (known: fixed, uniform, normal, lognormal)")
 
 
-MIX_KEYS = ("endpoint", "weight", "models", "stream", "json_array", "dry_run", "pair", "tools", "reasoning",
+MIX_KEYS = ("endpoint", "weight", "models", "stream", "json_array", "dry_run", "pair", "tools", "reasoning", "repeat",
             "prompt_tokens", "output_tokens", "ignore_eos", "images", "inputs", "dims", "headers")
 TOP_KEYS = ("name", "description", "seed", "target", "api_key_env", "sim", "users", "spawn_rate", "duration",
             "stop_timeout", "arrivals", "stages", "think_time", "timeouts", "retry", "defaults", "mix", "spend",
@@ -280,7 +281,7 @@ def _mix_entry(v: _V, i: int, raw: Any, defaults: dict[str, Any], prefix: str = 
     else:
         raise v.fail(f"{path}.models", "expected a model name, a list of names or a mapping of names to weights")
     e = MixEntry(endpoint=endpoint, weight=float(v.num(f"{path}.weight", d.get("weight", 1))), models=models)
-    for key in ("stream", "json_array", "dry_run", "pair", "tools", "reasoning"):
+    for key in ("stream", "json_array", "dry_run", "pair", "tools", "reasoning", "repeat"):
         if key in d:
             setattr(e, key, v.share(f"{path}.{key}", d[key]))
     if e.dry_run + e.pair > 1:
@@ -579,6 +580,9 @@ def _overhead(v: _V, raw: Any, stages: list[Stage]) -> dict[str, Any]:
     key_env = o.get("baseline_key_env")
     if key_env is not None and (not isinstance(key_env, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key_env)):
         raise v.fail("overhead.baseline_key_env", f"expected an environment variable name, got {key_env!r}")
+    if baseline != "sim" and key_env is None:
+        raise v.fail("overhead.baseline_key_env", "a baseline URL needs its own key's variable (the gateway's key is "
+                                                  "never sent to another origin)")
     gw = o.get("baseline_gateway", "tt")
     if not isinstance(gw, str) or not gw:
         raise v.fail("overhead.baseline_gateway", f"expected a gateway profile name or file, got {gw!r}")

@@ -100,7 +100,3 @@ class Tenants:
         label = rec.get("tenant")
         if label is not None and label in self.by_label:
             self.by_label[label].account(rec)
-
-    def all_refused(self) -> bool:
-        """Whether the gateway ended every tenant's quota."""
-        return bool(self.items) and all(t.quota_refused is not None for t in self.items)

@@ -8,7 +8,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import gevent
 import gevent.ssl
@@ -134,8 +134,11 @@ def _scrub(text: str, req: WireRequest, secrets: tuple[str, ...] = ()) -> str:
         if name.lower() in SECRET_HEADERS and value:
             found += [value, value.split(" ", 1)[-1]]
     for secret in found:
-        if len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "[redacted]")
+        if len(secret) < 4:
+            continue
+        for form in (secret, quote(secret, safe="")):  # a Gemini ?key= goes URL-encoded
+            if form in text:
+                text = text.replace(form, "[redacted]")
     return text
 
 

@@ -58,7 +58,10 @@ class GatewayUser(User):
         if rt.stopping:
             return
         tenant = rt.tenants.by_label.get(label) if label is not None else rt.tenants.pick(rt.rng)
-        if tenant is not None and not tenant.may_start():
+        if tenant is not None and tenant.quota_refused is not None:
+            if rt.arrivals is not None and scheduled is not None:
+                rt.arrivals.dropped += 1  # the gateway ended this tenant's quota: its arrival goes nowhere
+            gevent.sleep(0.05)  # no busy loop of draws of a tenant that can send nothing
             return
         # a trace arrival, and a tenant's own mix in open loop, make their own call whichever user class takes it
         if arrival is not None:
@@ -73,7 +76,9 @@ class GatewayUser(User):
             self.converse(first, scheduled, stage, index, tenant)
             return
         for spec in specs:
-            rt.caller.run(self.transport, spec, scheduled=scheduled, stage=stage, arrival=index, tenant=tenant)
+            if not rt.caller.run(self.transport, spec, scheduled=scheduled, stage=stage, arrival=index, tenant=tenant):
+                gevent.sleep(0.05)  # a spend cap kept the call from starting: no busy loop of draws
+                return
             scheduled, index = None, None
 
     def converse(self, first: CallSpec, scheduled: float | None, stage: int | None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import random
 from bisect import bisect
+from collections import deque
+from dataclasses import replace
 
 from .caller import stats_name
 from .calls import CallSpec
@@ -12,6 +14,9 @@ from .dialects import FAMILIES, FAMILY_NAMES, TEXT_ENDPOINTS
 from .prompts import Calibrator, make_prompt
 from .scenario import MixEntry, Scenario
 from .traces import TraceArrival
+
+#: How many of a mix line's recent calls its `repeat` share draws from.
+REPEAT_POOL = 8
 
 
 class _Weighted:
@@ -41,6 +46,7 @@ class Workload:
             if entries:
                 self.by_family[fam] = _Weighted(entries)
         self.models = {id(m): _Weighted(list(m.models)) for m in mix}
+        self.recent: dict[int, deque[CallSpec]] = {}  # a line's last calls, for its `repeat` share
         self.trace_entries: dict[str, MixEntry] = {}
         for m in mix:
             self.trace_entries.setdefault(m.endpoint, m)  # a trace arrival's shape: the first line of its endpoint
@@ -70,6 +76,14 @@ class Workload:
         assert pick is not None
         entry = pick.pick(rng)
         assert isinstance(entry, MixEntry)
+        if entry.repeat > 0:
+            recent = self.recent.setdefault(id(entry), deque(maxlen=REPEAT_POOL))
+            if recent and rng.random() < entry.repeat:  # the same request again, byte for byte
+                return [replace(recent[rng.randrange(len(recent))])]
+            specs = self._build(entry, str(self.models[id(entry)].pick(rng)))
+            if len(specs) == 1 and not specs[0].dry_run:
+                recent.append(specs[0])
+            return specs
         model = str(self.models[id(entry)].pick(rng))
         return self._build(entry, model)
 

@@ -1,7 +1,8 @@
 """A TCP pass-through proxy on 127.0.0.1 that holds every byte going upstream for a fixed delay (so each
 request reaches the upstream that much later); the answers come back untouched.
 
-Run as `python -m tests.delayproxy UPSTREAM_PORT DELAY_MS`: it prints `delayproxy listening on http://...`."""
+Run as `python -m tests.delayproxy UPSTREAM_PORT DELAY_MS`: it prints `delayproxy listening on http://...`, then
+`held <ms>` for every chunk it held (the delay really injected)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             if wait > 0:
                 await asyncio.sleep(wait)
             writer.write(data)
+            # what this chunk was really held (the event loop's timers overshoot by a fraction of a millisecond)
+            print(f"held {(loop.time() - due + delay_s) * 1000:.3f}", flush=True)
             await writer.drain()
 
     sender = asyncio.create_task(later()) if delay_s > 0 else None

@@ -20,6 +20,17 @@ def ttbench(*args: str, env: dict[str, str] | None = None, timeout: float = 180)
                           timeout=timeout, env=env, cwd=ROOT)
 
 
+def ttbench_together(*runs: tuple[str, ...], timeout: float = 180) -> list[subprocess.CompletedProcess]:
+    """Several `ttbench` command lines at once (light runs whose figures do not depend on a quiet machine)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "ttbench", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT) for args in runs]
+    out = []
+    for args, p in zip(runs, procs, strict=True):
+        stdout, stderr = p.communicate(timeout=timeout)
+        out.append(subprocess.CompletedProcess([sys.executable, "-m", "ttbench", *args], p.returncode, stdout, stderr))
+    return out
+
+
 def write_scenario(path: Path, data: dict[str, Any]) -> Path:
     """Write a scenario YAML."""
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .runs import records, ttbench, write_scenario
+from .runs import records, ttbench, ttbench_together, write_scenario
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -62,13 +62,11 @@ def _scenario(tmp: Path, planted: bool) -> Path:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("limits")
-    out = {}
-    for planted in (True, False):
-        name = "planted" if planted else "clean"
-        run_dir = tmp / name
-        r = ttbench("run", str(_scenario(tmp, planted)), "--out", str(run_dir), timeout=120)
+    out = {"planted": tmp / "planted", "clean": tmp / "clean"}
+    results = ttbench_together(*(("run", str(_scenario(tmp, name == "planted")), "--out", str(run_dir))
+                                 for name, run_dir in out.items()), timeout=120)
+    for r in results:
         assert r.returncode == 0, r.stderr[-3000:]
-        out[name] = run_dir
     return out
 
 
@@ -129,7 +127,7 @@ def test_records_carry_tenants_and_headers_never_keys(runs):
     run_dir = runs["planted"]
     recs = records(run_dir)
     assert {r["tenant"] for r in recs} == {"alpha", "beta", "gamma"}
-    assert all(r["v"] == 3 for r in recs)
+    assert all(r["v"] == 4 for r in recs)
     by_endpoint = {}
     for r in recs:
         if r["ratelimit"]:
@@ -152,8 +150,10 @@ def test_records_carry_tenants_and_headers_never_keys(runs):
             assert key not in text, (f, key)
 
 
-def test_a_tenants_spend_cap_stops_that_tenant_only(tmp_path):
-    """Tenant `small` may spend 0.0004 (about 25 calls of gpt-4o-mini here); `big` has no cap of its own."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_tenants_spend_cap_stops_that_tenant_only(tmp_path, processes):
+    """Tenant `small` may spend 0.0004 (about 25 calls of gpt-4o-mini here); `big` has no cap of its own. With two
+    worker processes each spends the share of the caps the master leases it."""
     path = write_scenario(tmp_path / "caps.yaml", {
         "name": "caps", "seed": 2, "target": "sim", "sim": {"config": {"models": MODELS}},
         "users": 6, "spawn_rate": 6, "duration": "6s", "stop_timeout": "5s",
@@ -162,7 +162,7 @@ def test_a_tenants_spend_cap_stops_that_tenant_only(tmp_path):
                     {"label": "big", "api_key_env": "TT_API_KEY"}],
         "mix": [{"endpoint": "chat", "models": ["gpt-4o-mini"], "prompt_tokens": 40, "output_tokens": 16}]})
     out = tmp_path / "run"
-    r = ttbench("run", str(path), "--out", str(out), timeout=120)
+    r = ttbench("run", str(path), "--out", str(out), "--processes", str(processes), timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tenant small: spend cap reached" in r.stderr
     recs = records(out)

@@ -1,5 +1,5 @@
 """The shipped `noisy-neighbour` scenario: one tenant's bursts raise the other's TTFT when the model's slots are
-shared, and do not when each tenant has its own. Two real runs against the simulator, each under a minute."""
+shared, and do not when each tenant has its own. Two real runs against the simulator at once, under a minute."""
 
 from __future__ import annotations
 
@@ -9,26 +9,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .runs import ROOT, records, ttbench
+from .runs import ROOT, records, ttbench_together
 
 pytestmark = pytest.mark.timeout(120)
 
 SCENARIO = ROOT / "scenarios" / "noisy-neighbour.yaml"
 
 
-def _run(tmp: Path, slots: str) -> tuple[dict, object, Path]:
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, object, Path]]:
+    """The shipped scenario as it is (shared slots) and with partitioned slots, both at once."""
+    tmp = tmp_path_factory.mktemp("noisy")
     data = yaml.safe_load(SCENARIO.read_text())
     assert data["sim"]["config"]["limits"]["slots"] == "shared"  # the shipped default
-    data["sim"]["config"]["limits"]["slots"] = slots
-    path = tmp / f"nn-{slots}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    out = tmp / slots
-    res = ttbench("run", str(path), "--out", str(out), timeout=110)
-    return json.loads((out / "summary.json").read_text()), res, out
+    args = []
+    for slots in ("shared", "partitioned"):
+        data["sim"]["config"]["limits"]["slots"] = slots
+        path = tmp / f"nn-{slots}.yaml"
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        args.append(("run", str(path), "--out", str(tmp / slots)))
+    results = ttbench_together(*args, timeout=110)
+    return {slots: (json.loads((tmp / slots / "summary.json").read_text()), res, tmp / slots)
+            for slots, res in zip(("shared", "partitioned"), results, strict=True)}
 
 
-def test_shared_slots_let_the_burst_slow_the_steady_tenant(tmp_path):
-    summary, res, out = _run(tmp_path, "shared")
+def test_shared_slots_let_the_burst_slow_the_steady_tenant(runs):
+    summary, res, out = runs["shared"]
     iso = summary["isolation"]
     assert iso["during"]["n"] >= 20 and iso["outside"]["n"] >= 20
     assert iso["ci"][0] >= 1.5, iso
@@ -38,8 +44,8 @@ def test_shared_slots_let_the_burst_slow_the_steady_tenant(tmp_path):
     assert set(summary["tenants"]) == {"steady", "burst"}
 
 
-def test_partitioned_slots_keep_the_steady_tenant_isolated(tmp_path):
-    summary, res, _out = _run(tmp_path, "partitioned")
+def test_partitioned_slots_keep_the_steady_tenant_isolated(runs):
+    summary, res, _out = runs["partitioned"]
     iso = summary["isolation"]
     assert iso["during"]["n"] >= 20 and iso["outside"]["n"] >= 20
     assert iso["ci"][0] <= 1.0 <= iso["ci"][1], iso

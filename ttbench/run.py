@@ -140,6 +140,7 @@ def tenant_keys(scenario: Any, sim_config: str | None, env: dict[str, str], own_
     for k, v in (keys or {}).items():
         if isinstance(v, dict) and v.get("tenant"):
             by_label.setdefault(str(v["tenant"]), own_key if k == "default" else k)
+    by_label.setdefault("default", own_key)  # the simulator's own key is tenant `default` unless listed
     for t in scenario.tenants:
         if env.get(t.api_key_env):
             continue
