@@ -27,13 +27,22 @@ def ttft_cdf(calls: pd.DataFrame) -> bytes | None:
     okc = cols[cols["ok"] & cols["ttft_ms"].notna()]
     if okc.empty:
         return None
+    return _cdfs([(str(endpoint), sub["ttft_ms"].to_numpy()) for endpoint, sub in okc.groupby("endpoint")],
+                 "time to first token (ms)", "share of calls", "TTFT CDF per endpoint")
+
+
+def _cdfs(series: list[tuple[str, Any]], xlabel: str, ylabel: str, title: str) -> bytes | None:
+    """Empirical CDFs of several (label, values) series in one figure; None when every series is empty."""
+    series = [(label, np.sort(np.asarray(v, dtype=np.float64))) for label, v in series]
+    series = [(label, v) for label, v in series if v.size]
+    if not series:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    for endpoint, sub in okc.groupby("endpoint"):
-        v = np.sort(sub["ttft_ms"].to_numpy())
-        ax.plot(v, np.arange(1, v.size + 1) / v.size, label=f"{endpoint} (n={v.size})")
-    ax.set_xlabel("time to first token (ms)")
-    ax.set_ylabel("share of calls")
-    ax.set_title("TTFT CDF per endpoint")
+    for label, v in series:
+        ax.plot(v, np.arange(1, v.size + 1) / v.size, label=f"{label} (n={v.size})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _png(fig)
@@ -182,36 +191,14 @@ def ratelimit_tokens(replays: dict[str, Any]) -> bytes | None:
 
 def isolation_ttft(samples: dict[str, np.ndarray], steady: str = "", burst: str = "") -> bytes | None:
     """CDF of the steady tenant's TTFT during the burst tenant's bursts and outside them."""
-    if not samples or not any(len(v) for v in samples.values()):
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for side, v in samples.items():
-        if len(v):
-            s = np.sort(v)
-            ax.plot(s, np.arange(1, s.size + 1) / s.size, label=f"{side} the bursts of {burst} (n={s.size})")
-    ax.set_xlabel("time to first token (ms)")
-    ax.set_ylabel("share of calls")
-    ax.set_title(f"TTFT of {steady} during and outside {burst}'s bursts")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _png(fig)
+    return _cdfs([(f"{side} the bursts of {burst}", v) for side, v in (samples or {}).items()],
+                 "time to first token (ms)", "share of calls", f"TTFT of {steady} during and outside {burst}'s bursts")
 
 
 def overhead_ttft_cdf(samples: dict[str, list[float]]) -> bytes | None:
     """CDF of the added TTFT per attempt: through the gateway against the baseline (the harness's own share)."""
-    if not any(samples.values()):
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for route in ("gateway", "baseline"):
-        v = np.sort(np.asarray(samples.get(route) or [], dtype=np.float64))
-        if v.size:
-            ax.plot(v, np.arange(1, v.size + 1) / v.size, label=f"{route} (n={v.size})")
-    ax.set_xlabel("added time to first token (ms)")
-    ax.set_ylabel("share of attempts")
-    ax.set_title("Gateway overhead: added TTFT CDF")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _png(fig)
+    return _cdfs([(route, samples.get(route) or []) for route in ("gateway", "baseline")],
+                 "added time to first token (ms)", "share of attempts", "Gateway overhead: added TTFT CDF")
 
 
 def overhead_vs_load(stages: list[dict[str, Any]]) -> bytes | None:
