@@ -43,7 +43,7 @@ def _scenario(tmp: Path, planted: bool) -> Path:
             "output_tokens": {"min": 16, "max": 32}}
     return write_scenario(tmp / f"limits-{'planted' if planted else 'clean'}.yaml", {
         "name": "limits", "seed": 5, "target": "sim", "sim": {"config": sim},
-        "users": 60, "spawn_rate": 60, "duration": "16s", "stop_timeout": "10s",
+        "users": 60, "spawn_rate": 60, "duration": "13s", "stop_timeout": "10s",
         "retry": {"max_attempts": 3, "base_s": 0.05, "cap_s": 0.5, "budget": 2000},
         "tenants": [
             {"label": "alpha", "api_key_env": "TT_API_KEY", "arrivals": {"process": "poisson", "rate": 6},
