@@ -31,9 +31,6 @@ COMMON_ID_HEADERS = ("x-tt-request-id", "x-litellm-call-id", "x-request-id", "re
 #: Retry waits, in the order they are read: milliseconds first (as the OpenAI SDK does), prefixed copies after.
 RETRY_AFTER_HEADERS = ("retry-after-ms", "retry-after", "llm_provider-retry-after-ms", "llm_provider-retry-after",
                        "x-ms-retry-after-ms")
-#: Rate-limit resets: when a limit is fully restored.
-RESET_HEADERS = {"requests": ("x-ratelimit-reset-requests", "anthropic-ratelimit-requests-reset"),
-                 "tokens": ("x-ratelimit-reset-tokens", "anthropic-ratelimit-tokens-reset")}
 #: Rate-limit headers per dimension, in each dialect's spelling: (limit, remaining, reset), OpenAI's then
 #: Anthropic's, each also as a gateway's `llm_provider-` copy.
 RATELIMIT_HEADERS = {

@@ -18,10 +18,8 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTP
 from .calls import WireRequest
 from .dialects.base import Reader, loads
 from .profile import (
-    RESET_HEADERS,
     Profile,
     error_details,
-    parse_reset,
     parse_wait,
     read_ratelimit,
     retry_info_delay,
@@ -363,16 +361,10 @@ class Transport:
                 if wait is not None:
                     out.retry_after_s, out.retry_after_header = wait, name
                     break
-        resets = None
-        for limit, names in RESET_HEADERS.items():
-            for name in names:
-                v = get(name)
-                if v and (r := parse_reset(v)) is not None:
-                    resets = resets or {}
-                    resets[limit] = round(r, 3)
-                    break
-        out.ratelimit_reset_s = resets
-        out.ratelimit = read_ratelimit(get)
+        out.ratelimit = rl = read_ratelimit(get)
+        # when each limit is full again: read once with the rest of the rate-limit headers
+        out.ratelimit_reset_s = {d: v["reset_s"] for d, v in rl.items() if v["reset_s"] is not None} or None \
+            if rl else None
         should = (get("x-should-retry") or "").strip().lower()
         out.should_retry = True if should == "true" else False if should == "false" else None
 
