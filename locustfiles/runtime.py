@@ -44,6 +44,7 @@ from .workload import Workload
 SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"
 MSG_RECORDS = "ttbench_records"
 MSG_WORKERS = "ttbench_workers"
+MSG_SPLIT_ASK = "ttbench_split_ask"
 MSG_STOP = "ttbench_stop"
 MSG_BUDGET_ASK = "ttbench_budget_ask"
 MSG_BUDGET_GRANT = "ttbench_budget_grant"
@@ -487,6 +488,11 @@ class Runtime:
         if self.workers is not None and self.run_start_epoch is not None and not self.stopping:
             self.workers.announce(MSG_WORKERS, self.run_start_epoch, self._duration(), self.run_id)
 
+    def on_split_ask(self, node_id: str) -> None:
+        """Master: a worker that has just started listening asks for the rank it may have missed."""
+        if self.workers is not None:
+            self.workers.resend(node_id)
+
     def on_split(self, data: dict[str, Any]) -> None:
         """Worker: the master's rank announcement (and the run's id: idempotency keys must carry the master's)."""
         if data.get("run_id"):
@@ -650,6 +656,7 @@ def install() -> None:
             runner.register_message(MSG_RECORDS, lambda environment, msg, **k: rt.on_shipped(msg.data, msg.node_id))
             runner.register_message(MSG_BUDGET_ASK, lambda environment, msg, **k: rt.on_budget_ask(msg.node_id))
             runner.register_message(MSG_SPEND_ASK, lambda environment, msg, **k: rt.on_spend_ask(msg.node_id))
+            runner.register_message(MSG_SPLIT_ASK, lambda environment, msg, **k: rt.on_split_ask(msg.node_id))
 
             def _stop_msg(environment: Any, msg: Any, **_k: Any) -> None:
                 data = msg.data if isinstance(msg.data, dict) else {"reason": str(msg.data), "code": 0}
@@ -663,6 +670,12 @@ def install() -> None:
             assert isinstance(budget, LeasedBudget)
             runner.register_message(MSG_BUDGET_GRANT, lambda environment, msg, **k: budget.granted(int(msg.data)))
             runner.register_message(MSG_SPEND_GRANT, lambda environment, msg, **k: rt.on_spend_grant(float(msg.data)))
+            # a rank announced while this process was still starting (before it listened) was dropped: ask again
+            runner.send_message(MSG_SPLIT_ASK, 1)
+            from locust.runners import STATE_RUNNING, STATE_SPAWNING
+
+            if getattr(runner, "worker_state", None) in (STATE_SPAWNING, STATE_RUNNING):
+                rt.start()  # the master's spawn came first: Locust fired test_start before this runtime existed
 
     @events.test_start.add_listener
     def _start(environment: Any, **_kw: Any) -> None:

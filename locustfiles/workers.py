@@ -45,6 +45,8 @@ class Workers:
         self.lost: list[dict[str, Any]] = []
         self.resplits: list[dict[str, Any]] = []
         self._announced: tuple[str, ...] | None = None
+        self._last_sent: dict[str, dict[str, Any]] = {}
+        self._message = ""
         self.locust_peak_cpu: float | None = None
 
     def _index(self, node_id: str) -> int | None:
@@ -113,6 +115,7 @@ class Workers:
     def restart(self) -> None:
         """A new run: the next announcement starts a fresh timeline."""
         self._announced = None
+        self._last_sent = {}
 
     def announce(self, message: str, run_start: float, duration: float, run_id: str) -> None:
         """Give the live workers dense ranks 0..n-1 when they changed; a change takes effect RESPLIT_DELAY_S into
@@ -131,11 +134,20 @@ class Workers:
         now = time.time()
         from_t = 0.0 if first else max(0.0, now - run_start + RESPLIT_DELAY_S)
         ranks = {}
+        self._message = message
         for rank, node in enumerate(nodes):
             ranks[str(self._index(node.id))] = rank
-            runner.send_message(message, {"rank": rank, "workers": len(nodes), "from_t": from_t, "start": run_start,
-                                          "duration": duration, "run_id": run_id}, client_id=node.id)
+            payload = {"rank": rank, "workers": len(nodes), "from_t": from_t, "start": run_start,
+                       "duration": duration, "run_id": run_id}
+            self._last_sent[node.id] = payload
+            runner.send_message(message, payload, client_id=node.id)
         self.resplits.append({"at": now, "from_t": round(from_t, 3), "workers": len(nodes), "ranks": ranks})
+
+    def resend(self, node_id: str) -> None:
+        """Send a worker the rank last announced to it again (it asked: the first may have come before it listened)."""
+        payload = self._last_sent.get(node_id)
+        if payload is not None and self._announced is not None and node_id in self._announced:
+            self.runner.send_message(self._message, payload, client_id=node_id)
 
     def arrivals_summary(self) -> dict[str, int] | None:
         """Arrivals offered and dropped, summed over the workers."""
