@@ -5,9 +5,14 @@ folder, as the harness writes them (compact JSON, one per line, every record val
 locustfiles/record.schema.json): about 60% streamed with 64 content chunks each (encoded with
 locustfiles.records.encode_chunks), the rest plain; mostly chat, some messages, gemini, embeddings, images and
 model listings, the odd dry run; a few % failed attempts of every error kind, most retried (attempt 2, some of
-them idempotent replays), and the last calls cancelled by the stop; plus a scenario.yaml with just a name.
+them idempotent replays), and the last calls cancelled by the stop; plus a scenario.yaml. Unless --no-ledger,
+also the gateway's billing ledger (ledger.csv, the simulator's columns; the scenario points the analysis at it)
+with one charge per successful call, priced exactly by prices.yaml (the simulator's default sheet, copied), and
+billing errors planted at random (--plant-share), counted by kind: the audit must find exactly those.
 Generating stays quick: chunk timings and usage come from small pre-built pools and per-batch numpy draws; the
-first records of every shape and a spread sample are checked against the schema and against json.dumps.
+first records of every shape and a spread sample are checked against the schema and against json.dumps, and the
+first charges and a spread sample are priced again with PriceSheet.cost. The same --seed gives byte-identical
+files (the ledger draws from its own stream: records.jsonl is the same with --no-ledger).
 
 Then it runs analysis.report.analyze(run_dir) (records -> summary.json, report.md and report.html with plots)
 in a child process and prints the time to load the records, compute the metrics and write the report, the
@@ -17,13 +22,34 @@ The targets: 20 s and 2 GiB on the 2-core development machine. Other work on the
 the share of the CPUs other processes used meanwhile is printed too; --repeat N judges the fastest of N.
 
 Usage:
-    python benchmarks/analysis_speed.py [--records 1000000] [--keep] [--duration-s 3600] [--seed 1]
-                                        [--repeat N] [--run-dir DIR]
+    python benchmarks/analysis_speed.py [--records 1000000] [--keep | --out DIR] [--duration-s 3600] [--seed 1]
+                                        [--no-ledger] [--plant-share 0.002] [--repeat N] [--run-dir DIR]
+                                        [--check-reference SUMMARY] [--write-reference SUMMARY]
+                                        [--write-fixture DIR]
+
+References for the analysis rewrite (issue 15): today's analysis of fixed generated runs, which a rewritten one
+must reproduce (counts exact, floats within 1e-9 relative: benchmarks/summary_compare.py). Regenerate them with
+(the records are not committed: the seed makes them, and <reference>.inputs.json keeps their sha256, so a check
+tells a changed generator from a changed analysis):
+
+    # 300,000 records with a ledger -> benchmarks/reference/summary-300k.json (+ summary-300k.inputs.json)
+    .venv/bin/python benchmarks/analysis_speed.py --records 300000 --seed 15 --duration-s 3600 \
+        --write-reference benchmarks/reference/summary-300k.json
+    # the small fixed run folder of tests/test_analysis_reference.py (the records and ledger gzipped)
+    .venv/bin/python benchmarks/analysis_speed.py --records 3000 --seed 151 --duration-s 300 \
+        --plant-share 0.01 --write-fixture tests/data/reference_run
+
+and check a (rewritten) analysis against the 300k reference with
+    .venv/bin/python benchmarks/analysis_speed.py --records 300000 --seed 15 --duration-s 3600 \
+        --check-reference benchmarks/reference/summary-300k.json
+(the exit code is 1 when anything differs; the inputs' sha256 are compared first).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
 import math
 import os
@@ -33,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +68,8 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, busy_seconds, positive_float, positive_int  # noqa: E402
+from common import ROOT, busy_seconds, non_negative_float, positive_float, positive_int  # noqa: E402
+from summary_compare import compare_files  # noqa: E402
 
 from locustfiles.records import RECORD_VERSION, encode_chunks  # noqa: E402
 
@@ -85,6 +113,7 @@ KEYS = ("v", "run_id", "worker", "attempt_id", "call_id", "attempt", "final", "i
 FINISH = {"chat": ("stop", "length", "tool_calls"), "messages": ("end_turn", "max_tokens", "tool_use"),
           "gemini": ("STOP", "MAX_TOKENS", "STOP")}
 NO_CHUNKS = {"n": 0, "us": ""}
+_NO_USAGE: dict[str, int] = {}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -382,13 +411,214 @@ def _shape(r: dict[str, Any]) -> tuple[Any, ...]:
             r["status"], r["usage"] is None, r["finish_reason"])
 
 
-def write_run(run_dir: Path, n: int, duration_s: float, seed: int, sample: int = 1000) -> dict[str, Any]:
-    """records.jsonl and scenario.yaml. Every shape of record (the first few of each) and a spread sample are
-    checked against the schema and against the harness's own encoder (json.dumps, compact): the file is written
-    with orjson, which gives the same bytes for these records. Returns figures about the records."""
+# ---------------------------------------------------------------------------------------------------------------
+# the gateway's billing ledger of the synthetic run
+
+PRICES = ROOT / "gatewaysim" / "defaults" / "prices.yaml"
+LEDGER_HEADER = ("time", "type", "request_id", "idempotency_key", "client_attempt_id", "endpoint", "model",
+                 "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "images", "amount",
+                 "currency")  # gatewaysim.ledger.COLUMNS (checked when the ledger is written)
+#: the billing errors planted, in the order a call's one uniform draw is matched against them: double_charge (the
+#: call's charge row twice), missing_charge (no row), dry_run_billed (a charge under a dry run's request id),
+#: failed_billed (a charge under a failed attempt's request id), amount_mismatch (the amount x1.1),
+#: token_mismatch (output_tokens + 1, the amount unchanged), unknown_request (a charge whose request id and
+#: idempotency key match nothing), cache_discount_missing (cached input charged at the input price: only for a
+#: model whose cached rate differs), image_count_mismatch (images + 1, the amount unchanged)
+PLANT_KINDS = ("double_charge", "missing_charge", "dry_run_billed", "failed_billed", "amount_mismatch",
+               "token_mismatch", "unknown_request", "cache_discount_missing", "image_count_mismatch")
+#: each kind's chance per call it can be planted on, in units of --plant-share: the kinds that need a rare call
+#: (a dry run: ~1% of calls; a failed attempt with a request id: ~3%; cached input: ~1.5%; images: 2%) get more
+PLANT_WEIGHT = {"double_charge": 1, "missing_charge": 1, "dry_run_billed": 20, "failed_billed": 10,
+                "amount_mismatch": 1, "token_mismatch": 1, "unknown_request": 1, "cache_discount_missing": 20,
+                "image_count_mismatch": 10}
+PLANT_SHARE = 0.002
+LEDGER_SEED_SALT = 0x1ED6E5  # the ledger draws from its own stream: records.jsonl is the same with --no-ledger
+LEDGER_CHECKED = 1000  # the first charges, and as many spread ones, are priced again with PriceSheet.cost
+
+
+class _Rates:
+    """A model's token prices as integers: a charge's amount in units of 10**-digits, exactly."""
+
+    def __init__(self, price: Any) -> None:
+        rates = [price.input, price.output,
+                 price.cached_input if price.cached_input is not None else price.input,
+                 price.cache_write if price.cache_write is not None else price.input]
+        exp = max(0, *(-r.as_tuple().exponent for r in rates))
+        self.inp, self.out, self.cached, self.write = (int(r.scaleb(exp)) for r in rates)
+        self.digits = 6 + exp  # the price sheet's rates are per 1M tokens
+        self.discounted = self.cached != self.inp
+
+    def amount(self, inp: int, out: int, cached: int, write: int = 0) -> str:
+        """PriceSheet.cost of these tokens, written as gatewaysim.ledger.format_amount writes it."""
+        units = (max(0, inp - cached - write) * self.inp + cached * self.cached + write * self.write
+                 + out * self.out)
+        text = str(units).rjust(self.digits + 1, "0")
+        head, tail = text[:-self.digits], text[-self.digits:].rstrip("0")
+        return f"{head}.{tail}" if tail else head
+
+
+class LedgerWriter:
+    """ledger.csv of the synthetic run, as the simulator exports it: one charge per successful, billable call
+    (under its billing request id: a replay's is the original request's), plus errors planted at random (one kind
+    at most per call) and counted by kind. Charge rules follow analysis.billing.audit with the default policy, so
+    a call with nothing planted gives no finding."""
+
+    def __init__(self, path: Path, seed: int, share: float = PLANT_SHARE) -> None:
+        from gatewaysim.ledger import COLUMNS, format_amount
+        from ttformats.prices import Usage, load_price_sheet
+
+        if tuple(COLUMNS) != LEDGER_HEADER:
+            raise SystemExit(f"the simulator's ledger columns changed: {COLUMNS}")
+        self.sheet = load_price_sheet(PRICES)
+        unpriced = sorted({m for _, _, models, _ in MIX for m, _ in models if m != "-"} - set(self.sheet.models))
+        if unpriced:
+            raise SystemExit(f"{PRICES}: no price for {', '.join(unpriced)}: use a priced model in MIX")
+        self.format_amount, self.Usage = format_amount, Usage
+        self.currency = self.sheet.currency
+        self.rates = {m: _Rates(p) for m, p in self.sheet.models.items()}
+        self.rng = np.random.default_rng([seed, LEDGER_SEED_SALT])
+        self.thresholds = {k: share * w for k, w in PLANT_WEIGHT.items()}
+        self.most = sum(self.thresholds.values())  # a draw above this plants nothing on any call
+        self.draws: list[float] = []
+        self.planted = dict.fromkeys(PLANT_KINDS, 0)
+        self.charges = 0
+        self.checked = 0
+        self.unknown = 0
+        self.lines: list[str] = []
+        self.f = open(path, "w", encoding="utf-8", newline="")
+        self.f.write(",".join(LEDGER_HEADER) + "\n")
+
+    def _draw(self) -> float:
+        if not self.draws:
+            self.draws = self.rng.random(BATCH).tolist()
+            self.draws.reverse()
+        return self.draws.pop()
+
+    def _row(self, r: dict[str, Any], rid: str, aid: str | None, inp: int, out: int, cached: int, images: int,
+             amount: str, key: str | None = None) -> None:
+        t = r["t_start"] + (r["end_ms"] or 0.0) / 1000.0
+        self.lines.append(f"{t:.6f},charge,{rid},{key or r['idempotency_key']},{aid or ''},{r['endpoint']},"
+                          f"{r['model']},{inp},{out},{cached},0,{images},{amount},{self.currency}\n")
+        self.charges += 1
+
+    def _cost(self, r: dict[str, Any], inp: int, out: int, cached: int, images: int) -> str:
+        """The amount of a charge; the first ones and a spread sample also through PriceSheet.cost."""
+        model = r["model"]
+        if r["endpoint"] == "images":
+            return self.format_amount(self.sheet.cost(model, self.Usage(
+                images=images, image_size=r["image_size"] or "auto", image_quality=r["image_quality"] or "auto")))
+        amount = self.rates[model].amount(inp, out, cached)
+        if self.charges < LEDGER_CHECKED or self.charges % LEDGER_CHECKED == 0:
+            exact = self.format_amount(self.sheet.cost(model, self.Usage(input_tokens=inp, output_tokens=out,
+                                                                         cached_input_tokens=cached)))
+            if exact != amount:
+                raise SystemExit(f"{model} {inp}/{out}/{cached} tokens: {amount} but PriceSheet.cost says {exact}")
+            self.checked += 1
+        return amount
+
+    def _plant(self, recs: list[dict[str, Any]], billable: bool, cached: int, u: float) -> str | None:
+        """The error to plant on this call, if any: the first kind it can take whose share `u` falls in."""
+        final = recs[-1]
+        can = {
+            "double_charge": billable and not final["replayed"],  # a replay's second charge is failed_billed
+            "missing_charge": billable,
+            "dry_run_billed": final["dry_run"] and final["request_id"] is not None,
+            "failed_billed": bool(self._failed(recs)),
+            "amount_mismatch": billable and cached == 0,  # else x1.1 might be the undiscounted price
+            "token_mismatch": billable and final["endpoint"] != "images",  # images are checked by count
+            "unknown_request": True,
+            "cache_discount_missing": billable and cached > 0 and self.rates[final["model"]].discounted,
+            "image_count_mismatch": billable and final["endpoint"] == "images",
+        }
+        acc = 0.0
+        for kind in PLANT_KINDS:
+            if can[kind]:
+                acc += self.thresholds[kind]
+                if u < acc:
+                    return kind
+        return None
+
+    @staticmethod
+    def _failed(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The call's failed attempts with a request id, but not the one a replay was billed under."""
+        final = recs[-1]
+        orig = final["original_request_id"] if final["replayed"] else None
+        return [r for r in recs if not r["ok"] and r["request_id"] is not None and r["request_id"] != orig]
+
+    def call(self, recs: list[dict[str, Any]]) -> None:
+        """The charges of one logical call (its attempt records in order)."""
+        final = recs[-1]
+        u = self._draw()
+        billable = final["ok"] and not final["dry_run"] and final["endpoint"] != "models"
+        usage = final["usage"] or _NO_USAGE
+        cached = usage.get("cached_input", 0) if billable else 0
+        plant = self._plant(recs, billable, cached, u) if u < self.most else None
+        if plant is not None:
+            self.planted[plant] += 1
+        if billable and plant != "missing_charge":
+            if final["replayed"]:  # the gateway billed the original request, the retry got its stored answer
+                rid = orig = final["original_request_id"]
+                aid = next((r["attempt_id"] for r in recs if r["request_id"] == orig), None)
+            else:
+                rid, aid = final["request_id"], final["attempt_id"]
+            inp, out = usage.get("input", 0), usage.get("output", 0)
+            images = final["images_returned"] or 0
+            amount = self._cost(final, inp, out, cached, images)
+            if plant == "amount_mismatch":
+                amount = self.format_amount(Decimal(amount) * Decimal("1.1"))
+            elif plant == "cache_discount_missing":
+                amount = self._cost(final, inp, out, 0, images)
+            self._row(final, rid, aid, inp, out + (plant == "token_mismatch"), cached,
+                      images + (plant == "image_count_mismatch"), amount)
+            if plant == "double_charge":
+                self.lines.append(self.lines[-1])
+                self.charges += 1
+        elif plant == "dry_run_billed":
+            basis = final["estimate"]["estimate"]["basis"]
+            inp, out = basis["input_tokens"], basis["max_output_tokens"]
+            self._row(final, final["request_id"], final["attempt_id"], inp, out, 0, 0,
+                      self._cost(final, inp, out, 0, 0))
+        if plant == "failed_billed":
+            failed = self._failed(recs)
+            r = failed[int(u * 1e9) % len(failed)]
+            inp, out = r["prompt_tokens_target"] or 0, (r["usage"] or {}).get("output", 0)
+            images = r["images_requested"] or 0
+            self._row(r, r["request_id"], r["attempt_id"], inp, out, 0, images, self._cost(r, inp, out, 0, images))
+        elif plant == "unknown_request":  # a charge for a request this run never made
+            self.unknown += 1
+            self._row({**final, "endpoint": "chat", "model": "gpt-4o-mini"}, f"req_x{self.unknown:023x}", None,
+                      100, 50, 0, 0, self.rates["gpt-4o-mini"].amount(100, 50, 0), key=f"unknown-{self.unknown}")
+        if len(self.lines) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending rows."""
+        self.f.write("".join(self.lines))
+        self.lines.clear()
+
+    def close(self) -> None:
+        """Write the pending rows and close the file."""
+        self.flush()
+        self.f.close()
+
+
+def write_run(run_dir: Path, n: int, duration_s: float, seed: int, sample: int = 1000, ledger: bool = True,
+              plant_share: float = PLANT_SHARE) -> dict[str, Any]:
+    """records.jsonl and scenario.yaml; with `ledger`, also ledger.csv (LedgerWriter), prices.yaml (the
+    simulator's default sheet) and a scenario.yaml that points the analysis at the ledger. Every shape of record
+    (the first few of each) and a spread sample are checked against the schema and against the harness's own
+    encoder (json.dumps, compact): the file is written with orjson, which gives the same bytes for these records.
+    Returns figures about the records (with a ledger: `planted`, the errors planted by kind, and `charges`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "scenario.yaml").write_text("name: chat-mix\n")
+    scenario = "name: chat-mix\n"
+    book = None
+    if ledger:
+        scenario += "ledger:\n  file: ledger.csv\n"
+        shutil.copyfile(PRICES, run_dir / "prices.yaml")
+        book = LedgerWriter(run_dir / "ledger.csv", seed, plant_share)
+    (run_dir / "scenario.yaml").write_text(scenario)
     gen = Generator(n, duration_s, seed)
+    call: list[dict[str, Any]] = []
     validator = None
     try:
         import jsonschema
@@ -423,11 +653,21 @@ def write_run(run_dir: Path, n: int, duration_s: float, seed: int, sample: int =
                             raise SystemExit(f"record {idx} breaks the schema: {errors[0].message}")
                     counts["checked"] += 1
                 idx += 1
+                if book is not None:
+                    call.append(r)
+                    if r["final"]:  # the last attempt of its call
+                        book.call(call)
+                        call = []
             lines.append(b"")
             f.write(b"\n".join(lines))
     counts["records"] = idx
     counts["calls"] = gen.calls
     counts["shapes"] = len(shapes)
+    if book is not None:
+        book.close()
+        if call:
+            raise SystemExit("the records end in the middle of a call")
+        counts.update(planted=dict(book.planted), charges=book.charges, charges_checked=book.checked)
     return counts
 
 
@@ -516,11 +756,124 @@ def analyse_once(run_dir: Path) -> dict[str, Any]:
     return fig
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# references for the analysis rewrite
+
+INPUT_FILES = ("records.jsonl", "ledger.csv", "prices.yaml", "scenario.yaml")  # what the analysis reads
+FIXTURE_GZIPPED = ("records.jsonl", "ledger.csv")
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_hashes(run_dir: Path) -> dict[str, str]:
+    """The sha256 of each input file the run folder has."""
+    return {name: sha256_of(run_dir / name) for name in INPUT_FILES if (run_dir / name).is_file()}
+
+
+def inputs_path(reference: Path) -> Path:
+    """Where a reference summary's inputs are described: summary-300k.json -> summary-300k.inputs.json."""
+    return reference.with_name(reference.name.removesuffix(".json") + ".inputs.json")
+
+
+def command_of(args: argparse.Namespace) -> str:
+    """The command that generates the same run folder."""
+    cmd = (f".venv/bin/python benchmarks/analysis_speed.py --records {args.records} --seed {args.seed} "
+           f"--duration-s {args.duration_s:g}")
+    if args.no_ledger:
+        cmd += " --no-ledger"
+    elif args.plant_share != PLANT_SHARE:
+        cmd += f" --plant-share {args.plant_share:g}"
+    return cmd
+
+
+def generated_by(args: argparse.Namespace, counts: dict[str, Any], hashes: dict[str, str]) -> dict[str, Any]:
+    """What made a run folder: the generator's settings and command, its figures, its files' sha256."""
+    return {"command": command_of(args), "records": counts["records"], "calls": counts["calls"],
+            "seed": args.seed, "duration_s": args.duration_s,
+            "plant_share": None if args.no_ledger else args.plant_share,
+            "charges": counts.get("charges"), "planted": counts.get("planted"), "sha256": hashes}
+
+
+def planted_table(planted: dict[str, int], found: dict[str, int]) -> tuple[list[str], bool]:
+    """Lines of planted against found billing findings per kind, and whether they all agree."""
+    from analysis.billing import FINDING_KINDS
+
+    lines = ["billing finding         planted   found"]
+    ok = True
+    for kind in FINDING_KINDS:
+        p, f = planted.get(kind, 0), found.get(kind, 0)
+        ok &= p == f
+        lines.append(f"  {kind:<22}{p:>7,} {f:>7,}{'' if p == f else '   <- differs'}")
+    return lines, ok
+
+
+def check_reference(run_dir: Path, reference: Path) -> tuple[list[str], bool]:
+    """The run folder's summary.json against a reference one (and its inputs against the reference's, when
+    described): report lines and whether it matches."""
+    lines = []
+    ok = True
+    described = inputs_path(reference)
+    if described.is_file():
+        want = json.loads(described.read_text()).get("sha256") or {}
+        have = input_hashes(run_dir)
+        changed = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if changed:
+            ok = False
+            lines.append(f"inputs             DIFFER from {described.name} ({', '.join(changed)}): the generator (or "
+                         "its options) changed, not only the analysis; regenerate the reference with today's analysis")
+        else:
+            lines.append(f"inputs             identical to the reference's ({', '.join(sorted(have))}: sha256)")
+    diffs = compare_files(reference, run_dir / "summary.json", limit=20)
+    if diffs:
+        ok = False
+        lines.append(f"reference          DIFFERS from {reference} (the first {len(diffs)} differences):")
+        lines += [f"  {d}" for d in diffs]
+    else:
+        lines.append(f"reference          OK: summary.json reproduces {reference} (counts exact, floats within 1e-9)")
+    return lines, ok
+
+
+def write_reference(run_dir: Path, reference: Path, meta: dict[str, Any]) -> None:
+    """The run folder's summary.json as the reference, and its inputs described next to it."""
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "summary.json", reference)
+    meta = {"summary": reference.name, **meta, "regenerate": f"{meta['command']} --write-reference {reference}",
+            "check": f"{meta['command']} --check-reference {reference}"}
+    inputs_path(reference).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def write_fixture(run_dir: Path, out: Path, meta: dict[str, Any]) -> None:
+    """A small run folder for the tests: the inputs (records and ledger gzipped), summary.reference.json and
+    planted.json (what made them: the generator's figures and planted errors, the sha256 of the plain files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in INPUT_FILES:
+        src = run_dir / name
+        if not src.is_file():
+            continue
+        if name in FIXTURE_GZIPPED:
+            with open(src, "rb") as f, open(out / f"{name}.gz", "wb") as raw, \
+                    gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+                shutil.copyfileobj(f, gz)
+        else:
+            shutil.copyfile(src, out / name)
+    shutil.copyfile(run_dir / "summary.json", out / "summary.reference.json")
+    meta = {**meta, "regenerate": f"{meta['command']} --write-fixture {out}"}
+    (out / "planted.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Generate, analyse in a child, print the figures."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--records", type=positive_int, default=1_000_000, help="attempt records (default 1,000,000)")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (its path is printed)")
+    parser.add_argument("--out", type=Path, help="generate into this folder (new or empty) and keep it")
     parser.add_argument("--run-dir", type=Path, help="analyse this folder (from --keep) instead of generating")
     parser.add_argument("--repeat", type=positive_int, default=1,
                         help="analyse this many times and judge the time on the fastest (default 1; "
@@ -528,20 +881,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=positive_float, default=3600.0,
                         help="the synthetic run's length in seconds (default 3600)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic records (default 1)")
+    parser.add_argument("--no-ledger", action="store_true", help="no ledger.csv (and so no billing audit)")
+    parser.add_argument("--plant-share", type=non_negative_float, default=PLANT_SHARE,
+                        help=f"billing errors planted: the chance per call and kind, times the kind's weight "
+                             f"(default {PLANT_SHARE:g}; at most {1 / sum(PLANT_WEIGHT.values()):.4f})")
+    parser.add_argument("--check-reference", type=Path, metavar="SUMMARY",
+                        help="compare the summary.json written against this reference (see above); exit 1 if "
+                             "anything differs")
+    parser.add_argument("--write-reference", type=Path, metavar="SUMMARY",
+                        help="write the summary.json as a reference here (and SUMMARY.inputs.json next to it)")
+    parser.add_argument("--write-fixture", type=Path, metavar="DIR",
+                        help="write the run folder, gzipped, with summary.reference.json and planted.json, here")
     parser.add_argument("--child", metavar="RUN_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child)
+    if args.plant_share * sum(PLANT_WEIGHT.values()) > 1:
+        parser.error(f"--plant-share: at most {1 / sum(PLANT_WEIGHT.values()):.4f}")
     reuse = args.run_dir is not None
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="analysis_speed_"))
+    if reuse and args.out is not None:
+        parser.error("--run-dir analyses an existing folder, --out generates one: not both")
+    if reuse and (args.write_reference or args.write_fixture):
+        parser.error("--write-reference and --write-fixture generate their run (the seed and options say how)")
+    if args.out is not None and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        parser.error(f"--out {args.out}: not an empty folder")
+    keep = args.keep or args.out is not None
+    run_dir = args.run_dir or args.out or Path(tempfile.mkdtemp(prefix="analysis_speed_"))
     if reuse and not (run_dir / "records.jsonl").is_file():
         parser.error(f"{run_dir}: no records.jsonl")
+    counts: dict[str, Any] = {}
     try:
         lines = []
         if not reuse:
             print(f"generating {args.records:,} records in {run_dir} ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            counts = write_run(run_dir, args.records, args.duration_s, args.seed)
+            counts = write_run(run_dir, args.records, args.duration_s, args.seed, ledger=not args.no_ledger,
+                               plant_share=args.plant_share)
             gen_s = time.perf_counter() - t0
             lines += [
                 f"analysis speed: synthetic chat-mix run, {args.duration_s:,.0f} s long, seed {args.seed}",
@@ -550,6 +925,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{counts['failed'] / counts['records']:.1%} failed, {counts['retries']:,} retries; "
                 f"{counts['checked']:,} of them, every one of {counts['shapes']} shapes, checked against the schema)",
             ]
+            if "planted" in counts:
+                lines.append(f"ledger.csv         {counts['charges']:,} charges, {sum(counts['planted'].values()):,} "
+                             f"billing errors planted ({counts['charges_checked']:,} amounts checked against "
+                             "PriceSheet.cost)")
         else:
             gen_s = None
             lines.append(f"analysis speed: {run_dir}")
@@ -601,12 +980,41 @@ def main(argv: list[str] | None = None) -> int:
             f"{', fastest of ' + str(len(runs)) if len(runs) > 1 else ''})",
             f"target memory <= {TARGET_RSS_BYTES / 2**30:.0f} GiB: {'met' if ok_m else 'NOT met'} ({_mib(peak)})",
         ]
-        if args.keep and not reuse:
+        rc = 0 if ok_t and ok_m else 1
+        summary = json.loads((run_dir / "summary.json").read_text())
+        found = (summary.get("billing") or {}).get("counts")
+        planted_ok = True
+        if "planted" in counts:
+            table, planted_ok = planted_table(counts["planted"], found or {})
+            lines += ["", *table, "  the audit found " + ("exactly the planted errors" if planted_ok else
+                                                           "OTHER errors than the planted ones")]
+        elif found is not None:
+            lines += ["", "billing findings   " + ", ".join(f"{k} {v}" for k, v in found.items() if v)]
+        if args.write_reference or args.write_fixture or args.check_reference:
+            rc = 0  # the time and memory targets are not what these are for
+        if (args.write_reference or args.write_fixture) and not planted_ok:
+            lines.append("NOT written: the audit does not find exactly the planted errors")
+            rc = 1
+        elif args.write_reference or args.write_fixture:
+            meta = generated_by(args, counts, input_hashes(run_dir))
+            if args.write_reference:
+                write_reference(run_dir, args.write_reference, meta)
+                lines.append(f"wrote              {args.write_reference} and {inputs_path(args.write_reference)}")
+            if args.write_fixture:
+                write_fixture(run_dir, args.write_fixture, meta)
+                lines.append(f"wrote              {args.write_fixture}/ (" + ", ".join(
+                    f"{p.name} {p.stat().st_size / 1024:,.0f} KiB" for p in sorted(args.write_fixture.iterdir()))
+                             + ")")
+        if args.check_reference:
+            check, same = check_reference(run_dir, args.check_reference)
+            lines += ["", *check]
+            rc = rc or (0 if same else 1)
+        if keep and not reuse:
             lines.append(f"kept {run_dir}")
         print("\n".join(lines), flush=True)
-        return 0 if ok_t and ok_m else 1
+        return rc
     finally:
-        if not args.keep and not reuse:
+        if not keep and not reuse:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 

@@ -1,0 +1,105 @@
+"""Today's analysis, kept: a small fixed run folder (records and a ledger with planted billing errors, made by
+benchmarks/analysis_speed.py) analysed again reproduces its reference summary.json (issue 15: counts exact,
+floats within 1e-9 relative), and the audit finds exactly the planted errors.
+
+Regenerate the folder (only when the analysis is meant to change what it says) with the `regenerate` command in
+tests/data/reference_run/planted.json."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis.billing import FINDING_KINDS
+from analysis.report import analyze
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data" / "reference_run"
+INPUTS = ("records.jsonl", "ledger.csv", "prices.yaml", "scenario.yaml")
+
+
+def _load_compare() -> Any:
+    """benchmarks/summary_compare.py (the one comparison rule, shared with the benchmark's --check-reference)."""
+    path = ROOT / "benchmarks" / "summary_compare.py"
+    spec = importlib.util.spec_from_file_location("summary_compare", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+summary_compare = _load_compare()
+
+
+@pytest.fixture(scope="module")
+def planted() -> dict[str, Any]:
+    return json.loads((DATA / "planted.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixed run folder, unpacked into a temporary folder and analysed there."""
+    run = tmp_path_factory.mktemp("reference_run")
+    for name in INPUTS:
+        packed = DATA / f"{name}.gz"
+        if packed.exists():
+            with gzip.open(packed, "rb") as src, open(run / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            shutil.copyfile(DATA / name, run / name)
+    _, code = analyze(run)
+    assert code == 0
+    return run
+
+
+def test_inputs_are_the_generated_ones(analysed: Path, planted: dict[str, Any]):
+    for name, digest in planted["sha256"].items():
+        assert hashlib.sha256((analysed / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_summary_reproduces_the_reference(analysed: Path):
+    reference = json.loads((DATA / "summary.reference.json").read_text())
+    new = json.loads((analysed / "summary.json").read_text())
+    diffs = summary_compare.differences(reference, new, limit=20)
+    assert not diffs, "summary.json differs from the reference:\n" + "\n".join(diffs)
+
+
+def test_independent_truths(analysed: Path, planted: dict[str, Any]):
+    """What the generator knows, not what an earlier analysis said."""
+    summary = json.loads((analysed / "summary.json").read_text())
+    with open(analysed / "records.jsonl", "rb") as f:
+        records = sum(1 for _ in f)
+    assert records == planted["records"] == summary["metrics"]["overall"]["attempts"]
+    billing = summary["billing"]
+    assert billing["counts"] == {k: planted["planted"].get(k, 0) for k in FINDING_KINDS}
+    assert all(planted["planted"][k] > 0 for k in planted["planted"])  # every planted kind is exercised
+    assert billing["findings_total"] == sum(planted["planted"].values())
+    assert billing["charges"] == planted["charges"]
+    assert billing["charges"] - billing["charges_joined"] == planted["planted"]["unknown_request"]
+    assert billing["trusted"] is True
+
+
+def test_comparison_rule():
+    """Counts exact, floats within 1e-9 relative (1e-12 absolute near zero), same keys, lists element-wise."""
+    differences = summary_compare.differences
+    ref = {"n": 3, "x": 1.5, "z": 0.0, "ok": True, "s": "a", "l": [1, 2.0], "none": None}
+    assert differences(ref, json.loads(json.dumps(ref))) == []
+    assert differences(ref, {**ref, "x": 1.5 * (1 + 1e-10), "z": 1e-13, "l": [1, 2]}) == []  # 2.0 may come as 2
+    assert differences(ref, {**ref, "x": 1.5 * (1 + 1e-6)})
+    assert differences(ref, {**ref, "z": 1e-9})
+    assert differences(ref, {**ref, "n": 4})
+    assert differences(ref, {**ref, "n": 3.0})  # a count stays an int
+    assert differences(ref, {**ref, "ok": 1})
+    assert differences(ref, {**ref, "l": [1, 2.0, 3]})
+    assert differences(ref, {k: v for k, v in ref.items() if k != "s"})
+    assert differences(ref, {**ref, "extra": 1})
+    assert differences(ref, {**ref, "none": 0})
