@@ -291,8 +291,8 @@ def run(args: Any) -> int:
         if rc == 2:
             return 2  # bad input, or a run that could not succeed (one line on stderr said why)
         if sim is not None:
-            (out / "ledger.jsonl").write_text(sim.admin("/_sim/ledger").text)
-            (out / "truth.jsonl").write_text(sim.admin("/_sim/truth").text)
+            sim.download("/_sim/ledger", out / "ledger.jsonl")  # streamed: a long run's are big
+            sim.download("/_sim/truth", out / "truth.jsonl")
         if rc not in (0, 3):  # ttbench's own stops end with 0, 2 or 3: anything else is Locust failing
             raise RunError(f"Locust exited with code {rc} (its output is above); {out} keeps what was recorded")
     finally:

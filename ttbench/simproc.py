@@ -97,6 +97,20 @@ class SimProcess(ServerProcess):
         with httpx.Client(verify=False, timeout=30) as client:
             return client.get(self.url + path, params=params, headers={"X-Admin-Token": self.admin_token})
 
+    def download(self, path: str, dest: Path) -> int:
+        """Stream an admin route's body to a file (never whole in memory); returns the bytes written."""
+        part = dest.with_name(dest.name + ".part")
+        written = 0
+        with httpx.Client(verify=False, timeout=httpx.Timeout(30, read=300)) as client, \
+                client.stream("GET", self.url + path, headers={"X-Admin-Token": self.admin_token}) as resp:
+            resp.raise_for_status()
+            with open(part, "wb") as f:
+                for block in resp.iter_bytes(1 << 20):
+                    f.write(block)
+                    written += len(block)
+        part.replace(dest)
+        return written
+
     def ledger(self) -> list[dict[str, Any]]:
         """The ledger rows."""
         return [json.loads(line) for line in self.admin("/_sim/ledger").text.splitlines() if line]
