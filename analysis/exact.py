@@ -1,0 +1,240 @@
+"""Exact distributions in bounded memory: each distinct value once, with how many times it was seen.
+
+Latencies and chunk gaps are whole microseconds (give or take the last bit of a float), so a run of millions of
+calls has far fewer distinct values than calls: counting them keeps every order statistic exact (the same
+percentiles as numpy's linear interpolation over all the values) in memory that grows with the distinct values,
+not with the calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+PCTS = (50, 90, 95, 99, 99.9)
+_MERGE_AT = 1 << 20  # pending values merged into the table once this many wait
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """numpy's own interpolation between neighbouring order statistics (numpy.lib._function_base_impl._lerp)."""
+    diff = b - a
+    out = np.asarray(a + diff * t)
+    np.subtract(b, diff * (1 - t), out=out, where=t >= 0.5)
+    return out
+
+
+class ValueCounts:
+    """A multiset of floats (NaN ignored): sorted distinct values and their counts, merged as values arrive."""
+
+    def __init__(self) -> None:
+        self.values = np.empty(0, dtype=np.float64)
+        self.counts = np.empty(0, dtype=np.int64)
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._pending_tables: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, values: Any) -> None:
+        """Count these values (NaN skipped)."""
+        a = np.asarray(values, dtype=np.float64)
+        a = a[~np.isnan(a)]
+        if not a.size:
+            return
+        self._pending.append(a)
+        self._pending_n += a.size
+        if self._pending_n >= _MERGE_AT:
+            self._fold()
+
+    def add_counts(self, values: np.ndarray, counts: np.ndarray) -> None:
+        """Count each value `counts` times (values sorted and distinct, no NaN)."""
+        if values.size:
+            self._pending_tables.append((np.asarray(values, dtype=np.float64), np.asarray(counts, dtype=np.int64)))
+
+    def merge(self, other: ValueCounts) -> None:
+        """Add another multiset's values."""
+        other._fold()
+        self.add_counts(other.values, other.counts)
+
+    def _fold(self) -> None:
+        tables = self._pending_tables
+        if self._pending:
+            v, c = np.unique(np.concatenate(self._pending), return_counts=True)
+            tables.append((v, c.astype(np.int64)))
+            self._pending, self._pending_n = [], 0
+        if not tables:
+            return
+        vals = np.concatenate([self.values, *(t[0] for t in tables)])
+        cnts = np.concatenate([self.counts, *(t[1] for t in tables)])
+        self._pending_tables = []
+        order = np.argsort(vals, kind="stable")
+        vals, cnts = vals[order], cnts[order]
+        starts = np.flatnonzero(np.r_[True, vals[1:] != vals[:-1]]) if vals.size else np.empty(0, dtype=np.int64)
+        self.values = vals[starts]
+        self.counts = np.add.reduceat(cnts, starts) if vals.size else cnts
+
+    @property
+    def n(self) -> int:
+        """How many values were counted."""
+        self._fold()
+        return int(self.counts.sum())
+
+    def total(self) -> float:
+        """The sum of all the values."""
+        self._fold()
+        return float(np.dot(self.values, self.counts.astype(np.float64)))
+
+    def quantiles(self, qs: Any) -> np.ndarray:
+        """Quantiles (0..1) as numpy.percentile's default (linear) method gives them over all the values."""
+        self._fold()
+        n = int(self.counts.sum())
+        if n == 0:
+            return np.full(len(qs), np.nan)
+        q = np.asarray(qs, dtype=np.float64)
+        virtual = (n - 1) * q
+        lo = np.floor(virtual)
+        t = virtual - lo
+        lo_i = lo.astype(np.int64)
+        hi_i = np.minimum(lo_i + 1, n - 1)
+        cum = np.cumsum(self.counts)
+        a = self.values[np.searchsorted(cum, lo_i, side="right")]
+        b = self.values[np.searchsorted(cum, hi_i, side="right")]
+        return _lerp(a, b, t)
+
+    def dist(self) -> dict[str, Any]:
+        """n, mean, p50, p90, p95, p99, p99.9 and max: the figures analysis.metrics.dist gives."""
+        n = self.n
+        if n == 0:
+            return {"n": 0, "mean": None, "p50": None, "p90": None, "p95": None, "p99": None, "p99.9": None,
+                    "max": None}
+        out: dict[str, Any] = {"n": n, "mean": self.total() / n}
+        for p, v in zip(PCTS, self.quantiles([p / 100 for p in PCTS]), strict=True):
+            out[f"p{p:g}"] = float(v)
+        out["max"] = float(self.values[-1])
+        return out
+
+    def nbytes(self) -> int:
+        """Memory held by the table and the values waiting to be merged."""
+        return int(self.values.nbytes + self.counts.nbytes + sum(a.nbytes for a in self._pending)
+                   + sum(v.nbytes + c.nbytes for v, c in self._pending_tables))
+
+
+def _bin_keys(values: np.ndarray) -> np.ndarray:
+    """A bin of each float, monotone in the value: the top bits of its IEEE 754 pattern made sortable (1/256 of a
+    doubling wide)."""
+    u = values.view(np.uint64)
+    neg = (u >> np.uint64(63)).astype(bool)
+    u = np.where(neg, ~u, u | np.uint64(1 << 63))
+    return (u >> np.uint64(_SHIFT)).astype(np.int64)
+
+
+_SHIFT = 44  # 64 - 20: sign, exponent and 8 bits of mantissa
+_BIN_BITS = 64 - _SHIFT
+
+
+class GroupedQuantiles:
+    """Exact n, mean, percentiles and max of float values in many groups, in two passes over the same values.
+
+    The first pass counts the values of each group in narrow bins (sparse: only bins that hold values); between
+    the passes, the bins that hold each wanted order statistic are known; the second pass keeps just the values
+    that fall in those bins, so each percentile is the exact order statistic numpy would interpolate, in memory
+    that grows with the bins in use, not with the values."""
+
+    def __init__(self, pcts: tuple[float, ...] = PCTS) -> None:
+        self.pcts = pcts
+        self.second = False
+        self._bins = ValueCounts()  # pass 1: keys (group << _BIN_BITS | bin) as floats (exact below 2**53)
+        self._sum: dict[int, float] = {}
+        self._wanted: dict[int, dict[int, tuple[int, int]]] = {}  # group -> {rank: (key, offset in its bin)}
+        self._keep: np.ndarray = np.empty(0, dtype=np.int64)
+        self._kept_keys: list[np.ndarray] = []
+        self._kept_vals: list[np.ndarray] = []
+        self._n: dict[int, int] = {}
+        self._result: dict[int, dict[str, Any]] | None = None
+
+    @staticmethod
+    def _keys(groups: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        v = np.asarray(values, dtype=np.float64)
+        g = np.broadcast_to(np.asarray(groups, dtype=np.int64), v.shape)
+        ok = ~np.isnan(v)
+        v, g = v[ok], g[ok]
+        return g, v, (g << _BIN_BITS) | _bin_keys(v)
+
+    def add(self, groups: Any, values: Any) -> None:
+        """Values of the given groups (an int for all, or one per value); NaN skipped."""
+        g, v, keys = self._keys(groups, values)
+        if not v.size:
+            return
+        if not self.second:
+            self._bins.add(keys.astype(np.float64))
+            ug, inv = np.unique(g, return_inverse=True)
+            sums = np.bincount(inv, weights=v)
+            for k, s in zip(ug.tolist(), sums.tolist(), strict=True):
+                self._sum[k] = self._sum.get(k, 0.0) + s
+            return
+        hit = np.isin(keys, self._keep)
+        if hit.any():
+            self._kept_keys.append(keys[hit])
+            self._kept_vals.append(v[hit])
+
+    def start_second_pass(self) -> None:
+        """After every value went through add() once: find the bins each wanted order statistic is in."""
+        keys = self._bins.values.astype(np.int64) if self._bins.n else np.empty(0, dtype=np.int64)
+        counts = self._bins.counts
+        groups = keys >> _BIN_BITS
+        keep = []
+        if keys.size:
+            bounds = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
+            for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                g = int(groups[lo])
+                cum = np.cumsum(counts[lo:hi])
+                n = int(cum[-1])
+                self._n[g] = n
+                wanted = {}
+                for r in sorted(_ranks(n, self.pcts)):
+                    i = int(np.searchsorted(cum, r, side="right"))
+                    before = int(cum[i - 1]) if i else 0
+                    wanted[r] = (int(keys[lo + i]), r - before)
+                    keep.append(int(keys[lo + i]))
+                self._wanted[g] = wanted
+        self._keep = np.unique(np.array(keep, dtype=np.int64))
+        self._bins = ValueCounts()
+        self.second = True
+
+    def groups(self) -> list[int]:
+        """The groups that got values."""
+        return sorted(self._n)
+
+    def dist(self, group: int) -> dict[str, Any]:
+        """The group's n, mean, percentiles and max (after the second pass)."""
+        if self._result is None:
+            self._finish()
+        assert self._result is not None
+        return self._result.get(group) or ValueCounts().dist()
+
+    def _finish(self) -> None:
+        keys = np.concatenate(self._kept_keys) if self._kept_keys else np.empty(0, dtype=np.int64)
+        vals = np.concatenate(self._kept_vals) if self._kept_vals else np.empty(0)
+        order = np.lexsort((vals, keys))
+        keys, vals = keys[order], vals[order]
+        self._result = {}
+        for g, wanted in self._wanted.items():
+            n = self._n[g]
+            at = {r: float(vals[int(np.searchsorted(keys, key, side="left")) + offset])
+                  for r, (key, offset) in wanted.items()}
+            out: dict[str, Any] = {"n": n, "mean": self._sum[g] / n}
+            for p in self.pcts:
+                virtual = (n - 1) * (p / 100)
+                r = int(np.floor(virtual))
+                t = np.array([virtual - r])
+                out[f"p{p:g}"] = float(_lerp(np.array([at[r]]), np.array([at[min(r + 1, n - 1)]]), t)[0])
+            out["max"] = at[n - 1]
+            self._result[g] = out
+        self._kept_keys, self._kept_vals = [], []
+
+
+def _ranks(n: int, pcts: tuple[float, ...]) -> set[int]:
+    """The order statistics (0-based) the percentiles of n values interpolate between, and the largest."""
+    out = {n - 1}
+    for p in pcts:
+        r = int(np.floor((n - 1) * (p / 100)))
+        out.update((r, min(r + 1, n - 1)))
+    return out

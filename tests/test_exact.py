@@ -1,0 +1,95 @@
+"""Exact distributions from value counts: the same figures as numpy over every value, whatever the batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analysis.exact import PCTS, ValueCounts
+from analysis.metrics import dist
+
+pytestmark = pytest.mark.timeout(120)
+
+micros = st.lists(st.integers(min_value=0, max_value=5_000_000).map(lambda us: us / 1000.0), min_size=1,
+                  max_size=300)
+floats = st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=1, max_size=300)
+
+
+def _close(a: dict, b: dict) -> None:
+    assert a["n"] == b["n"]
+    for k in ("mean", *(f"p{p:g}" for p in PCTS), "max"):
+        assert a[k] == pytest.approx(b[k], rel=1e-12, abs=1e-9), k
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.one_of(micros, floats), cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=4))
+def test_counted_percentiles_equal_numpy_over_all_values_in_any_batches(values, cuts):
+    vc = ValueCounts()
+    bounds = sorted({0, len(values), *(c for c in cuts if c < len(values))})
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=False):
+        vc.add(np.array(values[lo:hi] + [np.nan]))
+    _close(vc.dist(), dist(np.array(values)))
+    # exact, not just close, for the order statistics themselves
+    a = np.sort(np.array(values))
+    assert vc.dist()["max"] == a[-1] and vc.quantiles([0.0])[0] == a[0]
+
+
+def test_merged_tables_keep_every_count_and_memory_follows_distinct_values():
+    rng = np.random.default_rng(3)
+    whole = np.round(rng.lognormal(np.log(300), 0.5, 400_000), 3)  # ms with whole microseconds
+    parts = [ValueCounts() for _ in range(4)]
+    for i, p in enumerate(parts):
+        p.add(whole[i::4])
+    vc = ValueCounts()
+    for p in parts:
+        vc.merge(p)
+    _close(vc.dist(), dist(whole))
+    assert vc.n == whole.size
+    assert len(vc.values) == len(np.unique(whole)) < whole.size
+    assert vc.nbytes() == 16 * len(np.unique(whole))  # 8 bytes a value, 8 a count: nothing pending after a read
+
+
+def test_no_values_give_the_empty_figures():
+    vc = ValueCounts()
+    vc.add([np.nan, np.nan])
+    assert vc.dist() == dist(np.array([]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.one_of(micros, floats, st.lists(st.floats(min_value=1e-300, max_value=1e300), min_size=1,
+                                                 max_size=200)),
+       groups=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=300),
+       cut=st.integers(min_value=0, max_value=300))
+def test_two_passes_give_each_groups_exact_figures(values, groups, cut):
+    from analysis.exact import GroupedQuantiles
+
+    g = np.resize(np.array(groups), len(values))
+    v = np.array(values)
+    gq = GroupedQuantiles()
+    for _ in range(2):
+        gq.add(g[:cut], v[:cut])  # in two batches, the same ones both times
+        gq.add(g[cut:], v[cut:])
+        if not gq.second:
+            gq.start_second_pass()
+    assert gq.groups() == sorted(set(g.tolist()))
+    for k in gq.groups():
+        _close(gq.dist(k), dist(v[g == k]))
+        assert gq.dist(k)["max"] == v[g == k].max()
+
+
+def test_two_passes_keep_only_a_few_values_of_millions():
+    from analysis.exact import GroupedQuantiles
+
+    rng = np.random.default_rng(5)
+    v = rng.lognormal(np.log(0.3), 0.5, 2_000_000)  # continuous: every value distinct
+    gq = GroupedQuantiles()
+    for _ in range(2):
+        for lo in range(0, v.size, 250_000):
+            gq.add(0, v[lo:lo + 250_000])
+        if not gq.second:
+            gq.start_second_pass()
+    kept = sum(a.size for a in gq._kept_vals)
+    _close(gq.dist(0), dist(v))
+    assert kept < 60_000  # the bins of 11 order statistics, not 2 million values
