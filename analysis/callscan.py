@@ -1,0 +1,222 @@
+"""Logical calls from attempt records read in batches, in memory that does not grow with the run.
+
+A first, narrow pass over the records finds the calls with more than one attempt (retries, and any call id seen
+twice); their attempts are kept aside and assembled as build_calls does, while every other record is a call of its
+own and goes straight through. Each later pass then hands out call frames with the columns build_calls gives, batch
+by batch, and the multi-attempt calls last."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from .metrics import _call_columns, _labels, _plan
+
+
+class Batch(Protocol):
+    """A batch of attempt records: a frame of scalar columns, and the chunk deltas of its rows (µs)."""
+
+    frame: pd.DataFrame
+    chunk_offsets: np.ndarray | None
+    chunk_values: np.ndarray | None
+
+
+#: what a pass reads: the columns it asks for -> batches of them
+Source = Callable[[list[str]], Iterator[Batch]]
+
+INDEX_COLUMNS = ["call_id", "attempt", "final", "t_start"]
+
+
+def _hashes(ids: pd.Series) -> np.ndarray:
+    return pd.util.hash_array(ids.to_numpy(dtype=object), categorize=False)
+
+
+@dataclass
+class CallIndex:
+    """What the narrow pass found: the multi-attempt calls, the run's first start, the warm-up cut."""
+
+    multi_ids: set[str]
+    dup_hashes: np.ndarray
+    first_start: float  # the first start of the calls kept (after the warm-up)
+    cut: float  # calls that start before this are the warm-up's
+    rows: int
+
+    def is_multi(self, ids: pd.Series) -> np.ndarray:
+        """Rows whose call has (or may have) more than one attempt."""
+        out = ids.isin(self.multi_ids).to_numpy(copy=True) if self.multi_ids else np.zeros(len(ids), dtype=bool)
+        if self.dup_hashes.size:
+            out |= np.isin(_hashes(ids), self.dup_hashes)
+        return out
+
+
+def index_calls(source: Source, warmup_s: float) -> CallIndex:
+    """The narrow pass: call ids of retried calls, duplicated ids (by hash, confirmed by string later), the start."""
+    multi: set[str] = set()
+    singles: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
+    gmin = np.inf
+    rows = 0
+    for b in source(INDEX_COLUMNS):
+        f = b.frame
+        rows += len(f)
+        f = f[f["call_id"].notna()]
+        if not len(f):
+            continue
+        ts = f["t_start"].to_numpy(dtype=np.float64)
+        if (~np.isnan(ts)).any():
+            gmin = min(gmin, float(np.nanmin(ts)))
+        final = f["final"].to_numpy(dtype=object)
+        lone = (f["attempt"].to_numpy() == 1) & np.array([v is True or v is np.True_ for v in final], dtype=bool)
+        if (~lone).any():
+            multi.update(f.loc[~lone, "call_id"].tolist())
+        singles.append(_hashes(f.loc[lone, "call_id"]))
+        starts.append(ts[lone])
+    hashes = np.concatenate(singles) if singles else np.empty(0, dtype=np.uint64)
+    uniq, counts = np.unique(hashes, return_counts=True)
+    dup = uniq[counts > 1]
+    cut = gmin + warmup_s if warmup_s > 0 else -np.inf
+    first = gmin
+    if warmup_s > 0 and np.isfinite(gmin):
+        # the first start after the warm-up: lone records (not multi by id or hash) and multi calls' first starts
+        ts = np.concatenate(starts) if starts else np.empty(0)
+        lone_ok = ~np.isin(hashes, dup) & (ts >= cut)
+        first = float(ts[lone_ok].min()) if lone_ok.any() else np.inf
+    del hashes, starts, singles
+    idx = CallIndex(multi, dup, first, cut, rows)
+    if warmup_s > 0 and (multi or dup.size):
+        firsts = multi_first_starts(source, idx)
+        kept = [t for t in firsts.values() if t >= cut]
+        if kept:
+            idx.first_start = min(idx.first_start, min(kept))
+    return idx
+
+
+def multi_first_starts(source: Source, idx: CallIndex) -> dict[str, float]:
+    """Each multi-attempt call's first start (a narrow pass over its attempts only)."""
+    firsts: dict[str, float] = {}
+    for b in source(INDEX_COLUMNS):
+        f = b.frame[b.frame["call_id"].notna()]
+        m = idx.is_multi(f["call_id"])
+        if m.any():
+            for cid, t in f.loc[m].groupby("call_id", sort=False)["t_start"].min().items():
+                firsts[cid] = min(firsts.get(cid, np.inf), t) if t == t else firsts.get(cid, np.inf)
+    return firsts
+
+
+@dataclass
+class CallBatch:
+    """Calls (the columns build_calls gives, and their group labels) and the attempts that belong to them."""
+
+    calls: pd.DataFrame
+    labels: np.ndarray
+    attempts: pd.DataFrame  # the calls' counted-attempt columns, each with its call's label
+    attempt_labels: np.ndarray
+    gaps_offsets: np.ndarray | None  # per call, into gaps_values
+    gaps_values: np.ndarray | None  # the calls' chunk deltas (µs)
+
+
+def _deltas(b: Batch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The chunk deltas of the given rows of a batch, as (offsets, values)."""
+    if b.chunk_offsets is None or b.chunk_values is None:
+        return None
+    return _take(b.chunk_values, b.chunk_offsets[rows], b.chunk_offsets[rows + 1])
+
+
+def call_batches(source: Source, idx: CallIndex, columns: list[str]) -> Iterator[CallBatch]:
+    """One pass: the lone records as calls, batch by batch, then the multi-attempt calls assembled at the end."""
+    want = list(dict.fromkeys([*columns, *INDEX_COLUMNS, "endpoint", "model", "stream", "error_kind", "sent",
+                               "replayed", "chunk_us"]))
+    kept_frames: list[pd.DataFrame] = []
+    kept_deltas: list[tuple[np.ndarray, np.ndarray]] = []
+    with_chunks = True
+    for b in source(want):
+        f = b.frame
+        has_id = f["call_id"].notna().to_numpy()
+        multi = np.zeros(len(f), dtype=bool)
+        multi[has_id] = idx.is_multi(f.loc[has_id, "call_id"])
+        if multi.any():
+            rows = np.flatnonzero(multi)
+            kept_frames.append(f.iloc[rows].reset_index(drop=True))
+            d = _deltas(b, rows)
+            with_chunks = with_chunks and d is not None
+            if d is not None:
+                kept_deltas.append(d)
+        lone = np.flatnonzero(has_id & ~multi)
+        if not lone.size:
+            continue
+        calls = f.iloc[lone]
+        ts = calls["t_start"].to_numpy(dtype=np.float64)
+        keep = ts >= idx.cut if np.isfinite(idx.cut) else np.ones(len(calls), dtype=bool)
+        if not keep.all():
+            lone, calls = lone[keep], calls[keep]
+        if not len(calls):
+            continue
+        frame = _call_columns(calls.reset_index(drop=True).set_index("call_id"), calls["t_start"].to_numpy(),
+                              calls["attempt"].to_numpy())
+        labels = np.asarray(_labels(frame), dtype=object)
+        d = _deltas(b, lone)
+        yield CallBatch(frame, labels, calls.reset_index(drop=True), labels, *(d if d else (None, None)))
+    if kept_frames:
+        yield _multi_calls(pd.concat(kept_frames, ignore_index=True), kept_deltas if with_chunks else None, idx)
+
+
+def _multi_calls(att: pd.DataFrame, deltas: list[tuple[np.ndarray, np.ndarray]] | None,
+                 idx: CallIndex) -> CallBatch:
+    """The multi-attempt calls, assembled as build_calls does (the last attempt by number, the first start)."""
+    plan = _plan(att, 0.0)
+    assert plan is not None  # call ids are strings here
+    keep = plan.first_start >= idx.cut if np.isfinite(idx.cut) else np.ones(len(plan.final), dtype=bool)
+    final, first_start, n_att = plan.final[keep], plan.first_start[keep], plan.n_att[keep]
+    row_of_call = np.full(len(plan.final), -1, dtype=np.int64)
+    row_of_call[np.flatnonzero(keep)] = np.arange(int(keep.sum()))
+    att_call = row_of_call[plan.rows]
+    calls = _call_columns(att.take(final).set_index("call_id"), first_start, n_att)
+    labels = np.asarray(_labels(calls), dtype=object)
+    mine = att_call >= 0
+    attempts = att[mine].reset_index(drop=True)
+    attempt_labels = labels[att_call[mine]]
+    offsets = values = None
+    if deltas is not None:
+        bases = np.cumsum([0] + [int(o[-1]) for o, _ in deltas[:-1]])
+        starts = np.concatenate([o[:-1] + base for (o, _), base in zip(deltas, bases, strict=True)])
+        ends = np.concatenate([o[1:] + base for (o, _), base in zip(deltas, bases, strict=True)])
+        offsets, values = _take(np.concatenate([v for _, v in deltas]), starts[final], ends[final])
+    return CallBatch(calls, labels, attempts, attempt_labels, offsets, values)
+
+
+def _take(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """values[lo[i]:hi[i]] for every i, concatenated, with their offsets."""
+    lens = hi - lo
+    off = np.zeros(len(lo) + 1, dtype=np.int64)
+    np.cumsum(lens, out=off[1:])
+    idx = np.repeat(lo - off[:-1], lens) + np.arange(int(off[-1]))
+    return off, values[idx]
+
+
+def frame_batches(att: pd.DataFrame, rows: int, chunks: bool = True) -> Source:
+    """A source over an in-memory attempt frame (today's loader's), in batches of `rows`: for tests and small runs."""
+    def source(columns: list[str]) -> Iterator[Any]:
+        for lo in range(0, max(len(att), 1), rows):
+            part = att.iloc[lo:lo + rows]
+            frame = part[[c for c in columns if c in part.columns]].reset_index(drop=True)
+            offsets = values = None
+            if chunks and "chunk_us" in columns:
+                deltas = [np.frombuffer(base64.b64decode(us), dtype="<u4") if isinstance(us, str) and us
+                          else np.empty(0, dtype=np.uint32) for us in part["chunks_us"]]
+                offsets = np.zeros(len(deltas) + 1, dtype=np.int64)
+                np.cumsum([len(d) for d in deltas], out=offsets[1:])
+                values = np.concatenate(deltas).astype(np.uint32) if deltas else np.empty(0, dtype=np.uint32)
+            yield _FrameBatch(frame, offsets, values)
+    return source
+
+
+@dataclass
+class _FrameBatch:
+    frame: pd.DataFrame
+    chunk_offsets: np.ndarray | None
+    chunk_values: np.ndarray | None

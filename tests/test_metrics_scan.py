@@ -1,0 +1,101 @@
+"""The metrics of a run read in batches equal the whole-frame metrics, whatever the batches and the warm-up."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from analysis.callscan import frame_batches
+from analysis.load import LoadReport
+from analysis.metrics import SLO, Options, compute, finite
+from analysis.metrics_scan import compute_scan
+from analysis.records import load_records
+
+from .test_analysis_metrics import rec, write
+
+pytestmark = pytest.mark.timeout(120)
+
+REFERENCE = Path(__file__).parent / "data" / "reference_run"
+
+
+def _diff(a, b, path=""):
+    """Differences: counts and strings exactly, floats within 1e-9 relative."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
+        return [d for k in a for d in _diff(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items, not {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if abs(a - b) <= max(1e-9 * max(abs(a), abs(b)), 1e-12) else [f"{path}: {a} != {b}"]
+    return [] if (a == b and type(a) is type(b)) else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.fixture(scope="module")
+def reference_attempts(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ref")
+    with gzip.open(REFERENCE / "records.jsonl.gz", "rb") as src, open(folder / "records.jsonl", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return load_records(folder / "records.jsonl", LoadReport())
+
+
+@pytest.mark.parametrize("rows,warmup", [(1000, 0.0), (97, 0.0), (4096, 30.0), (333, 120.0)])
+def test_batched_metrics_equal_the_whole_frames_on_the_reference_run(reference_attempts, rows, warmup):
+    att = reference_attempts
+    opts = Options(warmup_s=warmup, slo=SLO(ttft_ms=400.0, e2e_ms=2500.0, tpot_ms=30.0))
+    whole = compute(att, opts, dropped=5)
+    whole.pop("calls_frame")
+    assert whole["overall"]["retries"] > 50 and len(whole["groups"]) >= 6  # retried calls, many groups
+    scanned = compute_scan(frame_batches(att, rows), opts, dropped=5)
+    assert _diff(finite(scanned), finite(whole)) == []
+
+
+def test_calls_whose_attempts_are_far_apart_duplicated_or_alone(tmp_path):
+    """Retries in other batches, a call id written twice as lone records, a lone second attempt, cancelled calls,
+    stages that change within a second: the calls and every figure as the whole frame gives them."""
+    rnd = random.Random(7)
+    recs = []
+    t = 1000.0
+    for i in range(400):
+        t += rnd.uniform(0.001, 0.02)
+        cid = f"c{rnd.randrange(10**6):06d}"
+        first = rnd.uniform(5, 400)
+        chunks = sorted(first + rnd.uniform(0, 300) for _ in range(rnd.randrange(0, 6)))
+        stage = 0 if t < 1003.5 else 1
+        if i % 37 == 0:  # retried: the second attempt far later in the file
+            recs.append(rec(cid, 1, t, 50.0, ok=False, kind="http_5xx", final=False, stage=stage))
+            recs.append(rec(cid, 2, t + 2.0, first + 400, stream=True, first=first, chunks=chunks, out=len(chunks),
+                            stage=stage))
+            continue
+        if i % 53 == 0:  # the same call id written twice, both as lone first attempts
+            recs.append(rec(cid, 1, t, first + 100, stage=stage, out=3))
+            recs.append(rec(cid, 1, t + 0.5, first + 90, stage=stage, out=4))
+            continue
+        if i % 61 == 0:  # a lone second attempt (its first was lost)
+            recs.append(rec(cid, 2, t, first + 10, stage=stage, out=2))
+            continue
+        if i % 71 == 0:
+            recs.append(rec(cid, 1, t, 5.0, ok=False, kind="cancelled", stage=stage))
+            continue
+        recs.append(rec(cid, 1, t, first + 500, stream=i % 2 == 0, first=first, chunks=chunks or None,
+                        out=len(chunks) or 5, stage=stage, model="m" if i % 3 else "n"))
+    recs.sort(key=lambda r: r["t_start"])  # file order: by start, so retries land in later batches
+    att = load_records(write(tmp_path / "run", recs), LoadReport())
+    for rows, warmup in ((13, 0.0), (50, 1.0), (4, 0.0)):
+        opts = Options(warmup_s=warmup, slo=SLO(ttft_ms=200.0))
+        whole = compute(att, opts)
+        whole.pop("calls_frame")
+        assert _diff(finite(compute_scan(frame_batches(att, rows), opts)), finite(whole)) == [], (rows, warmup)
+
+
+def test_a_run_without_calls_is_empty(tmp_path):
+    att = load_records(write(tmp_path / "run", [rec("a", 1, 10.0, 5.0)]), LoadReport())
+    assert compute_scan(frame_batches(att.iloc[:0], 10), Options())["empty"] is True
+    assert compute_scan(frame_batches(att, 10), Options(warmup_s=3600))["empty"] is True
+    assert compute(att, Options(warmup_s=3600))["empty"] is True
