@@ -357,7 +357,7 @@ def read_ledger(run_dir: Path, s: LedgerSettings, token: str | None,
     src = s.source
     if src is not None and not src.startswith(("http://", "https://")):
         path = Path(src)
-        if not path.is_absolute() and not path.exists():
+        if not path.is_absolute() and not s.explicit:  # the scenario's `ledger.file`: relative to the run folder
             path = run_dir / src
         if path.exists() or s.explicit:
             src = str(path)

@@ -112,6 +112,20 @@ def test_a_charge_joins_by_attempt_id_with_no_request_id_column(tmp_path):
     assert b["joins"] == {"request_id": 0, "attempt_id": 1, "idempotency_key": 0, "lost_worker": 0}
 
 
+def test_the_scenarios_ledger_file_is_the_run_folders_not_a_same_named_file_in_the_working_folder(tmp_path,
+                                                                                                     monkeypatch):
+    text = "time,type,client_attempt_id,input_tokens,output_tokens,amount\n" \
+           f"1.5,charge,B-a1,100,50,{CALL_COST}\n"
+    run = make_run(tmp_path / "run", [rec("B", rid=None)], ledger_text=text, ledger_name="billing.csv",
+                   scenario={"name": "j", "ledger": {"file": "billing.csv"}})
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "billing.csv").write_text(text.replace(str(CALL_COST), "9.99"))  # a stray file of the same name
+    monkeypatch.chdir(elsewhere)
+    b = analyze(run)[0]["billing"]
+    assert b["findings"] == [] and b["charges"] == 1  # the stray file would be an amount_mismatch
+
+
 def test_a_charge_joined_by_key_is_the_calls_charge_not_missing_plus_double(tmp_path):
     # the gateway's ledger holds the upstream's id, which the client never saw: the key is the only join
     run = make_run(tmp_path / "run", [rec("C")], [charge("req_upstream_C", "C", CALL_COST)])
