@@ -20,10 +20,14 @@ def ttbench(*args: str, env: dict[str, str] | None = None, timeout: float = 180)
                           timeout=timeout, env=env, cwd=ROOT)
 
 
-def ttbench_together(*runs: tuple[str, ...], timeout: float = 180) -> list[subprocess.CompletedProcess]:
-    """Several `ttbench` command lines at once (light runs whose figures do not depend on a quiet machine)."""
+def ttbench_together(*runs: Any, timeout: float = 180,
+                     envs: list[dict[str, str] | None] | None = None) -> list[subprocess.CompletedProcess]:
+    """Several `ttbench` command lines at once (light runs whose figures do not depend on a quiet machine), each
+    with its own environment if given."""
+    envs = envs or [None] * len(runs)
     procs = [subprocess.Popen([sys.executable, "-m", "ttbench", *args], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, cwd=ROOT) for args in runs]
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+             for args, env in zip(runs, envs, strict=True)]
     out = []
     for args, p in zip(runs, procs, strict=True):
         stdout, stderr = p.communicate(timeout=timeout)

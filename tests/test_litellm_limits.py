@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from ttbench.simproc import SimProcess
 
 from .conftest import write_config
 from .gateway_litellm import LiteLLMProxy
-from .runs import ROOT, records, ttbench, write_scenario
+from .runs import ROOT, records, ttbench_together, write_scenario
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -30,7 +32,7 @@ MIX = [{"endpoint": "chat", "models": ["gpt-4o-mini"], "stream": 0.5},
        {"endpoint": "gemini", "models": ["gemini-2.5-flash"], "stream": 0.5}]
 
 
-def _run(proxy: LiteLLMProxy, tmp: Path, name: str, seconds: int) -> tuple[Path, object]:
+def _args(proxy: LiteLLMProxy, tmp: Path, name: str, seconds: int) -> list[str]:
     path = write_scenario(tmp / f"{name}.yaml", {
         "name": name, "seed": 9, "users": 20, "spawn_rate": 20, "duration": f"{seconds}s", "stop_timeout": "10s",
         "timeouts": {"connect_s": 5, "first_byte_s": 10, "idle_s": 10, "total_s": 30},
@@ -38,17 +40,33 @@ def _run(proxy: LiteLLMProxy, tmp: Path, name: str, seconds: int) -> tuple[Path,
         "defaults": {"prompt_tokens": 40, "output_tokens": 16},
         "tenants": [{"label": "acme", "api_key_env": "TT_API_KEY", "arrivals": {"process": "poisson", "rate": 4}}],
         "mix": MIX})
-    out = tmp / name
-    res = ttbench("run", str(path), "--target", proxy.url, "--prices", str(PRICES), "--out", str(out),
-                  "--gateway", "litellm", env=dict(os.environ, TT_API_KEY=proxy.master_key), timeout=200)
-    return out, res
+    return ["run", str(path), "--target", proxy.url, "--prices", str(PRICES), "--out", str(tmp / name),
+            "--gateway", "litellm"]
 
 
-def test_rate_limits_through_litellm_are_recorded_classified_and_waited(tmp_path):
-    cfg = write_config(tmp_path / "sim.yaml", {**FASTER, "keys": {"default": {"tenant": "acme", "rpm": 20}}})
-    with SimProcess(config=cfg, seed=3) as sim, LiteLLMProxy(sim.url, sim.api_key, tmp_path / "proxy") as proxy:
-        out, res = _run(proxy, tmp_path, "rpm", 12)
-        truth = [json.loads(x) for x in sim.admin("/_sim/truth").text.splitlines() if x]
+def _truth(sim: SimProcess) -> list[dict]:
+    return [json.loads(x) for x in sim.admin("/_sim/truth").text.splitlines() if x]
+
+
+def test_rate_limits_and_a_spent_budget_through_litellm(tmp_path):
+    """Two stacks at once (simulator and LiteLLM each): one key with a requests limit, one with a budget."""
+    rpm_cfg = write_config(tmp_path / "rpm.yaml", {**FASTER, "keys": {"default": {"tenant": "acme", "rpm": 20}}})
+    budget_cfg = write_config(tmp_path / "budget.yaml",
+                              {**FASTER, "keys": {"default": {"tenant": "acme", "budget": 0.002}}})
+    with ExitStack() as stack:
+        sims = [stack.enter_context(SimProcess(config=cfg, seed=3)) for cfg in (rpm_cfg, budget_cfg)]
+        proxies = [LiteLLMProxy(sim.url, sim.api_key, tmp_path / f"proxy{i}") for i, sim in enumerate(sims)]
+        with ThreadPoolExecutor(2) as pool:  # LiteLLM takes seconds to start: both at once
+            list(pool.map(lambda p: stack.enter_context(p), proxies))
+        res, res_budget = ttbench_together(_args(proxies[0], tmp_path, "rpm", 12),
+                                           _args(proxies[1], tmp_path, "budget", 30), timeout=200,
+                                           envs=[dict(os.environ, TT_API_KEY=p.master_key) for p in proxies])
+        truth, truth_budget = _truth(sims[0]), _truth(sims[1])
+    _check_rate_limits(tmp_path / "rpm", res, truth)
+    _check_budget(tmp_path / "budget", res_budget, truth_budget)
+
+
+def _check_rate_limits(out: Path, res, truth: list[dict]) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     recs = records(out)
     assert {r["tenant"] for r in recs} == {"acme"}
@@ -67,11 +85,7 @@ def test_rate_limits_through_litellm_are_recorded_classified_and_waited(tmp_path
     assert summary["limits"]["tenants"]["acme"]["accepted_requests"] == len(admitted)
 
 
-def test_a_spent_budget_through_litellm_is_final_and_stops_the_run(tmp_path):
-    cfg = write_config(tmp_path / "sim.yaml", {**FASTER, "keys": {"default": {"tenant": "acme", "budget": 0.002}}})
-    with SimProcess(config=cfg, seed=3) as sim, LiteLLMProxy(sim.url, sim.api_key, tmp_path / "proxy") as proxy:
-        out, res = _run(proxy, tmp_path, "budget", 30)
-        truth = [json.loads(x) for x in sim.admin("/_sim/truth").text.splitlines() if x]
+def _check_budget(out: Path, res, truth: list[dict]) -> None:
     assert res.returncode == 3, res.stderr[-3000:]
     assert "for quota" in res.stderr
     recs = records(out)
