@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Self
@@ -296,3 +298,10 @@ class LiteLLMProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_together(stack: ExitStack, proxies: list[LiteLLMProxy]) -> list[LiteLLMProxy]:
+    """Start several LiteLLM proxies at once (each takes seconds to start); the stack stops them."""
+    with ThreadPoolExecutor(len(proxies)) as pool:
+        list(pool.map(stack.enter_context, proxies))
+    return proxies

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from ttbench.simproc import SimProcess
 
 from .conftest import write_config
-from .gateway_litellm import LiteLLMProxy
+from .gateway_litellm import LiteLLMProxy, start_together
 from .runs import ROOT, records, ttbench_together, write_scenario
 
 pytestmark = pytest.mark.timeout(240)
@@ -55,9 +54,8 @@ def test_rate_limits_and_a_spent_budget_through_litellm(tmp_path):
                               {**FASTER, "keys": {"default": {"tenant": "acme", "budget": 0.002}}})
     with ExitStack() as stack:
         sims = [stack.enter_context(SimProcess(config=cfg, seed=3)) for cfg in (rpm_cfg, budget_cfg)]
-        proxies = [LiteLLMProxy(sim.url, sim.api_key, tmp_path / f"proxy{i}") for i, sim in enumerate(sims)]
-        with ThreadPoolExecutor(2) as pool:  # LiteLLM takes seconds to start: both at once
-            list(pool.map(lambda p: stack.enter_context(p), proxies))
+        proxies = start_together(stack, [LiteLLMProxy(sim.url, sim.api_key, tmp_path / f"proxy{i}")
+                                         for i, sim in enumerate(sims)])
         res, res_budget = ttbench_together(_args(proxies[0], tmp_path, "rpm", 12),
                                            _args(proxies[1], tmp_path, "budget", 30), timeout=200,
                                            envs=[dict(os.environ, TT_API_KEY=p.master_key) for p in proxies])

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,8 @@ import pytest
 from ttbench.simproc import SimProcess
 
 from .conftest import FAST, deep_merge, write_config
-from .gateway_litellm import LiteLLMProxy
-from .runs import ROOT, records, ttbench, write_scenario
+from .gateway_litellm import LiteLLMProxy, start_together
+from .runs import ROOT, records, ttbench, ttbench_together, write_scenario
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -32,21 +34,39 @@ def run_through(proxy: LiteLLMProxy, tmp: Path, name: str, scenario: dict, *extr
     return out, res
 
 
+def _args(proxy: LiteLLMProxy, tmp: Path, name: str, scenario: dict, *extra: str) -> list[str]:
+    path = write_scenario(tmp / f"{name}.yaml", {"name": name, **SHORT, **scenario})
+    return ["run", str(path), "--target", proxy.url, "--prices", str(PRICES), "--out", str(tmp / name), *extra]
+
+
+def _together(*runs: tuple[LiteLLMProxy, list[str]]) -> list:
+    """`ttbench run`s through their proxies at once (each with that proxy's master key)."""
+    return ttbench_together(*(args for _, args in runs), timeout=200,
+                            envs=[dict(os.environ, TT_API_KEY=p.master_key) for p, _ in runs])
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[tuple[SimProcess, LiteLLMProxy, Path]]:
-    """A simulator that sends a few 429s, LiteLLM in front of it with the ttbench cost log."""
+def stack(tmp_path_factory) -> Iterator[tuple[SimProcess, LiteLLMProxy, Path, LiteLLMProxy]]:
+    """A simulator that sends a few 429s with LiteLLM in front of it; and beside it a plain simulator behind a
+    LiteLLM that prices gpt-4o differently from the price sheet (the sheet: 2.50 / 10.00 per 1M)."""
     work = tmp_path_factory.mktemp("real")
     cfg = write_config(work / "sim.yaml", {"faults": {"quota": {"rate_limited": 4}, "quota_rate": 0.1,
                                                        "retry_after_s": 1}})
-    with SimProcess(config=cfg, seed=4) as sim, LiteLLMProxy(sim.url, sim.api_key, work / "proxy") as proxy:
-        yield sim, proxy, work
+    with ExitStack() as es:
+        sim = es.enter_context(SimProcess(config=cfg, seed=4))
+        plain = es.enter_context(SimProcess(config=write_config(work / "plain.yaml"), seed=4))
+        proxy, priced = start_together(es, [LiteLLMProxy(sim.url, sim.api_key, work / "proxy"),
+                                            LiteLLMProxy(plain.url, plain.api_key, work / "priced",
+                                                         model_prices={"gpt-4o": (0.000004, 0.000016)})])
+        yield sim, proxy, work, priced
 
 
 @pytest.fixture(scope="module")
 def every_endpoint(stack):
-    """One run of every endpoint through LiteLLM with no --gateway given."""
-    sim, proxy, work = stack
-    out, res = run_through(proxy, work, "every-endpoint", {
+    """One run of every endpoint through LiteLLM with no --gateway given; at the same time, the cost-log run
+    through the LiteLLM with its own gpt-4o price."""
+    _sim, proxy, work, priced = stack
+    res, cost = _together((proxy, _args(proxy, work, "every-endpoint", {
         "seed": 3, "users": 4, "spawn_rate": 4, "duration": "8s",
         "retry": {"max_attempts": 4, "base_s": 0.05, "cap_s": 0.2, "budget": 100},
         "defaults": {"prompt_tokens": 20, "output_tokens": 12},
@@ -55,13 +75,21 @@ def every_endpoint(stack):
                 {"endpoint": "messages", "weight": 3, "models": ["claude-3-5-sonnet"], "stream": 0.6},
                 {"endpoint": "gemini", "weight": 3, "models": ["gemini-1.5-pro"], "stream": 0.8, "json_array": 0.5},
                 {"endpoint": "embeddings", "weight": 1}, {"endpoint": "images", "weight": 1},
-                {"endpoint": "models", "weight": 1}]})
+                {"endpoint": "models", "weight": 1}]})),
+        (priced, _args(priced, work, "cost-log", {
+            "seed": 8, "users": 4, "spawn_rate": 4, "duration": "5s",
+            "retry": {"max_attempts": 4, "base_s": 0.05, "cap_s": 0.2, "budget": 100},
+            "defaults": {"prompt_tokens": 20, "output_tokens": 12},
+            "mix": [{"endpoint": "chat", "models": {"gpt-4o-mini": 1, "gpt-4o": 1}, "stream": 0.5},
+                    {"endpoint": "messages", "models": ["claude-3-5-sonnet"], "stream": 0.5},
+                    {"endpoint": "gemini", "models": ["gemini-1.5-pro"], "stream": 0.5},
+                    {"endpoint": "embeddings"}]})))
     assert res.returncode == 0, res.stderr[-3000:]
-    return out, res
+    return work / "every-endpoint", res, cost
 
 
 def test_every_endpoint_succeeds_with_ttft_through_litellm(every_endpoint):
-    out, _res = every_endpoint
+    out, _res, _cost = every_endpoint
     recs = records(out)
     finals = [r for r in recs if r["final"]]
     for endpoint in ("chat", "responses", "messages", "gemini", "embeddings", "images", "models"):
@@ -80,7 +108,7 @@ def test_every_endpoint_succeeds_with_ttft_through_litellm(every_endpoint):
 
 
 def test_request_ids_come_from_the_gateway_headers(every_endpoint):
-    out, _res = every_endpoint
+    out, _res, _cost = every_endpoint
     recs = [r for r in records(out) if r["status"] is not None]
     billable = [r for r in recs if r["endpoint"] != "models"]  # LiteLLM serves /v1/models itself, with no id
     with_id = [r for r in billable if r["request_id"]]
@@ -89,8 +117,8 @@ def test_request_ids_come_from_the_gateway_headers(every_endpoint):
     assert {r["request_id_header"] for r in with_id} == {"x-litellm-call-id"}
 
 
-def test_429_waits_are_read_from_the_gateways_prefixed_header(every_endpoint, stack):
-    out, _res = every_endpoint
+def test_429_waits_are_read_from_the_gateways_prefixed_header(every_endpoint):
+    out, _res, _cost = every_endpoint
     limited = [r for r in records(out) if r["status"] == 429]
     assert limited, "the simulator sent 429s"
     for r in limited:
@@ -98,25 +126,14 @@ def test_429_waits_are_read_from_the_gateways_prefixed_header(every_endpoint, st
             assert r["retry_after_header"] == "llm_provider-retry-after" and r["retry_after_s"] == 1.0, r
 
 
-def test_billing_through_litellms_cost_log(stack, tmp_path):
+def test_billing_through_litellms_cost_log(stack, every_endpoint):
     """One model priced differently in LiteLLM than in the price sheet: amount_mismatch for exactly its calls."""
-    sim, _proxy, _work = stack
-    with LiteLLMProxy(sim.url, sim.api_key, tmp_path / "proxy",
-                      model_prices={"gpt-4o": (0.000004, 0.000016)}) as proxy:  # the sheet: 2.50 / 10.00 per 1M
-        out, res = run_through(proxy, tmp_path, "cost-log", {
-            "seed": 8, "users": 4, "spawn_rate": 4, "duration": "5s",
-            "retry": {"max_attempts": 4, "base_s": 0.05, "cap_s": 0.2, "budget": 100},
-            "defaults": {"prompt_tokens": 20, "output_tokens": 12},
-            "mix": [{"endpoint": "chat", "models": {"gpt-4o-mini": 1, "gpt-4o": 1}, "stream": 0.5},
-                    {"endpoint": "messages", "models": ["claude-3-5-sonnet"], "stream": 0.5},
-                    {"endpoint": "gemini", "models": ["gemini-1.5-pro"], "stream": 0.5},
-                    {"endpoint": "embeddings"}]})
-        assert res.returncode == 0, res.stderr[-3000:]
-        import time
-
-        time.sleep(2)  # the callback writes a stream's line after its last byte
-        cost_log = proxy.cost_log
-        rep = ttbench("report", str(out), "--ledger", str(cost_log), "--ledger-mapping", "litellm-costlog")
+    _sim, _proxy, work, priced = stack
+    _out, _res, res = every_endpoint
+    out = work / "cost-log"
+    assert res.returncode == 0, res.stderr[-3000:]
+    time.sleep(2)  # the callback writes a stream's line after its last byte
+    rep = ttbench("report", str(out), "--ledger", str(priced.cost_log), "--ledger-mapping", "litellm-costlog")
     assert rep.returncode == 0, rep.stderr[-2000:]
     billing = json.loads((out / "summary.json").read_text())["billing"]
     calls = [r for r in records(out) if r["final"] and r["ok"]]
@@ -158,10 +175,19 @@ FAULTY = {"faults": {"rate": 0.3, "weights": {"reset": 1, "disconnect_after_bill
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory):
+    """Two faulty simulators, each behind its own LiteLLM (each audit reads its simulator's whole ledger), and one
+    run through each at the same time: with the default profile, and with --gateway litellm."""
     work = tmp_path_factory.mktemp("faulty")
     cfg = write_config(work / "sim.yaml", deep_merge(FAST, FAULTY))
-    with SimProcess(config=cfg, seed=9) as sim, LiteLLMProxy(sim.url, sim.api_key, work / "proxy") as proxy:
-        yield sim, proxy, work
+    with ExitStack() as es:
+        sims = [es.enter_context(SimProcess(config=cfg, seed=9)) for _ in range(2)]
+        proxies = start_together(es, [LiteLLMProxy(sim.url, sim.api_key, work / f"proxy{i}")
+                                      for i, sim in enumerate(sims)])
+        default, litellm = _together((proxies[0], _args(proxies[0], work, "default-profile", {"seed": 21,
+                                                                                             **FAULT_MIX})),
+                                     (proxies[1], _args(proxies[1], work, "litellm-profile", {"seed": 21, **FAULT_MIX},
+                                                        "--gateway", "litellm")))
+        yield work, (sims[0], default), (sims[1], litellm)
 
 
 FAULT_MIX = {"users": 4, "spawn_rate": 4, "duration": "8s",
@@ -173,8 +199,8 @@ FAULT_MIX = {"users": 4, "spawn_rate": 4, "duration": "8s",
 
 
 def test_default_profile_audit_finds_exactly_the_extra_upstream_charges(faulty):
-    sim, proxy, work = faulty
-    out, res = run_through(proxy, work, "default-profile", {"seed": 21, **FAULT_MIX})
+    work, (sim, res), _ = faulty
+    out = work / "default-profile"
     assert res.returncode == 0, res.stderr[-3000:]
     rep = ttbench("report", str(out), "--ledger", sim.url + "/_sim/ledger", "--ledger-token", sim.admin_token)
     assert rep.returncode == 0, rep.stderr[-2000:]
@@ -191,8 +217,8 @@ def test_default_profile_audit_finds_exactly_the_extra_upstream_charges(faulty):
 
 
 def test_litellm_profile_leaves_no_call_charged_twice_upstream(faulty):
-    sim, proxy, work = faulty
-    out, res = run_through(proxy, work, "litellm-profile", {"seed": 21, **FAULT_MIX}, "--gateway", "litellm")
+    work, _, (sim, res) = faulty
+    out = work / "litellm-profile"
     assert res.returncode == 0, res.stderr[-3000:]
     recs = records(out)
     mine = {r["attempt_id"] for r in recs}
@@ -209,7 +235,7 @@ def test_litellm_profile_leaves_no_call_charged_twice_upstream(faulty):
 
 
 def test_dry_runs_through_a_gateway_without_them(stack, tmp_path):
-    _sim, proxy, _work = stack
+    _sim, proxy, _work, _ = stack
     mix = {"seed": 2, "users": 2, "spawn_rate": 2, "duration": "4s",
            "defaults": {"prompt_tokens": 20, "output_tokens": 12},
            "mix": [{"endpoint": "gemini", "models": ["gemini-1.5-pro"], "dry_run": 0.5}]}
@@ -230,7 +256,7 @@ def test_dry_runs_through_a_gateway_without_them(stack, tmp_path):
 
 
 def test_a_wrong_key_stops_the_run(stack, tmp_path):
-    _sim, proxy, _work = stack
+    _sim, proxy, _work, _ = stack
     path = write_scenario(tmp_path / "wrong.yaml", {"name": "wrong", "users": 4, "duration": "20s",
                                                     "mix": [{"endpoint": "chat"}]})
     env = dict(os.environ, TT_API_KEY="sk-not-the-master-key")
