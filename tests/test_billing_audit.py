@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .runs import ROOT, jsonl, ttbench
+from .runs import ROOT, jsonl, ttbench, ttbench_together
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -29,11 +29,28 @@ def found(summary: dict) -> set[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def audit_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("audit") / "run"
-    res = ttbench("run", "scenarios/billing-audit.yaml", "--out", str(out), "-t", "25s", timeout=200)
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """The billing-audit scenario, and at the same time a run with every fault kind and nothing planted."""
+    work = tmp_path_factory.mktemp("audit")
+    scenario = yaml.safe_load((ROOT / "scenarios" / "retries-under-faults.yaml").read_text())
+    scenario["sim"]["config"]["defaults"] = {"chat": {"base_ms": 5, "decode_tokens_per_s": 400}}
+    scenario["sim"]["config"]["faults"]["stall_ms"] = 2500
+    scenario["sim"]["config"]["faults"]["weights"]["fewer_images"] = 4  # images are a small part of the mix
+    for line in scenario["mix"]:
+        if line["endpoint"] == "images":
+            line["weight"] = 3
+    path = work / "faults.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    res, faults = ttbench_together(("run", "scenarios/billing-audit.yaml", "--out", str(work / "run"), "-t", "25s"),
+                                   ("run", str(path), "--out", str(work / "faults"), "-t", "15s"), timeout=200)
     assert res.returncode == 0, res.stderr[-3000:]
-    return out
+    assert faults.returncode == 0, faults.stderr[-3000:]
+    return work / "run", work / "faults"
+
+
+@pytest.fixture(scope="module")
+def audit_run(runs) -> Path:
+    return runs[0]
 
 
 def test_every_planted_kind_is_found_exactly(audit_run):
@@ -81,19 +98,8 @@ def test_a_ledger_with_a_missing_column_is_one_line_exit_2(audit_run, tmp_path):
     assert res.stderr.strip() == f"ttbench: error: {bad}: the ledger has no column 'amount' (for amount)"
 
 
-def test_nothing_planted_under_every_fault_kind_is_100_percent(tmp_path):
-    scenario = yaml.safe_load((ROOT / "scenarios" / "retries-under-faults.yaml").read_text())
-    scenario["sim"]["config"]["defaults"] = {"chat": {"base_ms": 5, "decode_tokens_per_s": 400}}
-    scenario["sim"]["config"]["faults"]["stall_ms"] = 2500
-    scenario["sim"]["config"]["faults"]["weights"]["fewer_images"] = 4  # images are a small part of the mix
-    for line in scenario["mix"]:
-        if line["endpoint"] == "images":
-            line["weight"] = 3
-    path = tmp_path / "faults.yaml"
-    path.write_text(yaml.safe_dump(scenario))
-    out = tmp_path / "run"
-    res = ttbench("run", str(path), "--out", str(out), "-t", "15s", timeout=200)
-    assert res.returncode == 0, res.stderr[-3000:]
+def test_nothing_planted_under_every_fault_kind_is_100_percent(runs):
+    out = runs[1]
     truth = jsonl(out / "truth.jsonl")
     faults = {e["fault"] for e in truth if e["fault"]}
     assert faults >= {"server_error", "rate_limited", "reset", "disconnect_midstream", "stream_error",
