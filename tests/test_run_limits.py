@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .runs import records, ttbench, ttbench_together, write_scenario
+from .runs import records, ttbench_together, write_scenario
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -150,10 +150,10 @@ def test_records_carry_tenants_and_headers_never_keys(runs):
             assert key not in text, (f, key)
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_a_tenants_spend_cap_stops_that_tenant_only(tmp_path, processes):
-    """Tenant `small` may spend 0.0004 (about 25 calls of gpt-4o-mini here); `big` has no cap of its own. With two
-    worker processes each spends the share of the caps the master leases it."""
+def test_a_tenants_spend_cap_stops_that_tenant_only(tmp_path):
+    """Tenant `small` may spend 0.0004 (about 25 calls of gpt-4o-mini here); `big` has no cap of its own. One run
+    in one process and, at the same time, one with two worker processes, each spending the share of the caps the
+    master leases it."""
     path = write_scenario(tmp_path / "caps.yaml", {
         "name": "caps", "seed": 2, "target": "sim", "sim": {"config": {"models": MODELS}},
         "users": 6, "spawn_rate": 6, "duration": "6s", "stop_timeout": "5s",
@@ -161,8 +161,13 @@ def test_a_tenants_spend_cap_stops_that_tenant_only(tmp_path, processes):
         "tenants": [{"label": "small", "api_key_env": "TT_API_KEY", "spend": {"max": 0.0004}},
                     {"label": "big", "api_key_env": "TT_API_KEY"}],
         "mix": [{"endpoint": "chat", "models": ["gpt-4o-mini"], "prompt_tokens": 40, "output_tokens": 16}]})
-    out = tmp_path / "run"
-    r = ttbench("run", str(path), "--out", str(out), "--processes", str(processes), timeout=120)
+    results = ttbench_together(*(("run", str(path), "--out", str(tmp_path / f"run{p}"), "--processes", str(p))
+                                 for p in (1, 2)), timeout=120)
+    for processes, r in zip((1, 2), results, strict=True):
+        _check_caps(tmp_path / f"run{processes}", r)
+
+
+def _check_caps(out, r) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tenant small: spend cap reached" in r.stderr
     recs = records(out)

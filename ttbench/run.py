@@ -267,7 +267,9 @@ def run(args: Any) -> int:
         if args.max_spend is not None:
             cmd += ["--max-spend", str(args.max_spend)]
         if args.processes:
-            cmd += ["--processes", str(args.processes)]
+            # the master of this machine's worker processes on a free port: runs side by side never collide
+            port = _free_port()
+            cmd += ["--processes", str(args.processes), "--master-bind-port", str(port), "--master-port", str(port)]
         if getattr(args, "gateway", None):
             cmd += ["--gateway", str(args.gateway)]
         for flag in ("metrics_port", "metrics_host", "metrics_linger"):  # live metrics out
@@ -321,3 +323,12 @@ def run(args: Any) -> int:
         raise RunError(str(exc)) from None
     print_summary(summary, str(out))
     return rc if rc == 3 else code  # 3: stopped mid-run by refusals (the report is written)
+
+
+def _free_port() -> int:
+    """A TCP port on this machine that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
