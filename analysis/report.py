@@ -15,6 +15,7 @@ import yaml
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 
 from . import overhead, plots, settings, trust
+from .attempt_facts import AttemptFacts, facts_of
 from .billing import Policy, audit
 from .capacity import SETTLE_S
 from .capacity import analyse as capacity_analyse
@@ -77,12 +78,12 @@ def _workers(h: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], metrics: dict[str, Any],
-                   truth: list[dict[str, Any]]) -> dict[str, Any]:
+def harness_health(att: pd.DataFrame, facts: AttemptFacts, run_dir: Path, scenario: dict[str, Any],
+                   metrics: dict[str, Any], truth: list[dict[str, Any]]) -> dict[str, Any]:
     """The load generator's own figures (per worker in a distributed run), and a loud warning when it was the
     bottleneck."""
     h = _read_json(run_dir / "harness.json")
-    lag = att["schedule_lag_ms"].dropna()
+    lag = facts.lag
     cpu_pct = None  # the local process, or the master
     if h.get("cpu_s") is not None and h.get("wall_s"):
         cpu_pct = 100.0 * h["cpu_s"] / h["wall_s"]
@@ -102,7 +103,7 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
             target_rate = float(arr.get("rate") or 0) * arr["on_s"] / (arr["on_s"] + arr["off_s"])
         elif scenario.get("trace") and arrivals.get("offered") and duration:
             target_rate = arrivals["offered"] / duration
-    achieved = (att[att["attempt"] == 1]["call_id"].nunique() / duration) if duration else None
+    achieved = (facts.first_attempt_calls / duration) if duration else None
     timing = _timing_error(att, truth)
     reasons = []
     if cpu_pct is not None and cpu_pct >= BOTTLENECK_CPU_PCT:
@@ -115,8 +116,8 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
         reasons.append(f"a worker's CPU peaked at {float(peak_worker):.0f}% of a core")
     if h.get("cpu_warning"):
         reasons.append("Locust reported high CPU on a worker")
-    if len(lag) and float(np.percentile(lag, 99)) > BOTTLENECK_LAG_P99_MS:
-        reasons.append(f"schedule lag p99 {float(np.percentile(lag, 99)):.0f} ms")
+    if lag and lag["p99"] > BOTTLENECK_LAG_P99_MS:
+        reasons.append(f"schedule lag p99 {lag['p99']:.0f} ms")
     if timing and timing["p99_ms"] > BOTTLENECK_TIMING_P99_MS:
         reasons.append(f"TTFT timing error p99 {timing['p99_ms']:.1f} ms against the simulator's truth")
     return {
@@ -124,8 +125,7 @@ def harness_health(att: pd.DataFrame, run_dir: Path, scenario: dict[str, Any], m
         "peak_worker_cpu_percent": peak_worker,
         "workers": workers,
         "resplits": [r for r in h.get("resplits") or [] if isinstance(r, dict)],
-        "schedule_lag_ms": {"p50": float(lag.median()), "p99": float(np.percentile(lag, 99)),
-                            "max": float(lag.max())} if len(lag) else None,
+        "schedule_lag_ms": lag,
         "arrivals_offered": arrivals.get("offered"),
         "dropped_arrivals": arrivals.get("dropped", 0),
         "target_rate_rps": target_rate,
@@ -172,6 +172,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
 
         att = pd.DataFrame(columns=list(COLUMNS))
     harness = _read_json(run_dir / "harness.json")
+    facts = facts_of(att)
     m = compute(att, opts, dropped=(harness.get("arrivals") or {}).get("dropped", 0))
     calls = m.pop("calls_frame", None)
     summary: dict[str, Any] = {
@@ -201,7 +202,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
         bill = audit(att, ledger_df, sheet, Policy.from_mapping(an.get("billing")), lost)
         bill["findings_total"] = len(bill["findings"])
         bill["ledger"] = ledger_cfg.describe()
-        problems = trust.issues(att, bill, summary["run"], gateway, price_path)
+        problems = trust.issues(facts, bill, summary["run"], gateway, price_path)
         bill["trusted"] = not problems
         bill["trust_issues"] = problems
         summary["warnings"] += [UNTRUSTED + p for p in problems]
@@ -222,7 +223,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     iso_cfg = an.get("isolation")
     summary["isolation"], iso_samples = isolation(calls if have_calls else att.iloc[:0], att, iso_cfg)
     truth = load_jsonl(run_dir / "truth.jsonl")
-    summary["harness"] = harness_health(att, run_dir, scenario, m, truth) if not att.empty else None
+    summary["harness"] = harness_health(att, facts, run_dir, scenario, m, truth) if not att.empty else None
     summary["overhead"] = overhead.analyse(run_dir, scenario)
     for w in (summary["harness"] or {}).get("lost_workers", []):
         summary["warnings"].append(

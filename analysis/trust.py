@@ -6,24 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from ttformats.prices import PriceError, load_price_sheet
+
+from .attempt_facts import AttemptFacts
 
 #: the simulator's shipped price sheet, read as a file (the analysis never imports the simulator)
 SIM_DEFAULT_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"
 MIN_SHARE = 0.95
-#: failed attempts the gateway may have billed before the failure (a retry of them should get the replay)
-MAYBE_BILLED_KINDS = ("truncated", "reset", "timeout", "stream_error", "protocol", "http_5xx")
-UNBILLED_5XX = (503, 529)  # overloaded / unavailable: refused before any work
 
-
-def request_id_issue(att: pd.DataFrame, gateway: dict[str, Any]) -> str | None:
+def request_id_issue(facts: AttemptFacts, gateway: dict[str, Any]) -> str | None:
     """(a) Attempts that got response headers but no join id (model listings aside: they are never billed, and a
     gateway may answer them itself)."""
-    answered = att["status"].notna() & att["endpoint"].ne("models")
-    n = int(answered.sum())
-    with_id = int((answered & att["request_id"].notna()).sum())
+    n, with_id = facts.answered, facts.answered_with_id
     if not n or with_id >= MIN_SHARE * n:
         return None
     headers = ", ".join(gateway.get("request_id_headers") or []) or "x-tt-request-id"
@@ -43,29 +37,14 @@ def join_issue(billing: dict[str, Any]) -> str | None:
             "profile")
 
 
-def maybe_billed_retries(att: pd.DataFrame) -> int:
-    """Calls retried after a failed attempt that was sent and may have been billed."""
-    if att.empty:
-        return 0
-    kind = att["error_kind"]
-    status = pd.to_numeric(att["status"], errors="coerce")
-    maybe = kind.isin(MAYBE_BILLED_KINDS) & att["sent"].astype(bool)
-    maybe &= ~(kind.eq("http_5xx") & status.isin(UNBILLED_5XX))
-    if not maybe.any():
-        return 0
-    last = att.groupby("call_id")["attempt"].transform("max")
-    retried = maybe & (att["attempt"] < last)
-    return int(att.loc[retried, "call_id"].nunique())
-
-
-def idempotency_issue(att: pd.DataFrame, gateway: dict[str, Any] | None, target: Any) -> str | None:
+def idempotency_issue(facts: AttemptFacts, gateway: dict[str, Any] | None, target: Any) -> str | None:
     """(c) Retries that should have been replayed, none was, and the profile claims Idempotency-Key is honoured."""
-    if target == "sim" or att.empty or bool(att["replayed"].any()):
+    if target == "sim" or not facts.rows or facts.replayed_any:
         return None  # the simulator honours Idempotency-Key (its own tests say so)
     honoured = ((gateway or {}).get("idempotency") or {}).get("honoured", True) if gateway is not None else True
     if honoured is not True:
         return None
-    n = maybe_billed_retries(att)
+    n = facts.maybe_billed_retried_calls
     if not n:
         return None
     return (f"this gateway does not seem to honour Idempotency-Key: {n} calls may be billed more than once (each "
@@ -86,10 +65,10 @@ def price_issue(sheet_path: Path | None, target: Any) -> str | None:
             "(`ttbench report RUN --prices FILE`)")
 
 
-def issues(att: pd.DataFrame, billing: dict[str, Any], run: dict[str, Any], gateway: dict[str, Any] | None,
+def issues(facts: AttemptFacts, billing: dict[str, Any], run: dict[str, Any], gateway: dict[str, Any] | None,
            sheet_path: Path | None) -> list[str]:
     """Every reason the billing audit cannot be trusted (empty: it can)."""
     target = run.get("target")
-    found = [request_id_issue(att, gateway or {}), join_issue(billing), idempotency_issue(att, gateway, target),
+    found = [request_id_issue(facts, gateway or {}), join_issue(billing), idempotency_issue(facts, gateway, target),
              price_issue(sheet_path, target)]
     return [f for f in found if f]

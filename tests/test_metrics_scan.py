@@ -99,3 +99,24 @@ def test_a_run_without_calls_is_empty(tmp_path):
     assert compute_scan(frame_batches(att.iloc[:0], 10), Options())["empty"] is True
     assert compute_scan(frame_batches(att, 10), Options(warmup_s=3600))["empty"] is True
     assert compute(att, Options(warmup_s=3600))["empty"] is True
+
+
+def test_attempt_facts_in_batches_equal_pandas_over_the_whole_frame(reference_attempts, tmp_path):
+    import numpy as np
+
+    from analysis.attempt_facts import attempt_facts, facts_of
+
+    att = reference_attempts.copy()
+    att["schedule_lag_ms"] = np.where(np.arange(len(att)) % 3 == 0, np.nan, np.arange(len(att)) % 997 / 7.0)
+    whole = facts_of(att)
+    assert attempt_facts(frame_batches(att, 97, chunks=False)) == whole
+    answered = att["status"].notna() & att["endpoint"].ne("models")
+    assert (whole.answered, whole.answered_with_id) == (int(answered.sum()),
+                                                        int((answered & att["request_id"].notna()).sum()))
+    assert whole.first_attempt_calls == att.loc[att["attempt"] == 1, "call_id"].nunique()
+    lag = att["schedule_lag_ms"].dropna()
+    assert whole.lag == {"p50": float(lag.median()), "p99": float(np.percentile(lag, 99)), "max": float(lag.max())}
+    kinds = ("truncated", "reset", "timeout", "stream_error", "protocol", "http_5xx")
+    maybe = att["error_kind"].isin(kinds) & ~(att["error_kind"].eq("http_5xx") & att["status"].isin((503, 529)))
+    last = att.groupby("call_id")["attempt"].transform("max")
+    assert whole.maybe_billed_retried_calls == att.loc[maybe & (att["attempt"] < last), "call_id"].nunique() > 0
