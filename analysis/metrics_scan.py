@@ -27,6 +27,9 @@ CALL_COLUMNS = ["run_id", "call_id", "attempt", "final", "t_start", "endpoint", 
                 "replayed", "error_kind", "sent", "max_tokens", "u_output", "u_input", "stage", "end_ms",
                 "headers_ms", "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms",
                 "first_reasoning_ms", "dry_run_ignored", "framing_mismatch", "chunks_n", "chunk_us"]
+#: the levels (%) at which each endpoint's TTFT CDF is drawn: exact quantiles, never every call
+CDF_LEVELS = tuple(float(x) for x in np.linspace(0.0, 100.0, 201))
+TPS_BINS = 40
 _COUNTS = ("attempts", "calls", "cancelled_calls", "successes", "retries", "replays", "dry_runs_ignored",
            "framing_mismatches", "good")
 
@@ -54,6 +57,11 @@ class _Scan:
         self.itl_mean = GroupedQuantiles()
         self.ts_ttft = GroupedQuantiles(pcts=(50, 95))
         self.ts_e2e = GroupedQuantiles(pcts=(50,))
+        self.ttft_cdf = GroupedQuantiles(pcts=CDF_LEVELS)  # by endpoint
+        self.endpoints: dict[str, int] = {}
+        self.tps_lo, self.tps_hi = math.inf, -math.inf
+        self.tps_edges: np.ndarray | None = None
+        self.tps_counts: np.ndarray | None = None
         self.seconds: dict[int, list[Any]] = {}  # second -> [calls, ok, tokens, (first call id with a stage, stage)]
         self.end = -math.inf
         self.first = math.inf
@@ -86,6 +94,7 @@ class _Scan:
         k = ok[live]
         self.ts_ttft.add(sec[k], tt[k])
         self.ts_e2e.add(sec[k], ee[k])
+        self._figures(calls, ok, first_pass)
         if not first_pass:
             return
         if pooled is not None:
@@ -99,6 +108,35 @@ class _Scan:
             self.first = min(self.first, float(np.nanmin(fs)))
         if et.size and (~np.isnan(et)).any():
             self.end = max(self.end, float(np.nanmax(et)))
+
+    def _figures(self, calls: pd.DataFrame, ok: np.ndarray, first_pass: bool) -> None:
+        """What the report's figures draw: TTFT per endpoint (ok calls), output tokens/s per request (ok calls)."""
+        ends = calls["endpoint"].to_numpy(dtype=object)[ok].astype(str)
+        uniq, inv = np.unique(ends, return_inverse=True)
+        eid = np.array([self.endpoints.setdefault(u, len(self.endpoints)) for u in uniq.tolist()], dtype=np.int64)
+        self.ttft_cdf.add(eid[inv], calls["ttft_ms"].to_numpy(dtype=np.float64)[ok])
+        tps = calls["out_tps"].to_numpy(dtype=np.float64)[ok]
+        tps = tps[~np.isnan(tps)]
+        if not tps.size:
+            return
+        if first_pass:
+            self.tps_lo, self.tps_hi = min(self.tps_lo, float(tps.min())), max(self.tps_hi, float(tps.max()))
+            return
+        if self.tps_edges is None:
+            self.tps_edges = np.histogram_bin_edges([self.tps_lo, self.tps_hi], bins=TPS_BINS)
+            self.tps_counts = np.zeros(TPS_BINS, dtype=np.int64)
+        assert self.tps_counts is not None
+        self.tps_counts += np.histogram(tps, bins=self.tps_edges)[0]
+
+    def figure_data(self) -> dict[str, Any]:
+        """TTFT CDF points per endpoint ((values, levels, n)) and the output tokens/s histogram (edges, counts)."""
+        cdfs = {}
+        for name, eid in sorted(self.endpoints.items()):
+            d = self.ttft_cdf.dist(eid)
+            if d["n"]:
+                cdfs[name] = (np.array([d[f"p{p:g}"] for p in CDF_LEVELS]), np.array(CDF_LEVELS) / 100.0, d["n"])
+        return {"ttft_cdf": cdfs, "tps_hist": (self.tps_edges, self.tps_counts) if self.tps_edges is not None
+                else None}
 
     def _itl(self, cb: CallBatch, g: np.ndarray, live: np.ndarray) -> tuple[Any, Any, Any]:
         """Per-call mean gaps (overall and per group) and the pooled gaps in µs with their groups."""
@@ -188,8 +226,10 @@ class _Scan:
                     slot[3] = (first_id, int(stage[at]))
 
 
-def compute_scan(source: Source, opts: Options, dropped: int = 0) -> dict[str, Any]:
-    """What analysis.metrics.compute gives (without the calls frame), from batches of records, in three passes."""
+def compute_scan(source: Source, opts: Options, dropped: int = 0,
+                 figures: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What analysis.metrics.compute gives (without the calls frame), from batches of records, in three passes;
+    `figures`, when given, gets what the report's TTFT CDF and tokens/s histogram draw."""
     idx: CallIndex = index_calls(source, opts.warmup_s)
     if not np.isfinite(idx.first_start):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
@@ -199,10 +239,12 @@ def compute_scan(source: Source, opts: Options, dropped: int = 0) -> dict[str, A
             if len(cb.calls):
                 scan.batch(cb, first)
         if first:
-            for q in (*scan.dists.values(), scan.itl_mean, scan.ts_ttft, scan.ts_e2e):
+            for q in (*scan.dists.values(), scan.itl_mean, scan.ts_ttft, scan.ts_e2e, scan.ttft_cdf):
                 q.start_second_pass()
     if not math.isfinite(scan.first):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
+    if figures is not None:
+        figures.update(scan.figure_data())
     start, end = scan.first, scan.end
     duration = max(end - start, 1e-9)
     overall = _group_figures(scan, 0, duration)

@@ -21,14 +21,19 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def ttft_cdf(calls: pd.DataFrame) -> bytes | None:
-    """CDF of TTFT per endpoint (successful streamed calls)."""
-    cols = calls[["ok", "ttft_ms", "endpoint"]]  # a narrow copy: the calls frame can be large
-    okc = cols[cols["ok"] & cols["ttft_ms"].notna()]
-    if okc.empty:
+def ttft_cdf(cdfs: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> bytes | None:
+    """CDF of TTFT per endpoint (successful streamed calls), from exact quantiles: {endpoint: (values, levels, n)}."""
+    if not cdfs:
         return None
-    return _cdfs([(str(endpoint), sub["ttft_ms"].to_numpy()) for endpoint, sub in okc.groupby("endpoint")],
-                 "time to first token (ms)", "share of calls", "TTFT CDF per endpoint")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (values, levels, n) in cdfs.items():
+        ax.plot(values, levels, label=f"{label} (n={n})")
+    ax.set_xlabel("time to first token (ms)")
+    ax.set_ylabel("share of calls")
+    ax.set_title("TTFT CDF per endpoint")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
 
 
 def _cdfs(series: list[tuple[str, Any]], xlabel: str, ylabel: str, title: str) -> bytes | None:
@@ -79,13 +84,12 @@ def over_time(ts: list[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
-def tps_hist(calls: pd.DataFrame) -> bytes | None:
-    """Histogram of output tokens/s per request."""
-    v = calls.loc[calls["ok"], "out_tps"].dropna().to_numpy()
-    if v.size == 0:
+def tps_hist(edges: np.ndarray, counts: np.ndarray) -> bytes | None:
+    """Histogram of output tokens/s per request (bin edges and counts)."""
+    if counts is None or not counts.sum():
         return None
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.hist(v, bins=40)
+    ax.stairs(counts, edges, fill=True)
     ax.set_xlabel("output tokens/s per request")
     ax.set_ylabel("calls")
     ax.set_title("Output tokens/s per request")

@@ -17,18 +17,21 @@ from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 from . import overhead, plots, settings, trust
 from .attempt_facts import AttemptFacts, facts_of
 from .billing import Policy, audit
-from .capacity import SETTLE_S
+from .callscan import frame_batches
+from .capacity import SETTLE_S, stage_durations
 from .capacity import analyse as capacity_analyse
 from .chunks import decode_chunk_column
 from .conversations import by_turn
 from .gates import check_names, evaluate
 from .limits import Replay, limits_report
 from .load import InputError, LoadReport, load_jsonl
-from .metrics import SLO, Options, compute, finite
+from .metrics import SLO, Options, build_calls, finite
+from .metrics_scan import compute_scan
 from .records import load_records
 from .scrape import scrape_summary, scrape_table
 from .tenants import isolation, tenant_metrics
 
+BATCH_ROWS = 262_144  # records analysed at a time
 SUMMARY_VERSION = 3  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers; 3: tenants, limits, isolation
 UNTRUSTED = "the billing audit cannot be trusted: "
 FINDINGS_SHOWN = 20  # rate-limit findings listed in the report per kind (summary.json has them all)
@@ -173,8 +176,13 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
         att = pd.DataFrame(columns=list(COLUMNS))
     harness = _read_json(run_dir / "harness.json")
     facts = facts_of(att)
-    m = compute(att, opts, dropped=(harness.get("arrivals") or {}).get("dropped", 0))
-    calls = m.pop("calls_frame", None)
+    figdata: dict[str, Any] = {}
+    m = compute_scan(frame_batches(att, BATCH_ROWS), opts, dropped=(harness.get("arrivals") or {}).get("dropped", 0),
+                     figures=figdata)
+    # the per-call frame, only for what needs every call: stages, conversations, tenants, isolation
+    need_calls = (bool(stage_durations(scenario)) or bool(an.get("isolation"))
+                  or any(c in att and att[c].notna().any() for c in ("turn", "tenant")))
+    calls = build_calls(att, opts.warmup_s) if need_calls and not m["empty"] else None
     summary: dict[str, Any] = {
         "schema": "ttbench.summary", "version": SUMMARY_VERSION, "run": _read_json(run_dir / "run.json"),
         "scenario": scenario.get("name"), "empty": m["empty"], "warnings": list(lr.warnings),
@@ -235,7 +243,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     summary["gates_ok"] = all(g["ok"] for g in summary["gates"])
     summary = finite(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    figs = _figures(calls, m, summary) if calls is not None else {}
+    figs = _figures(calls, figdata, m, summary)
     figs.update(_limit_figures(replays, iso_samples, summary.get("isolation")))
     figs.update(_overhead_figures(run_dir, summary.get("overhead")))
     (run_dir / "report.md").write_text(render_md(summary, figs))
@@ -243,12 +251,17 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     return summary, (0 if summary["gates_ok"] else 1)
 
 
-def _figures(calls: pd.DataFrame, m: dict[str, Any], summary: dict[str, Any]) -> dict[str, bytes]:
+def _figures(calls: pd.DataFrame | None, figdata: dict[str, Any], m: dict[str, Any],
+             summary: dict[str, Any]) -> dict[str, bytes]:
     out = {}
-    for name, png in (("ttft_cdf", plots.ttft_cdf(calls)), ("over_time", plots.over_time(m.get("timeseries", []))),
-                      ("tokens_per_s", plots.tps_hist(calls)), ("capacity", plots.capacity_curve(summary["capacity"])),
+    hist = figdata.get("tps_hist")
+    for name, png in (("ttft_cdf", plots.ttft_cdf(figdata.get("ttft_cdf") or {})),
+                      ("over_time", plots.over_time(m.get("timeseries", []))),
+                      ("tokens_per_s", plots.tps_hist(*hist) if hist else None),
+                      ("capacity", plots.capacity_curve(summary["capacity"])),
                       ("billing", plots.billing_findings((summary["billing"] or {}).get("counts"))),
-                      ("ttft_vs_input", plots.ttft_vs_input(calls) if summary.get("conversations") else None)):
+                      ("ttft_vs_input", plots.ttft_vs_input(calls) if summary.get("conversations") and calls is not None
+                       else None)):
         if png:
             out[name] = png
     return out
