@@ -44,6 +44,19 @@ class ValueCounts:
         if self._pending_n >= _MERGE_AT:
             self._fold()
 
+    def add_ints(self, values: np.ndarray) -> None:
+        """Count whole numbers (an integer array), by counting each distinct one without sorting them."""
+        a = np.asarray(values)
+        if not a.size:
+            return
+        lo, hi = int(a.min()), int(a.max())
+        if hi - lo >= 1 << 24:  # too wide to count densely
+            self.add(a.astype(np.float64))
+            return
+        counts = np.bincount(a - lo)
+        nz = np.flatnonzero(counts)
+        self.add_counts((nz + lo).astype(np.float64), counts[nz])
+
     def add_counts(self, values: np.ndarray, counts: np.ndarray) -> None:
         """Count each value `counts` times (values sorted and distinct, no NaN)."""
         if values.size:
@@ -127,6 +140,7 @@ def _bin_keys(values: np.ndarray) -> np.ndarray:
 
 
 _SHIFT = 44  # 64 - 20: sign, exponent and 8 bits of mantissa
+_FEW_GROUPS = 64  # up to this many groups in one add(): counted group by group
 _BIN_BITS = 64 - _SHIFT
 
 
@@ -164,8 +178,17 @@ class GroupedQuantiles:
         if not v.size:
             return
         if not self.second:
-            self._bins.add(keys.astype(np.float64))
             ug, inv = np.unique(g, return_inverse=True)
+            if len(ug) <= _FEW_GROUPS:  # each group's bins counted without sorting
+                bins = keys & ((1 << _BIN_BITS) - 1)
+                for i, grp in enumerate(ug.tolist()):
+                    b = bins[inv == i] if len(ug) > 1 else bins
+                    lo = int(b.min())
+                    counts = np.bincount(b - lo)
+                    nz = np.flatnonzero(counts)
+                    self._bins.add_counts(((grp << _BIN_BITS) | (nz + lo)).astype(np.float64), counts[nz])
+            else:
+                self._bins.add(keys.astype(np.float64))
             sums = np.bincount(inv, weights=v)
             for k, s in zip(ug.tolist(), sums.tolist(), strict=True):
                 self._sum[k] = self._sum.get(k, 0.0) + s

@@ -99,7 +99,7 @@ class _Scan:
             return
         if pooled is not None:
             for grp, vals in ((0, pooled), *((int(x), pooled[pooled_g == x]) for x in np.unique(pooled_g))):
-                self.groups[grp].gaps.add(vals)
+                self.groups[grp].gaps.add_ints(vals)
         self._counts(cb, g, live, ok)
         self._seconds(calls, live, ok, sec)
         fs = calls["first_start"].to_numpy(dtype=np.float64)

@@ -31,7 +31,7 @@ from .records import load_records
 from .scrape import scrape_summary, scrape_table
 from .tenants import isolation, tenant_metrics
 
-BATCH_ROWS = 262_144  # records analysed at a time
+BATCH_ROWS = 65_536  # records analysed at a time
 SUMMARY_VERSION = 3  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers; 3: tenants, limits, isolation
 UNTRUSTED = "the billing audit cannot be trusted: "
 FINDINGS_SHOWN = 20  # rate-limit findings listed in the report per kind (summary.json has them all)

@@ -93,3 +93,31 @@ def test_two_passes_keep_only_a_few_values_of_millions():
     kept = sum(a.size for a in gq._kept_vals)
     _close(gq.dist(0), dist(v))
     assert kept < 60_000  # the bins of 11 order statistics, not 2 million values
+
+
+@settings(max_examples=100, deadline=None)
+@given(values=st.lists(st.integers(min_value=0, max_value=1 << 26), min_size=1, max_size=300))
+def test_whole_numbers_counted_without_sorting_equal_numpy(values):
+    vc = ValueCounts()
+    a = np.array(values, dtype=np.int64)
+    vc.add_ints(a[: len(a) // 2])
+    vc.add_ints(a[len(a) // 2:])
+    _close(vc.dist(), dist(a.astype(np.float64)))
+
+
+def test_many_groups_at_once_take_the_sorting_path_and_agree():
+    from analysis.exact import GroupedQuantiles
+
+    rng = np.random.default_rng(9)
+    g = rng.integers(0, 500, 50_000)
+    v = np.round(rng.lognormal(3, 1, 50_000), 3)
+    gq = GroupedQuantiles(pcts=(50, 95))
+    for _ in range(2):
+        gq.add(g, v)
+        if not gq.second:
+            gq.start_second_pass()
+    for k in (0, 17, 499):
+        d, mine = gq.dist(k), v[g == k]
+        assert d["n"] == mine.size and d["max"] == mine.max()
+        assert d["mean"] == pytest.approx(mine.mean(), rel=1e-12)
+        assert [d["p50"], d["p95"]] == pytest.approx(list(np.percentile(mine, [50, 95])), rel=1e-12)
