@@ -74,8 +74,8 @@ def every_endpoint(stack):
                 {"endpoint": "responses", "weight": 3, "stream": 0.6},
                 {"endpoint": "messages", "weight": 3, "models": ["claude-3-5-sonnet"], "stream": 0.6},
                 {"endpoint": "gemini", "weight": 3, "models": ["gemini-1.5-pro"], "stream": 0.8, "json_array": 0.5},
-                {"endpoint": "embeddings", "weight": 1}, {"endpoint": "images", "weight": 1},
-                {"endpoint": "models", "weight": 1}]})),
+                {"endpoint": "embeddings", "weight": 2}, {"endpoint": "images", "weight": 2},
+                {"endpoint": "models", "weight": 2}]})),  # each of these in a short run of a busy machine
         (priced, _args(priced, work, "cost-log", {
             "seed": 8, "users": 4, "spawn_rate": 4, "duration": "5s",
             "retry": {"max_attempts": 4, "base_s": 0.05, "cap_s": 0.2, "budget": 100},
