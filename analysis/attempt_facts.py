@@ -14,7 +14,7 @@ from .exact import GroupedQuantiles
 MAYBE_BILLED_KINDS = ("truncated", "reset", "timeout", "stream_error", "protocol", "http_5xx")
 UNBILLED_5XX = (503, 529)  # overloaded / unavailable: refused before any work
 COLUMNS = ["call_id", "attempt", "final", "t_start", "status", "endpoint", "request_id", "replayed",
-           "schedule_lag_ms", "error_kind", "sent"]
+           "schedule_lag_ms", "error_kind", "sent", "turn", "tenant"]
 
 
 @dataclass
@@ -28,6 +28,8 @@ class AttemptFacts:
     first_attempt_calls: int = 0  # distinct call ids with a first attempt
     maybe_billed_retried_calls: int = 0  # retried after a failure that may have been billed
     lag: dict[str, float] | None = None  # schedule lag: p50, p99, max (ms)
+    turns: bool = False  # some record is a turn of a conversation
+    tenants: bool = False  # some record names its tenant
 
 
 def _maybe_billed(f: pd.DataFrame) -> np.ndarray:
@@ -53,6 +55,8 @@ def attempt_facts(source: Source, idx: CallIndex | None = None) -> AttemptFacts:
         out.answered_with_id += int((answered & f["request_id"].notna()).sum())
         out.replayed_any = out.replayed_any or bool(f["replayed"].fillna(False).astype(bool).any())
         lag.add(0, f["schedule_lag_ms"].to_numpy(dtype=np.float64))
+        out.turns = out.turns or bool(f["turn"].notna().any())
+        out.tenants = out.tenants or bool(f["tenant"].notna().any())
         has_id = f["call_id"].notna().to_numpy()
         multi = np.zeros(len(f), dtype=bool)
         multi[has_id] = idx.is_multi(f.loc[has_id, "call_id"])

@@ -555,15 +555,15 @@ def analyse(att: pd.DataFrame, headers: dict[str, Header],
             "finding_counts": counts}, replays
 
 
-def limits_report(att: pd.DataFrame, records: str | Path,
-                  settings: dict[str, Any] | None = None) -> tuple[dict[str, Any] | None, dict[str, Replay]]:
-    """analyse() of a run's records frame, with the rate-limit headers read from its records file."""
+def limits_report(att: pd.DataFrame, records: str | Path, settings: dict[str, Any] | None = None,
+                  headers: dict[str, Header] | None = None) -> tuple[dict[str, Any] | None, dict[str, Replay]]:
+    """analyse() of a run's records frame, with the rate-limit headers read from its records file (or given)."""
     settings = settings or {}
     if att.empty or "tenant" not in att:
         return None, {}
     if not att["tenant"].notna().any() and _first_version(records) in (1, 2):
         return analyse(att, {}, settings)  # records before version 3 have no rate-limit headers: no pass
-    return analyse(att, read_headers(records), settings)
+    return analyse(att, read_headers(records) if headers is None else headers, settings)
 
 
 def _first_version(path: str | Path) -> Any:

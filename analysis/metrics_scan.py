@@ -226,11 +226,11 @@ class _Scan:
                     slot[3] = (first_id, int(stage[at]))
 
 
-def compute_scan(source: Source, opts: Options, dropped: int = 0,
-                 figures: dict[str, Any] | None = None) -> dict[str, Any]:
+def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[str, Any] | None = None,
+                 idx: CallIndex | None = None) -> dict[str, Any]:
     """What analysis.metrics.compute gives (without the calls frame), from batches of records, in three passes;
     `figures`, when given, gets what the report's TTFT CDF and tokens/s histogram draw."""
-    idx: CallIndex = index_calls(source, opts.warmup_s)
+    idx = idx or index_calls(source, opts.warmup_s)
     if not np.isfinite(idx.first_start):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
     scan = _Scan(idx.first_start, opts.slo)

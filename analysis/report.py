@@ -14,16 +14,16 @@ import yaml
 
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 
-from . import overhead, plots, settings, trust
-from .attempt_facts import AttemptFacts, facts_of
+from . import columnar, overhead, plots, settings, trust
+from .attempt_facts import AttemptFacts, attempt_facts
 from .billing import Policy, audit
-from .callscan import frame_batches
+from .callscan import frame_batches, index_calls
 from .capacity import SETTLE_S, stage_durations
 from .capacity import analyse as capacity_analyse
 from .chunks import decode_chunk_column
 from .conversations import by_turn
 from .gates import check_names, evaluate
-from .limits import Replay, limits_report
+from .limits import Replay, limits_report, read_headers
 from .load import InputError, LoadReport, load_jsonl
 from .metrics import SLO, Options, build_calls, finite
 from .metrics_scan import compute_scan
@@ -47,9 +47,9 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _timing_error(att: pd.DataFrame, truth: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _timing_error(att: pd.DataFrame | None, truth: list[dict[str, Any]]) -> dict[str, Any] | None:
     """First content chunk: client receive time minus the simulator's write time (ms)."""
-    if not truth:
+    if not truth or att is None:
         return None
     by_rid = {e["request_id"]: e for e in truth}
     sel = att[att["ok"] & att["stream"] & ~att["dry_run"] & ~att["replayed"] & (att["chunks_n"] > 0)]
@@ -81,7 +81,7 @@ def _workers(h: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def harness_health(att: pd.DataFrame, facts: AttemptFacts, run_dir: Path, scenario: dict[str, Any],
+def harness_health(att: pd.DataFrame | None, facts: AttemptFacts, run_dir: Path, scenario: dict[str, Any],
                    metrics: dict[str, Any], truth: list[dict[str, Any]]) -> dict[str, Any]:
     """The load generator's own figures (per worker in a distributed run), and a loud warning when it was the
     bottleneck."""
@@ -168,21 +168,49 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
                                   ledger_header_envs, base=run_dir, where=f"{scenario_path}: ledger")
     opts = Options(warmup_s=float(an.get("warmup_s", 0)), slo=SLO.from_mapping(an.get("slo")))
     lr = LoadReport()
-    att = load_records(run_dir / "records.jsonl", lr) if (run_dir / "records.jsonl").exists() else None
-    if att is None:
+    records_path = run_dir / "records.jsonl"
+    col = columnar.ensure(run_dir, lr) if records_path.exists() else None
+    if col is None:
         lr.warnings.append(f"{run_dir}: no records.jsonl")
-        from .records import COLUMNS
+    try:
+        return _analyze(run_dir, col, lr, scenario, an, opts, gates_cfg, ledger_cfg, prices, ledger_token)
+    finally:
+        if col is not None:
+            col.close()
 
-        att = pd.DataFrame(columns=list(COLUMNS))
+
+def _analyze(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, scenario: dict[str, Any],
+             an: dict[str, Any], opts: Options, gates_cfg: dict[str, Any], ledger_cfg: settings.LedgerSettings,
+             prices: str | None, ledger_token: str | None) -> tuple[dict[str, Any], int]:
+    """analyze() once the settings are read: the records in batches from their columnar copy."""
+    frame: list[pd.DataFrame] = []
+
+    def whole() -> pd.DataFrame:
+        """Every record in one frame, as load_records gives it: only for what needs every record at once."""
+        if not frame:
+            if col is None:
+                from .records import COLUMNS
+
+                frame.append(pd.DataFrame(columns=list(COLUMNS)))
+            else:
+                frame.append(load_records(run_dir / "records.jsonl", LoadReport()))
+        return frame[0]
+
+    def source(columns: list[str]) -> Any:
+        if col is None:
+            return frame_batches(whole(), BATCH_ROWS)(columns)
+        return col.batches(columns, rows=BATCH_ROWS)
+
+    rows = col.rows if col is not None else 0
     harness = _read_json(run_dir / "harness.json")
-    facts = facts_of(att)
+    idx = index_calls(source, opts.warmup_s)
+    facts = attempt_facts(source, idx)
     figdata: dict[str, Any] = {}
-    m = compute_scan(frame_batches(att, BATCH_ROWS), opts, dropped=(harness.get("arrivals") or {}).get("dropped", 0),
-                     figures=figdata)
+    m = compute_scan(source, opts, dropped=(harness.get("arrivals") or {}).get("dropped", 0), figures=figdata,
+                     idx=idx)
     # the per-call frame, only for what needs every call: stages, conversations, tenants, isolation
-    need_calls = (bool(stage_durations(scenario)) or bool(an.get("isolation"))
-                  or any(c in att and att[c].notna().any() for c in ("turn", "tenant")))
-    calls = build_calls(att, opts.warmup_s) if need_calls and not m["empty"] else None
+    need_calls = bool(stage_durations(scenario)) or bool(an.get("isolation")) or facts.turns or facts.tenants
+    calls = build_calls(whole(), opts.warmup_s) if need_calls and not m["empty"] else None
     summary: dict[str, Any] = {
         "schema": "ttbench.summary", "version": SUMMARY_VERSION, "run": _read_json(run_dir / "run.json"),
         "scenario": scenario.get("name"), "empty": m["empty"], "warnings": list(lr.warnings),
@@ -207,7 +235,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
         if sheet is None:
             raise InputError(f"{price_path}: a ledger needs a price sheet (--prices)")
         lost = {int(w["worker_index"]) for w in harness.get("lost_workers") or [] if w.get("worker_index") is not None}
-        bill = audit(att, ledger_df, sheet, Policy.from_mapping(an.get("billing")), lost)
+        bill = audit(whole(), ledger_df, sheet, Policy.from_mapping(an.get("billing")), lost)
         bill["findings_total"] = len(bill["findings"])
         bill["ledger"] = ledger_cfg.describe()
         problems = trust.issues(facts, bill, summary["run"], gateway, price_path)
@@ -226,12 +254,17 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
                                        f"{early.get('reason') or 'no reason given'}; later stages never ran")
     summary["conversations"] = by_turn(calls) if calls is not None and not calls.empty else None
     have_calls = calls is not None and not calls.empty
-    summary["tenants"] = tenant_metrics(calls, att, m["duration_s"], opts.slo) if have_calls else None
-    summary["limits"], replays = limits_report(att, run_dir / "records.jsonl", an.get("limits"))
+    summary["tenants"] = tenant_metrics(calls, whole(), m["duration_s"], opts.slo) if have_calls else None
+    headers = read_headers(run_dir / "records.jsonl") if rows else {}
+    lim_cfg = an.get("limits") or {}
+    summary["limits"], replays = limits_report(whole(), run_dir / "records.jsonl", lim_cfg, headers) \
+        if rows and (any(h[0] for h in headers.values()) or lim_cfg.get("tenants")) else (None, {})
     iso_cfg = an.get("isolation")
-    summary["isolation"], iso_samples = isolation(calls if have_calls else att.iloc[:0], att, iso_cfg)
+    summary["isolation"], iso_samples = isolation(calls if have_calls else whole().iloc[:0], whole(), iso_cfg) \
+        if iso_cfg else (None, {})
     truth = load_jsonl(run_dir / "truth.jsonl")
-    summary["harness"] = harness_health(att, facts, run_dir, scenario, m, truth) if not att.empty else None
+    summary["harness"] = harness_health(whole() if truth else None, facts, run_dir, scenario, m, truth) \
+        if rows else None
     summary["overhead"] = overhead.analyse(run_dir, scenario)
     for w in (summary["harness"] or {}).get("lost_workers", []):
         summary["warnings"].append(

@@ -196,7 +196,7 @@ def test_headers_paths_and_query_key_reach_the_simulator(tmp_path):
             assert e["path"] == "/anthropic/v1/messages" and "x-line" not in h
         else:
             assert "key=[redacted]" in e["query"] and "x-goog-api-key" not in h
-    for path in out.iterdir():  # neither the key (sent in the URL) nor a secret header is written anywhere
+    for path in (p for p in out.rglob("*") if p.is_file()):  # neither the key (sent in the URL) nor a secret header is written anywhere
         blob = path.read_bytes()
         assert secret.encode() not in blob, path.name
         assert b"tenant-secret-777" not in blob or path.name == "truth.jsonl", path.name

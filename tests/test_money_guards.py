@@ -182,7 +182,7 @@ def test_a_key_refused_mid_run_stops_it_with_exit_3_and_a_report(tmp_path):
     assert sum(r["ok"] for r in recs) == 30
     assert all(r["request_id"] == r["ids"]["x-request-id"] for r in recs if r["ok"])  # no X-TT header here
     assert sum(r["status"] == 401 for r in recs) < 60  # stopped, not hammering
-    assert "sk-revoked-key-0001" not in "".join(p.read_text(errors="replace") for p in out.iterdir() if p.is_file())
+    assert "sk-revoked-key-0001" not in "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
 
 
 # the standard proxy variables ------------------------------------------------------------------------
