@@ -75,7 +75,8 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
         if (~lone).any():
             multi.update(f.loc[~lone, "call_id"].tolist())
         singles.append(_hashes(f.loc[lone, "call_id"]))
-        starts.append(ts[lone])
+        if warmup_s > 0:  # only a warm-up needs each lone record's start after this pass
+            starts.append(ts[lone])
     hashes = np.concatenate(singles) if singles else np.empty(0, dtype=np.uint64)
     uniq, counts = np.unique(hashes, return_counts=True)
     dup = uniq[counts > 1]

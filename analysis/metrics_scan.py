@@ -15,7 +15,7 @@ from ttformats.calls import counts_as_attempt
 
 from .callscan import CallBatch, CallIndex, Source, call_batches, index_calls
 from .exact import GroupedQuantiles, ValueCounts
-from .metrics import ANCHORS, SLO, Options, good_mask, text_calls
+from .metrics import SLO, Options, good_mask, text_calls
 
 #: per-call distributions of group_metrics, by name: (column of the calls frame, first attempts only)
 DISTS = {"ttft_ms": ("ttft_ms", False), "ttft_text_ms": ("ttft_text_ms", False),
@@ -300,5 +300,3 @@ def _series(scan: _Scan) -> list[dict[str, Any]]:
                     "output_tokens": int(tokens), "stage": staged[1] if staged else None})
     return out
 
-
-__all__ = ["ANCHORS", "compute_scan"]
