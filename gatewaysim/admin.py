@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ from aiohttp import web
 
 from .appkeys import GW_KEY
 from .capacity import capacity
+from .ledger import csv_header, csv_rows, jsonl
 
 
 def _denied(request: web.Request) -> web.Response | None:
@@ -28,23 +30,41 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-async def ledger(request: web.Request) -> web.Response:
-    """The billing ledger as JSON Lines, or CSV with ?format=csv."""
+async def ledger(request: web.Request) -> web.StreamResponse:
+    """The billing ledger as JSON Lines, or CSV with ?format=csv, streamed from its database."""
     denied = _denied(request)
     if denied is not None:
         return denied
     gw = request.app[GW_KEY]
-    if request.query.get("format") == "csv":
-        return web.Response(text=gw.ledger.export_csv(), content_type="text/csv")
-    return web.Response(text=gw.ledger.export_jsonl(), content_type="application/x-ndjson")
+    as_csv = request.query.get("format") == "csv"
+    resp = web.StreamResponse()
+    resp.content_type, resp.charset = ("text/csv" if as_csv else "application/x-ndjson"), "utf-8"
+    rows = gw.ledger.batches()
+    await resp.prepare(request)
+    if as_csv:
+        await resp.write(csv_header().encode())
+    while (batch := await asyncio.to_thread(next, rows, None)) is not None:
+        await resp.write((csv_rows(batch) if as_csv else jsonl(batch)).encode())
+    await resp.write_eof()
+    return resp
 
 
-async def truth(request: web.Request) -> web.Response:
-    """What really happened, per request id, as JSON Lines."""
+async def truth(request: web.Request) -> web.StreamResponse:
+    """What really happened, per request id, as JSON Lines, streamed from the truth file."""
     denied = _denied(request)
     if denied is not None:
         return denied
-    return web.Response(text=request.app[GW_KEY].truth.export_jsonl(), content_type="application/x-ndjson")
+    resp = web.StreamResponse()
+    resp.content_type, resp.charset = "application/x-ndjson", "utf-8"
+    chunks = request.app[GW_KEY].truth.chunks()
+    first = next(chunks, b"")  # the snapshot is taken here, before anything waits
+    await resp.prepare(request)
+    if first:
+        await resp.write(first)
+        for data in chunks:
+            await resp.write(data)
+    await resp.write_eof()
+    return resp
 
 
 def _int_arg(request: web.Request, name: str, default: int) -> int:

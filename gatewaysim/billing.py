@@ -131,10 +131,11 @@ class Biller:
         if planted == "unknown_request":
             ghost = new_request_id()
             entry["billing_error"] = None
-            self.truth.open(ghost, received=time.time(), endpoint=call.endpoint, model=call.model,
-                            billing_error="unknown_request", outcome="never_sent", planted_by=ctx["request_id"],
-                            charged_amount=format_amount(fair))
+            ghost_entry = self.truth.open(ghost, received=time.time(), endpoint=call.endpoint, model=call.model,
+                                          billing_error="unknown_request", outcome="never_sent",
+                                          planted_by=ctx["request_id"], charged_amount=format_amount(fair))
             self._charge(ctx, call, usage, fair, request_id=ghost)
+            self.truth.close(ghost_entry)  # never sent: final as it is
 
     def settle_failure(self, ctx: dict[str, Any], call: Call, usage: Usage | None, fault: str | None) -> None:
         """Release the hold of a failed attempt; charge it only if `failed_billed` is drawn."""

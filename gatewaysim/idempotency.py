@@ -1,13 +1,16 @@
-"""Idempotency-Key handling: fingerprints, in-flight marks, stored 2xx responses, expiry."""
+"""Idempotency-Key handling: fingerprints, in-flight marks, stored 2xx responses on disk, expiry."""
 
 from __future__ import annotations
 
 import hashlib
+import pickle
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 MAX_KEY_LENGTH = 255
+SWEEP_EVERY_S = 1.0  # expired responses are deleted at most this often
 
 
 @dataclass
@@ -38,22 +41,33 @@ def fingerprint(body: bytes, dry_run: bool) -> str:
     return h.hexdigest()
 
 
-class IdempotencyStore:
-    """Keys scoped by (API key, method, path, Idempotency-Key)."""
+def _scope_id(scope: tuple[str, ...]) -> bytes:
+    """The stored name of a scope: a hash (the scope holds the API key, which is never written anywhere)."""
+    return hashlib.sha256("\x00".join(scope).encode()).digest()
 
-    def __init__(self, ttl_s: float) -> None:
+
+class IdempotencyStore:
+    """Keys scoped by (API key, method, path, Idempotency-Key): marks of requests in flight in memory, completed
+    responses in an SQLite file (or ":memory:"), deleted `ttl_s` after they were stored."""
+
+    def __init__(self, ttl_s: float, path: str = ":memory:") -> None:
         self.ttl_s = ttl_s
-        self._done: dict[tuple[str, ...], tuple[str, StoredResponse]] = {}
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=OFF")  # a cache of answers: nothing to recover after a crash
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE IF NOT EXISTS done (scope BLOB PRIMARY KEY, fp TEXT, stored_at REAL,"
+                        " response BLOB)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS done_at ON done (stored_at)")
         self._in_flight: dict[tuple[str, ...], str] = {}
+        self._swept = 0.0
 
     def begin(self, scope: tuple[str, ...], fp: str) -> tuple[str, StoredResponse | None]:
         """Classify a request: 'new', 'replay', 'mismatch' (422) or 'in_flight' (409)."""
-        done = self._done.get(scope)
-        if done is not None and time.time() - done[1].stored_at > self.ttl_s:
-            del self._done[scope]
-            done = None
-        if done is not None:
-            return ("replay", done[1]) if done[0] == fp else ("mismatch", None)
+        now = time.time()
+        self._sweep(now)
+        row = self.db.execute("SELECT fp, stored_at, response FROM done WHERE scope = ?", (_scope_id(scope),)).fetchone()
+        if row is not None and now - row[1] <= self.ttl_s:
+            return ("replay", pickle.loads(row[2])) if row[0] == fp else ("mismatch", None)
         running = self._in_flight.get(scope)
         if running is not None:
             return ("in_flight", None) if running == fp else ("mismatch", None)
@@ -64,11 +78,24 @@ class IdempotencyStore:
         """Store a completed 2xx response under the scope."""
         fp = self._in_flight.pop(scope, None)
         if fp is not None:
-            self._done[scope] = (fp, stored)
+            self.db.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
+                            (_scope_id(scope), fp, stored.stored_at,
+                             pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def abandon(self, scope: tuple[str, ...]) -> None:
         """Forget an in-flight mark without storing anything (the attempt failed)."""
         self._in_flight.pop(scope, None)
 
+    def _sweep(self, now: float) -> None:
+        """Delete the responses stored longer than the TTL ago."""
+        if now - self._swept >= SWEEP_EVERY_S:
+            self._swept = now
+            self.db.execute("DELETE FROM done WHERE stored_at < ?", (now - self.ttl_s,))
+
     def __len__(self) -> int:
-        return len(self._done)
+        """Completed responses held for replay (expired ones included until the next sweep)."""
+        return self.db.execute("SELECT COUNT(*) FROM done").fetchone()[0]
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()

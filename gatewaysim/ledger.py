@@ -7,8 +7,10 @@ import io
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from ttformats.prices import Usage
 
@@ -43,12 +45,17 @@ class LedgerError(ValueError):
 
 
 class Ledger:
-    """Append-only billing rows in SQLite, exported in time order."""
+    """Append-only billing rows in SQLite (a file, or ":memory:"), exported in time order."""
 
     def __init__(self, path: str = ":memory:") -> None:
         self.path = path
         try:
             self.db = sqlite3.connect(path, check_same_thread=False)
+            if path != ":memory:":  # readers (a download) never block the writer, nor it them
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # no sync at each commit (a crash of the simulator loses nothing committed; a crash of the
+                # machine may lose the last commits), else a busy run waits on the disk twice a second
+                self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(
                 "CREATE TABLE IF NOT EXISTS ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL, type TEXT,"
                 " request_id TEXT, idempotency_key TEXT, client_attempt_id TEXT, endpoint TEXT, model TEXT,"
@@ -121,19 +128,41 @@ class Ledger:
         cur = self.db.execute(f"SELECT {', '.join(COLUMNS)} FROM ledger ORDER BY time, seq")
         return [dict(zip(COLUMNS, row, strict=True)) for row in cur]
 
-    def export_jsonl(self) -> str:
-        """The ledger as JSON Lines."""
-        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.rows())
+    def batches(self, size: int = 5000) -> Iterator[list[dict[str, Any]]]:
+        """Every row in time order, `size` at a time, as of the first batch; a file's are read by a connection of
+        their own (the iterator may be advanced in another thread)."""
+        self.flush()
+        if self.path == ":memory:":
+            return iter([self.rows()])
+        return self._read(size)
 
-    def export_csv(self) -> str:
-        """The ledger as CSV with a header row."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows())
-        return buf.getvalue()
+    def _read(self, size: int) -> Iterator[list[dict[str, Any]]]:
+        db = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            cur = db.execute(f"SELECT {', '.join(COLUMNS)} FROM ledger ORDER BY time, seq")
+            while rows := cur.fetchmany(size):
+                yield [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+        finally:
+            db.close()
 
     def close(self) -> None:
         """Commit and close the database."""
         self.flush()
         self.db.close()
+
+
+def jsonl(rows: list[dict[str, Any]]) -> str:
+    """Ledger rows as JSON Lines."""
+    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+
+
+def csv_header() -> str:
+    """The CSV header row of a ledger export."""
+    return ",".join(COLUMNS) + "\n"
+
+
+def csv_rows(rows: list[dict[str, Any]]) -> str:
+    """Ledger rows as CSV lines (no header)."""
+    buf = io.StringIO()
+    csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n").writerows(rows)
+    return buf.getvalue()

@@ -59,4 +59,4 @@ async def serve_forever(gw: Gateway, host: str, port: int, ssl_context: ssl.SSLC
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
-    gw.ledger.close()
+    gw.close()

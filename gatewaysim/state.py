@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from typing import Any
 
 from .billing import Biller
@@ -36,9 +40,14 @@ class Gateway:
                 for name, spec in config.models.items():
                     self.tenant_pools[(name, label)] = ModelPool(name, partition(spec, share))
         self.caches = {name: PrefixCache(config.section("cache")) for name in config.models}
-        self.idempotency = IdempotencyStore(float(config.section("idempotency")["ttl_s"]))
-        self.ledger = Ledger(ledger_path or config.section("ledger")["path"])
-        self.truth = Truth(truth_path or config.section("truth")["path"])
+        #: A temporary folder for what has no file of its own: the ledger, the truth, stored responses.
+        self.folder = tempfile.mkdtemp(prefix="gatewaysim-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.idempotency = IdempotencyStore(float(config.section("idempotency")["ttl_s"]),
+                                            os.path.join(self.folder, "idempotency.sqlite"))
+        self.ledger = Ledger(ledger_path or config.section("ledger")["path"]
+                             or os.path.join(self.folder, "ledger.sqlite"))
+        self.truth = Truth(truth_path or config.section("truth")["path"] or os.path.join(self.folder, "truth.jsonl"))
         self.faults = Planter(config.seed, "fault", config.section("faults"), FAULT_KINDS)
         self.biller = Biller(config.prices, self.ledger, self.truth, config.seed, config.section("billing_errors"))
         self.served: dict[str, int] = {}
@@ -46,6 +55,13 @@ class Gateway:
         self.counters = SimCounters()
         #: Server-side state a dialect keeps across requests (e.g. stored responses), by endpoint name.
         self.dialect_state: dict[str, Any] = {}
+
+    def close(self) -> None:
+        """Commit and close the ledger, the truth and stored responses; remove the temporary folder."""
+        self.ledger.close()
+        self.truth.close_file()
+        self.idempotency.close()
+        self._cleanup()
 
     def pool_for(self, model: str, tenant: str | None) -> ModelPool:
         """The slot pool a tenant's call to a model takes a slot from."""

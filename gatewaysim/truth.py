@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import unquote_plus
 
@@ -54,11 +56,14 @@ def find_marker(body: bytes) -> str | None:
 
 
 class Truth:
-    """Per-request truth entries, kept in memory and optionally appended to a JSONL file."""
+    """Per-request truth entries: those in flight in memory, finished ones appended to a JSONL file as they finish."""
 
-    def __init__(self, path: str | None = None) -> None:
-        self.entries: dict[str, dict[str, Any]] = {}
-        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+    def __init__(self, path: str) -> None:
+        self.path = path
+        #: Entries of requests still in flight, by request id (finished ones are only in the file).
+        self.open_entries: dict[str, dict[str, Any]] = {}
+        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._start = os.path.getsize(path)  # a file that had entries before holds them before this instance's
 
     def open(self, request_id: str, **fields: Any) -> dict[str, Any]:
         """Start the entry of a request as it is received."""
@@ -98,15 +103,32 @@ class Truth:
             "limit": None,
         }
         entry.update(fields)
-        self.entries[request_id] = entry
+        self.open_entries[request_id] = entry
         return entry
 
     def close(self, entry: dict[str, Any]) -> None:
-        """Mark an entry finished and append it to the file, if any."""
-        if self._file is not None:
-            self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
-            self._file.flush()
+        """Mark an entry finished: append it to the file and forget it."""
+        if self.open_entries.pop(entry["request_id"], None) is None:
+            return  # closed before
+        self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._file.flush()
 
-    def export_jsonl(self) -> str:
-        """All entries as JSON Lines, in the order requests arrived."""
-        return "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in self.entries.values())
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """Every entry as JSON Lines: the finished ones in the order they finished, then those still in flight."""
+        self._file.flush()
+        left = os.path.getsize(self.path) - self._start
+        in_flight = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in self.open_entries.values())
+        with open(self.path, "rb") as f:
+            f.seek(self._start)
+            while left > 0:
+                data = f.read(min(size, left))
+                if not data:
+                    break
+                left -= len(data)
+                yield data
+        if in_flight:
+            yield in_flight.encode()
+
+    def close_file(self) -> None:
+        """Close the file (entries still in flight are left out of it)."""
+        self._file.close()

@@ -59,6 +59,10 @@ def test_binary_and_missing_config_files(tmp_path):
     assert res.returncode == 2 and "binary content" in res.stderr and len(res.stderr.splitlines()) == 1
     res = run_sim("--config", str(tmp_path / "absent.yaml"))
     assert res.returncode == 2 and "absent.yaml: cannot read the simulator config" in res.stderr
+    bad = tmp_path / "no-such-folder" / "truth.jsonl"
+    res = run_sim("--truth", str(bad))
+    assert res.returncode == 2 and res.stderr.strip() == f"ttbench: error: {bad}: cannot open for writing: " \
+        "No such file or directory"
 
 
 def test_tls_needs_a_trusted_ca(tmp_path):

@@ -107,3 +107,14 @@ def test_key_scope_includes_the_path(sim):
     body = {"model": "text-embedding-3-small", "input": "x"}
     r = httpx.post(sim.url + "/v1/embeddings", json=body, headers={**auth(sim), "Idempotency-Key": "idem-scope"})
     assert r.status_code == 200 and "Idempotent-Replayed" not in r.headers
+
+
+def test_expired_answers_are_deleted_though_their_keys_never_come_back(make_sim):
+    """The store is bounded by the TTL: an answer nobody asks for again is deleted, not kept forever."""
+    sim = make_sim({"idempotency": {"ttl_s": 1}})
+    for key in ("idem-a", "idem-b", "idem-c"):
+        assert chat(sim, key=key).status_code == 200
+    assert sim.admin("/_sim/stats").json()["idempotency_keys"] == 3
+    time.sleep(2.1)  # past the TTL and the once-a-second sweep
+    assert chat(sim, key="idem-d").status_code == 200
+    assert sim.admin("/_sim/stats").json()["idempotency_keys"] == 1

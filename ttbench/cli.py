@@ -45,6 +45,8 @@ def _sim(args: argparse.Namespace) -> int:
                      ledger_path=args.ledger, truth_path=args.truth)
     except (LedgerError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # the truth file (or the temporary folder) cannot be written
+        raise UsageError(f"{exc.filename}: cannot open for writing: {exc.strerror or exc}") from None
     try:
         asyncio.run(serve_forever(gw, args.host, args.port, ssl_ctx))
     except OSError as exc:

@@ -17,6 +17,17 @@ DEFAULT_API_KEY = "tt-sim-local-key"
 DEFAULT_ADMIN_TOKEN = "tt-sim-admin"
 
 
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    """Terminate a child process and wait for it; kill it if it outlives `timeout_s`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
 class SimProcessError(RuntimeError):
     """A server process did not start: the message carries what it printed."""
 
@@ -59,13 +70,7 @@ class ServerProcess:
 
     def stop(self) -> None:
         """Terminate the process and wait for it."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self) -> Self:
         return self
