@@ -72,9 +72,21 @@ def _lost_worker(key: Any, run_id: str | None, lost: set[int]) -> int | None:
 
 
 def _produced_then_lost(row: Any) -> bool:
-    """A stream cut after its final usage and finish reason arrived: the answer was complete when it was lost."""
-    return (row.error_kind in ("truncated", "reset") and bool(row.stream) and row.finish_reason is not None
-            and row.finish_reason == row.finish_reason and row.u_output == row.u_output and row.u_output is not None)
+    """An answer complete when it was lost: a stream cut after its final usage and finish reason arrived, or a
+    plain (not streamed) answer cut after its 200 status line (a gateway sends that once the answer is whole)."""
+    if row.error_kind not in ("truncated", "reset"):
+        return False
+    if not row.stream:
+        return _int(getattr(row, "status", None)) == 200
+    return (row.finish_reason is not None and row.finish_reason == row.finish_reason and row.u_output == row.u_output
+            and row.u_output is not None)
+
+
+def _usage_known(row: Any) -> bool:
+    """Whether an attempt's record holds what it should be billed for (a lost plain answer's body never arrived)."""
+    if row.endpoint == "images":
+        return row.images_returned == row.images_returned and row.images_returned is not None
+    return row.u_input == row.u_input and row.u_input is not None
 
 
 def _ids(row: Any) -> list[str]:
@@ -173,96 +185,21 @@ def audit(att: pd.DataFrame, charges: pd.DataFrame, prices: PriceSheet, policy: 
     under = Decimal(0)
     pair_est: dict[str, Decimal] = {}
     pair_charge: dict[str, Decimal] = {}
-
-    def add(kind: str, c: _Charge | None, call_id: str, charged: Decimal, expected: Decimal,
-            rid: Any = None) -> None:
-        nonlocal over, under
-        ch = c.row if c is not None else None
-        findings.append({"kind": kind, "request_id": ch.request_id if ch is not None else rid, "call_id": call_id,
-                         "idempotency_key": ch.idempotency_key if ch is not None else call_id,
-                         "attempt_id": _str(getattr(ch, "attempt_id", None)) if ch is not None else None,
-                         "charged": charged, "expected": expected})
-        bad_calls.add(call_id)
-        if charged > expected:
-            over += charged - expected
-        else:
-            under += expected - charged
-
     free_calls = 0
     for call_id, atts in calls.items():
-        final = atts[-1]
-        mine = per_call.get(call_id, [])
-        if final.endpoint == "models":  # listing models is free: any charge is wrong by its amount
-            free_calls += 1
-            for c in mine:
-                add("amount_mismatch", c, call_id, c.row.amount, Decimal(0))
-            continue
-        if final.dry_run and not getattr(final, "dry_run_ignored", False):
-            if final.pair_id and final.est_amount:
-                try:
-                    pair_est[final.pair_id] = Decimal(str(final.est_amount))
-                except ArithmeticError:
-                    pass
-            if not policy.bill_dry_runs:
-                for c in mine:
-                    add("dry_run_billed", c, call_id, c.row.amount, Decimal(0))
-            continue
-        if not final.ok:
-            if not policy.bill_failed:
-                billed_once: set[str] = set()
-                for c in mine:
-                    a = c.attempt
-                    if a is not None and _produced_then_lost(a) and a.attempt_id not in billed_once:
-                        # produced and billed, then lost in transit (no retry got the replay): billed once
-                        # for the usage the client saw before the cut
-                        billed_once.add(a.attempt_id)
-                        exp = prices.cost(a.model, expected_usage(a))
-                        if not policy.same(c.row.amount, exp):
-                            add("amount_mismatch", c, call_id, c.row.amount, exp)
-                        continue
-                    add("double_charge" if a is not None and a.attempt_id in billed_once else "failed_billed",
-                        c, call_id, c.row.amount, Decimal(0))
-            continue
-        usage = expected_usage(final)
-        expected = prices.cost(final.model, usage)
-        primary = _primary(final, atts, mine, expected, policy)
-        if primary is None:
-            billing_rid = final.original_request_id if final.replayed else final.request_id
-            add("missing_charge", None, call_id, Decimal(0), expected, rid=billing_rid)
-        else:
-            ch = primary.row
-            if final.pair_id:
-                pair_charge[final.pair_id] = ch.amount
-            kind = None
-            if final.endpoint == "images":
-                if _known_count(ch.images) and ch.images != usage.images:
-                    kind = "image_count_mismatch"
-            elif (_known_count(ch.input_tokens) and ch.input_tokens != usage.input_tokens) or \
-                    (_known_count(ch.output_tokens) and ch.output_tokens != usage.output_tokens) or \
-                    (_known_count(ch.cached_input_tokens) and ch.cached_input_tokens != usage.cached_input_tokens):
-                kind = "token_mismatch"
-            if kind is None and not policy.same(ch.amount, expected):
-                full = prices.cost(final.model, replace(usage, cached_input_tokens=0))
-                discounted = usage.cached_input_tokens > 0 and full != expected
-                kind = "cache_discount_missing" if discounted and policy.same(ch.amount, full) else \
-                    "amount_mismatch"
-            if kind is not None:
-                add(kind, primary, call_id, ch.amount, expected)
-        # a failed attempt that was sent and whose response carried no id: a charge joined only by the key
-        # may be its own
-        headerless = any(not a.ok and getattr(a, "sent", True) and not _ids(a) for a in atts)
-        for c in mine:
-            if c is primary:
-                continue
-            a = c.attempt
-            if a is not None and a.ok:  # a second charge of a successful attempt (a replay's, or a hidden retry)
-                if not (a.replayed and policy.bill_replays):
-                    add("double_charge", c, call_id, c.row.amount, Decimal(0))
-            elif a is not None or headerless:  # a failed attempt's (or perhaps one that never got headers)
-                if not policy.bill_failed:
-                    add("failed_billed", c, call_id, c.row.amount, Decimal(0))
+        found, est, charge, is_models = audit_call(call_id, atts, per_call.get(call_id, []), prices, policy)
+        free_calls += is_models
+        if est is not None:
+            pair_est[est[0]] = est[1]
+        if charge is not None:
+            pair_charge[charge[0]] = charge[1]
+        for f in found:
+            findings.append(f)
+            bad_calls.add(call_id)
+            if f["charged"] > f["expected"]:
+                over += f["charged"] - f["expected"]
             else:
-                add("double_charge", c, call_id, c.row.amount, Decimal(0))
+                under += f["expected"] - f["charged"]
     n_calls = len(calls) - free_calls + len({c for c in bad_calls if calls[c][-1].endpoint == "models"})
     counts = dict.fromkeys(FINDING_KINDS, 0)
     for f in findings:
@@ -316,3 +253,87 @@ def _primary(final: Any, atts: list[Any], mine: list[_Charge], expected: Decimal
                 return c
     by_key = [c for c in mine if c.via == "idempotency_key"]
     return next((c for c in by_key if policy.same(c.row.amount, expected)), by_key[0] if by_key else None)
+
+
+def audit_call(call_id: Any, atts: list[Any], mine: list[_Charge], prices: PriceSheet,
+                policy: Policy) -> tuple[list[dict[str, Any]], Any, Any, bool]:
+    """One call's findings against its charges: (findings, (pair id, estimate) or None, (pair id, charge) or None,
+    whether it lists models)."""
+    findings: list[dict[str, Any]] = []
+    pair_est = pair_charge = None
+
+    def add(kind: str, c: _Charge | None, charged: Decimal, expected: Decimal, rid: Any = None) -> None:
+        ch = c.row if c is not None else None
+        findings.append({"kind": kind, "request_id": ch.request_id if ch is not None else rid, "call_id": call_id,
+                         "idempotency_key": ch.idempotency_key if ch is not None else call_id,
+                         "attempt_id": _str(getattr(ch, "attempt_id", None)) if ch is not None else None,
+                         "charged": charged, "expected": expected})
+
+    final = atts[-1]
+    if final.endpoint == "models":  # listing models is free: any charge is wrong by its amount
+        for c in mine:
+            add("amount_mismatch", c, c.row.amount, Decimal(0))
+        return findings, None, None, True
+    if final.dry_run and not getattr(final, "dry_run_ignored", False):
+        if final.pair_id and final.est_amount:
+            try:
+                pair_est = (final.pair_id, Decimal(str(final.est_amount)))
+            except ArithmeticError:
+                pass
+        if not policy.bill_dry_runs:
+            for c in mine:
+                add("dry_run_billed", c, c.row.amount, Decimal(0))
+        return findings, pair_est, None, False
+    if not final.ok:
+        if not policy.bill_failed:
+            billed_once: set[str] = set()
+            for c in mine:
+                a = c.attempt
+                if a is not None and _produced_then_lost(a) and a.attempt_id not in billed_once:
+                    billed_once.add(a.attempt_id)
+                    if _usage_known(a):  # else its amount cannot be checked: the usage was lost with the body
+                        exp = prices.cost(a.model, expected_usage(a))
+                        if not policy.same(c.row.amount, exp):
+                            add("amount_mismatch", c, c.row.amount, exp)
+                    continue
+                add("double_charge" if a is not None and a.attempt_id in billed_once else "failed_billed",
+                    c, c.row.amount, Decimal(0))
+        return findings, None, None, False
+    usage = expected_usage(final)
+    expected = prices.cost(final.model, usage)
+    primary = _primary(final, atts, mine, expected, policy)
+    if primary is None:
+        billing_rid = final.original_request_id if final.replayed else final.request_id
+        add("missing_charge", None, Decimal(0), expected, rid=billing_rid)
+    else:
+        ch = primary.row
+        if final.pair_id:
+            pair_charge = (final.pair_id, ch.amount)
+        kind = None
+        if final.endpoint == "images":
+            if _known_count(ch.images) and ch.images != usage.images:
+                kind = "image_count_mismatch"
+        elif (_known_count(ch.input_tokens) and ch.input_tokens != usage.input_tokens) or \
+                (_known_count(ch.output_tokens) and ch.output_tokens != usage.output_tokens) or \
+                (_known_count(ch.cached_input_tokens) and ch.cached_input_tokens != usage.cached_input_tokens):
+            kind = "token_mismatch"
+        if kind is None and not policy.same(ch.amount, expected):
+            full = prices.cost(final.model, replace(usage, cached_input_tokens=0))
+            discounted = usage.cached_input_tokens > 0 and full != expected
+            kind = "cache_discount_missing" if discounted and policy.same(ch.amount, full) else "amount_mismatch"
+        if kind is not None:
+            add(kind, primary, ch.amount, expected)
+    headerless = any(not a.ok and getattr(a, "sent", True) and not _ids(a) for a in atts)
+    for c in mine:
+        if c is primary:
+            continue
+        a = c.attempt
+        if a is not None and a.ok:
+            if not (a.replayed and policy.bill_replays):
+                add("double_charge", c, c.row.amount, Decimal(0))
+        elif a is not None or headerless:
+            if not policy.bill_failed:
+                add("failed_billed", c, c.row.amount, Decimal(0))
+        else:
+            add("double_charge", c, c.row.amount, Decimal(0))
+    return findings, None, pair_charge, False

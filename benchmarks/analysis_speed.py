@@ -14,20 +14,30 @@ first records of every shape and a spread sample are checked against the schema 
 first charges and a spread sample are priced again with PriceSheet.cost. The same --seed gives byte-identical
 files (the ledger draws from its own stream: records.jsonl is the same with --no-ledger).
 
-Then it runs analysis.report.analyze(run_dir) (records -> summary.json, report.md and report.html with plots)
-in a child process and prints the time to load the records, compute the metrics and write the report, the
-total, and the peak resident memory: the child's own VmHWM (getrusage(RUSAGE_CHILDREN) as a cross-check), and,
-as the loader reads big files with a helper process, the helper's and both together (sampled with psutil).
-The targets: 20 s and 2 GiB on the 2-core development machine. Other work on the machine slows every figure:
-the share of the CPUs other processes used meanwhile is printed too; --repeat N judges the fastest of N.
+Then, each in a child process of its own, it times three steps on the same folder:
+
+  baseline report   analysis.report.analyze() of the analysis before the rewrite for scale (--baseline REV,
+                    default 66f5fba, unpacked from git: every record in one frame); its summary.json is kept as
+                    summary.baseline.json (runs above --baseline-max records skip it: it needs ~6 GiB a million);
+  columnar copy     analysis.columnar.build(): records.parquet/, what a run's own report makes at its end;
+  report            analysis.report.analyze() of today's code, reading the copy (--repeat N: the fastest of N).
+
+For each it prints the time, the CPU time of the step and its helper processes, and the peak RSS of that process
+tree (sampled); then the speed-up, whether today's summary.json equals the baseline's (counts exact, floats within
+1e-9: benchmarks/summary_compare.py) and the billing findings against the planted errors. Several --records
+sizes (or --run-dir folders) run in one go; the issue's targets are judged for the sizes they name: 1,000,000
+records (report <= 5 s, >= 3.5x faster than the baseline) and 10,000,000 (report <= 60 s, peak <= 2 GiB and
+<= 1.3x the 1M peak). Other work on the machine slows every figure: the share of the CPUs other processes used
+meanwhile is printed too.
 
 Usage:
-    python benchmarks/analysis_speed.py [--records 1000000] [--keep | --out DIR] [--duration-s 3600] [--seed 1]
-                                        [--no-ledger] [--plant-share 0.002] [--repeat N] [--run-dir DIR]
-                                        [--check-reference SUMMARY] [--write-reference SUMMARY]
-                                        [--write-fixture DIR]
+    python benchmarks/analysis_speed.py [--records 1000000 [10000000 ...]] [--keep | --out DIR]
+                                        [--run-dir DIR [DIR ...]] [--repeat N] [--baseline REV | --no-baseline]
+                                        [--baseline-max N] [--duration-s 3600] [--seed 1] [--no-ledger]
+                                        [--plant-share 0.002] [--check-reference SUMMARY]
+                                        [--write-reference SUMMARY] [--write-fixture DIR]
 
-References for the analysis rewrite (issue 15): today's analysis of fixed generated runs, which a rewritten one
+References for the analysis rewrite (issue 15): the baseline's analysis of fixed generated runs, which today's
 must reproduce (counts exact, floats within 1e-9 relative: benchmarks/summary_compare.py). Regenerate them with
 (the records are not committed: the seed makes them, and <reference>.inputs.json keeps their sha256, so a check
 tells a changed generator from a changed analysis):
@@ -73,8 +83,9 @@ from summary_compare import compare_files  # noqa: E402
 
 from locustfiles.records import RECORD_VERSION, encode_chunks  # noqa: E402
 
-TARGET_S = 20.0
-TARGET_RSS_BYTES = 2 * 1024**3
+BASELINE = "66f5fba"  # the analysis before the rewrite for scale (issue 15): every record in memory
+BASELINE_MAX = 2_000_000  # records: the baseline needs about 1.9 GiB a million
+GENERATED = "generated.json"  # the generator's figures (and planted errors), kept in the run folder
 RUN_ID = "chat-mix-bench"
 CHUNKS = 64
 BATCH = 20_000  # calls drawn at once
@@ -675,85 +686,108 @@ def write_run(run_dir: Path, n: int, duration_s: float, seed: int, sample: int =
 # timing the analysis (in a child process)
 
 
-def child(run_dir: str) -> int:
-    """Run analyze() with the load and metrics steps timed; print the figures as JSON on the last line."""
-    t0 = time.perf_counter()
-    import analysis.report as rep
-
-    t_import = time.perf_counter() - t0
-    sections: dict[str, float] = {"load": 0.0, "metrics": 0.0}
-
-    def timed(name: str, fn: Any) -> Any:
-        def wrapper(*a: Any, **k: Any) -> Any:
-            s = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                sections[name] += time.perf_counter() - s
-        return wrapper
-
-    rep.load_records = timed("load", rep.load_records)
-    rep.compute = timed("metrics", rep.compute)
+#: what a timed child runs: argv = code folder (first on sys.path), run folder, "report" | "copy"
+CHILD = r"""
+import json, resource, sys, time
+code, run, mode = sys.argv[1:4]
+sys.path.insert(0, code)
+t0 = time.perf_counter()
+if mode == "copy":
+    from analysis import columnar
     t1 = time.perf_counter()
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    summary, code = rep.analyze(run_dir)
-    total = time.perf_counter() - t1
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_s = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
-    hwm = 0
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-    # a loader helper process, if any (an upper bound: it also counts our size when the helper was started)
-    helper_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    columnar.build(run)
+    out = {}
+else:
+    import analysis.report as rep
+    t1 = time.perf_counter()
+    summary, rc = rep.analyze(run)
     o = summary["metrics"]["overall"] or {}
-    print(json.dumps({"import_s": t_import, "load_s": sections["load"], "metrics_s": sections["metrics"],
-                      "total_s": total, "cpu_s": cpu_s, "hwm_bytes": hwm, "helper_rss_bytes": helper_rss,
-                      "exit_code": code, "attempts": o.get("attempts"), "calls": o.get("calls"),
-                      "ttft_p50": o.get("ttft_ms", {}).get("p50"), "itl_p50": o.get("itl_ms", {}).get("p50"),
-                      "itl_n": o.get("itl_ms", {}).get("n"), "groups": len(summary["metrics"]["groups"])}))
-    return 0
+    out = {"exit_code": rc, "attempts": o.get("attempts"), "calls": o.get("calls"),
+           "ttft_p50": (o.get("ttft_ms") or {}).get("p50"), "itl_p50": (o.get("itl_ms") or {}).get("p50"),
+           "itl_n": (o.get("itl_ms") or {}).get("n"), "groups": len(summary["metrics"]["groups"]),
+           "billing": (summary.get("billing") or {}).get("counts")}
+total = time.perf_counter() - t1
+ru = resource.getrusage(resource.RUSAGE_SELF)
+hwm = 0
+with open("/proc/self/status") as f:
+    for line in f:
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+print(json.dumps({"import_s": t1 - t0, "total_s": total, "cpu_s": ru.ru_utime + ru.ru_stime, "hwm_bytes": hwm,
+                  **out}))
+"""
 
 
 def _mib(b: float) -> str:
     return f"{b / 2**20:,.0f} MiB"
 
 
-def analyse_once(run_dir: Path) -> dict[str, Any]:
-    """One analysis in a child process; its figures, with the peak RSS of its whole process tree (the child
-    and the helper it may start to read half of a big records file) sampled every 50 ms when psutil is there."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    busy0 = busy_seconds() if psutil is not None else None
+def run_child(code: Path, run_dir: Path, mode: str) -> dict[str, Any]:
+    """One timed step in a child process (`mode` report: analyze(); copy: columnar.build()) with the analysis
+    code of `code`; its figures, with the peak RSS of its whole process tree (the child and the helpers it
+    starts) sampled every 100 ms, their CPU time, and the share of the machine other processes used meanwhile."""
+    import psutil
+
+    busy0 = busy_seconds()
     kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", str(run_dir)],
-                            cwd=str(ROOT), stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(code), str(run_dir), mode], cwd=str(ROOT),
+                            stdout=subprocess.PIPE, text=True)
     tree_peak = 0
-    if psutil is not None:
-        top = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                tree_peak = max(tree_peak, sum(p.memory_info().rss for p in [top, *top.children(recursive=True)]))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
+    top = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            tree_peak = max(tree_peak, sum(p.memory_info().rss for p in [top, *top.children(recursive=True)]))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
     out, _ = proc.communicate()
     wall = time.perf_counter() - t0
     kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ours = kids1.ru_utime - kids0.ru_utime + kids1.ru_stime - kids0.ru_stime  # the child and its helper
-    busy1 = busy_seconds() if psutil is not None else None
-    other = (busy1 - busy0 - ours) / (wall * (os.cpu_count() or 1)) if busy0 is not None else None
+    ours = kids1.ru_utime - kids0.ru_utime + kids1.ru_stime - kids0.ru_stime  # the child and its helpers
+    other = (busy_seconds() - busy0 - ours) / (wall * (os.cpu_count() or 1))
     if proc.returncode != 0:
         print(out, end="")
-        raise SystemExit(f"the analysis failed (exit {proc.returncode})")
+        raise SystemExit(f"the {mode} step failed (exit {proc.returncode}, code {code})")
     fig = json.loads(out.strip().splitlines()[-1])
-    fig.update(wall_s=wall, tree_peak_bytes=tree_peak, tree_cpu_s=ours, other_cpu_share=other,
-               report_s=fig["total_s"] - fig["load_s"] - fig["metrics_s"])
+    fig.update(wall_s=wall, tree_peak_bytes=max(tree_peak, fig["hwm_bytes"]), tree_cpu_s=ours,
+               other_cpu_share=other)
     return fig
+
+
+def baseline_code(rev: str, into: Path) -> Path:
+    """The analysis as it was at `rev` (analysis/, ttformats/, locustfiles/ from git), unpacked into a folder."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "analysis", "ttformats", "locustfiles"],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {rev}: git archive failed ({archive.stderr.decode(errors='replace').strip()}); "
+                         "run from a git checkout, or pass --no-baseline")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def time_run(run_dir: Path, base: Path | None, repeat: int) -> dict[str, Any]:
+    """The baseline's report (its summary kept as summary.baseline.json), the columnar copy built afresh, then the
+    report of today's code (fastest of `repeat`); the figures of each step and the summaries' differences."""
+    out: dict[str, Any] = {"baseline": None}
+    if base is not None:
+        print("  baseline report ...", file=sys.stderr, flush=True)
+        out["baseline"] = run_child(base, run_dir, "report")
+        (run_dir / "summary.json").replace(run_dir / "summary.baseline.json")
+    shutil.rmtree(run_dir / "records.parquet", ignore_errors=True)
+    print("  columnar copy ...", file=sys.stderr, flush=True)
+    out["copy"] = run_child(ROOT, run_dir, "copy")
+    runs = []
+    for i in range(repeat):
+        print(f"  report{f' {i + 1} of {repeat}' if repeat > 1 else ''} ...", file=sys.stderr, flush=True)
+        runs.append(run_child(ROOT, run_dir, "report"))
+    out["runs"] = runs
+    out["report"] = dict(min(runs, key=lambda r: r["total_s"]))
+    out["report"]["tree_peak_bytes"] = max(r["tree_peak_bytes"] for r in runs)
+    out["diffs"] = compare_files(run_dir / "summary.baseline.json", run_dir / "summary.json", limit=10) \
+        if base is not None else None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -868,16 +902,94 @@ def write_fixture(run_dir: Path, out: Path, meta: dict[str, Any]) -> None:
     (out / "planted.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def _step_line(name: str, fig: dict[str, Any]) -> str:
+    return (f"  {name:<34}{fig['total_s']:8.2f} s {fig['tree_cpu_s']:8.1f} s   {_mib(fig['tree_peak_bytes']):>10}"
+            f"   (other processes {max(fig['other_cpu_share'], 0.0):.0%} of the machine)")
+
+
+def report_lines(run_dir: Path, t: dict[str, Any], base_rev: str | None) -> list[str]:
+    """What one run's timing says, step by step."""
+    rep, copy, base = t["report"], t["copy"], t["baseline"]
+    outs = ", ".join(f"{p} {(run_dir / p).stat().st_size / 1024:,.0f} KiB"
+                     for p in ("summary.json", "report.md", "report.html"))
+    lines = [
+        f"analysed           {rep['attempts']:,} attempts, {rep['calls']:,} calls, {rep['groups']} groups, "
+        f"TTFT p50 {rep['ttft_p50']:.1f} ms, ITL p50 {rep['itl_p50']:.2f} ms over {rep['itl_n']:,} gaps",
+        f"outputs            {outs}",
+        "",
+        f"  {'step':<34}{'time':>10} {'CPU':>10}   {'peak RSS':>10}   (process tree: the step and its helpers)",
+    ]
+    if base is not None:
+        lines.append(_step_line(f"baseline report ({base_rev})", base))
+    lines.append(_step_line("columnar copy (end of a run)", copy))
+    if len(t["runs"]) > 1:
+        lines.append("  report runs (s)                   " + ", ".join(f"{r['total_s']:.2f}" for r in t["runs"])
+                     + "   (the fastest below)")
+    lines.append(_step_line("report (today's code)", rep))
+    alone = copy["total_s"] + rep["total_s"]
+    lines.append(f"  {'from records.jsonl alone':<34}{alone:8.2f} s   (copy + report: `ttbench report` on a folder "
+                 "without the copy)")
+    if base is not None:
+        lines += ["", f"speed-up           {base['total_s'] / rep['total_s']:.1f}x the baseline's time "
+                      f"({base['total_s'] / alone:.1f}x counting the copy); peak memory "
+                      f"{rep['tree_peak_bytes'] / base['tree_peak_bytes']:.2f}x the baseline's"]
+        diffs = t["diffs"]
+        lines.append("same figures       " + ("yes: summary.json equals the baseline's (counts exact, floats within "
+                                               "1e-9)" if not diffs else f"NO, {len(diffs)} differences:"))
+        lines += [f"  {d}" for d in diffs or []]
+    return lines
+
+
+def judge(sizes: list[tuple[int, dict[str, Any]]]) -> tuple[list[str], bool]:
+    """The issue's targets for the sizes measured: lines and whether all that apply are met."""
+    lines, ok = ["", "targets (2-core development machine)"], True
+    peaks = {n: t["report"]["tree_peak_bytes"] for n, t in sizes}
+
+    def check(met: bool, what: str) -> None:
+        nonlocal ok
+        ok &= met
+        lines.append(f"  {'met    ' if met else 'NOT met'}  {what}")
+
+    for n, t in sizes:
+        rep, base = t["report"], t["baseline"]
+        if n == 1_000_000:
+            check(rep["total_s"] <= 5.0, f"1M records: report <= 5 s ({rep['total_s']:.2f} s)")
+            if base is not None:
+                check(base["total_s"] / rep["total_s"] >= 3.5,
+                      f"1M records: >= 3.5x faster than the baseline ({base['total_s'] / rep['total_s']:.1f}x)")
+                check(not t["diffs"], "1M records: the same summary as the baseline")
+        if n == 10_000_000:
+            check(rep["total_s"] <= 60.0, f"10M records: report <= 60 s ({rep['total_s']:.2f} s)")
+            check(rep["tree_peak_bytes"] <= 2 * 1024**3,
+                  f"10M records: peak memory <= 2 GiB ({_mib(rep['tree_peak_bytes'])})")
+            if 1_000_000 in peaks:
+                ratio = rep["tree_peak_bytes"] / peaks[1_000_000]
+                check(ratio <= 1.3, f"10M records: peak memory <= 1.3x the 1M peak ({ratio:.2f}x)")
+    if len(lines) == 2:
+        lines.append("  (none apply: they are set for 1,000,000 and 10,000,000 records)")
+    return lines, ok
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Generate, analyse in a child, print the figures."""
+    """Generate, time the baseline, the columnar copy and the report in children, print the figures."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--records", type=positive_int, default=1_000_000, help="attempt records (default 1,000,000)")
-    parser.add_argument("--keep", action="store_true", help="keep the run folder (its path is printed)")
-    parser.add_argument("--out", type=Path, help="generate into this folder (new or empty) and keep it")
-    parser.add_argument("--run-dir", type=Path, help="analyse this folder (from --keep) instead of generating")
+    parser.add_argument("--records", type=positive_int, nargs="+", default=[1_000_000],
+                        help="attempt records of each run to generate (default 1,000,000)")
+    parser.add_argument("--keep", action="store_true", help="keep the run folders (their paths are printed)")
+    parser.add_argument("--out", type=Path, help="generate into this folder (new or empty; a sub-folder per size) "
+                                                 "and keep it")
+    parser.add_argument("--run-dir", type=Path, nargs="+", help="time these folders (from --keep) instead of "
+                                                                "generating")
     parser.add_argument("--repeat", type=positive_int, default=1,
-                        help="analyse this many times and judge the time on the fastest (default 1; "
-                             "use 3 on a machine other work keeps busy)")
+                        help="run the report this many times and judge the fastest (default 1; use 3 on a "
+                             "machine other work keeps busy)")
+    parser.add_argument("--baseline", default=BASELINE, metavar="REV",
+                        help=f"the analysis to compare with, from git (default {BASELINE}: the analysis before "
+                             "the rewrite for scale)")
+    parser.add_argument("--no-baseline", action="store_true", help="time today's code only")
+    parser.add_argument("--baseline-max", type=positive_int, default=BASELINE_MAX,
+                        help=f"runs bigger than this skip the baseline, which holds every record in memory "
+                             f"(default {BASELINE_MAX:,})")
     parser.add_argument("--duration-s", type=positive_float, default=3600.0,
                         help="the synthetic run's length in seconds (default 3600)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic records (default 1)")
@@ -889,133 +1001,122 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare the summary.json written against this reference (see above); exit 1 if "
                              "anything differs")
     parser.add_argument("--write-reference", type=Path, metavar="SUMMARY",
-                        help="write the summary.json as a reference here (and SUMMARY.inputs.json next to it)")
+                        help="write the baseline's summary.json (today's with --no-baseline) as a reference here "
+                             "(and SUMMARY.inputs.json next to it)")
     parser.add_argument("--write-fixture", type=Path, metavar="DIR",
-                        help="write the run folder, gzipped, with summary.reference.json and planted.json, here")
-    parser.add_argument("--child", metavar="RUN_DIR", help=argparse.SUPPRESS)
+                        help="write the run folder, gzipped, with summary.reference.json (as --write-reference) "
+                             "and planted.json, here")
     args = parser.parse_args(argv)
-    if args.child:
-        return child(args.child)
     if args.plant_share * sum(PLANT_WEIGHT.values()) > 1:
         parser.error(f"--plant-share: at most {1 / sum(PLANT_WEIGHT.values()):.4f}")
     reuse = args.run_dir is not None
     if reuse and args.out is not None:
-        parser.error("--run-dir analyses an existing folder, --out generates one: not both")
+        parser.error("--run-dir times existing folders, --out generates them: not both")
+    refs = args.write_reference or args.write_fixture or args.check_reference
+    if refs and (len(args.run_dir or args.records) > 1):
+        parser.error("--write-reference, --write-fixture and --check-reference take one run")
     if reuse and (args.write_reference or args.write_fixture):
         parser.error("--write-reference and --write-fixture generate their run (the seed and options say how)")
     if args.out is not None and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         parser.error(f"--out {args.out}: not an empty folder")
+    for d in args.run_dir or []:
+        if not (d / "records.jsonl").is_file():
+            parser.error(f"{d}: no records.jsonl")
     keep = args.keep or args.out is not None
-    run_dir = args.run_dir or args.out or Path(tempfile.mkdtemp(prefix="analysis_speed_"))
-    if reuse and not (run_dir / "records.jsonl").is_file():
-        parser.error(f"{run_dir}: no records.jsonl")
-    counts: dict[str, Any] = {}
+    work = Path(tempfile.mkdtemp(prefix="analysis_speed_code_"))
+    runs_root = args.out or (Path(tempfile.mkdtemp(prefix="analysis_speed_")) if not reuse else work)
+    plan = [(d, None) for d in args.run_dir] if reuse else [(runs_root / f"r{n}", n) for n in args.records]
+    rc = 0
+    sizes: list[tuple[int, dict[str, Any]]] = []
     try:
-        lines = []
-        if not reuse:
-            print(f"generating {args.records:,} records in {run_dir} ...", file=sys.stderr, flush=True)
-            t0 = time.perf_counter()
-            counts = write_run(run_dir, args.records, args.duration_s, args.seed, ledger=not args.no_ledger,
-                               plant_share=args.plant_share)
-            gen_s = time.perf_counter() - t0
-            lines += [
-                f"analysis speed: synthetic chat-mix run, {args.duration_s:,.0f} s long, seed {args.seed}",
-                f"records            {counts['records']:,} attempts, {counts['calls']:,} calls "
-                f"({counts['streamed'] / counts['records']:.1%} streamed x {CHUNKS} chunks, "
-                f"{counts['failed'] / counts['records']:.1%} failed, {counts['retries']:,} retries; "
-                f"{counts['checked']:,} of them, every one of {counts['shapes']} shapes, checked against the schema)",
-            ]
+        base = None
+        if not args.no_baseline:
+            base = baseline_code(args.baseline, work / "baseline")
+        for run_dir, n in plan:
+            args.records = n  # command_of() names the size of this run
+            counts: dict[str, Any] = {}
+            lines = []
+            if n is not None:
+                print(f"generating {n:,} records in {run_dir} ...", file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                counts = write_run(run_dir, n, args.duration_s, args.seed, ledger=not args.no_ledger,
+                                   plant_share=args.plant_share)
+                gen_s = time.perf_counter() - t0
+                (run_dir / GENERATED).write_text(json.dumps(counts, indent=2) + "\n")
+                lines += [
+                    f"analysis speed: synthetic chat-mix run, {args.duration_s:,.0f} s long, seed {args.seed}",
+                    f"records            {counts['records']:,} attempts, {counts['calls']:,} calls "
+                    f"({counts['streamed'] / counts['records']:.1%} streamed x {CHUNKS} chunks, "
+                    f"{counts['failed'] / counts['records']:.1%} failed, {counts['retries']:,} retries; "
+                    f"{counts['checked']:,} of them, every one of {counts['shapes']} shapes, checked against the "
+                    "schema)",
+                ]
+                if "planted" in counts:
+                    lines.append(f"ledger.csv         {counts['charges']:,} charges, "
+                                 f"{sum(counts['planted'].values()):,} billing errors planted "
+                                 f"({counts['charges_checked']:,} amounts checked against PriceSheet.cost)")
+            else:
+                gen_s = None
+                lines.append(f"analysis speed: {run_dir}")
+                if (run_dir / GENERATED).is_file():  # what the generator planted there
+                    counts = json.loads((run_dir / GENERATED).read_text())
+            size = (run_dir / "records.jsonl").stat().st_size
+            records = sum(1 for _ in open(run_dir / "records.jsonl", "rb")) if n is None else n
+            use_base = base if records <= args.baseline_max else None
+            print(f"timing {run_dir} ({os.cpu_count()} CPUs) ...", file=sys.stderr, flush=True)
+            t = time_run(run_dir, use_base, args.repeat)
+            sizes.append((records, t))
+            made = f", generated in {gen_s:.1f} s" if gen_s is not None else ""
+            lines.append(f"records.jsonl      {size / 2**20:,.0f} MiB ({size / max(records, 1):,.0f} bytes a record)"
+                         f"{made}")
+            lines += report_lines(run_dir, t, args.baseline if use_base is not None else None)
+            if base is not None and use_base is None:
+                lines.append(f"baseline           skipped: more than --baseline-max {args.baseline_max:,} records")
+            summary = json.loads((run_dir / "summary.json").read_text())
+            found = (summary.get("billing") or {}).get("counts")
+            planted_ok = True
             if "planted" in counts:
-                lines.append(f"ledger.csv         {counts['charges']:,} charges, {sum(counts['planted'].values()):,} "
-                             f"billing errors planted ({counts['charges_checked']:,} amounts checked against "
-                             "PriceSheet.cost)")
-        else:
-            gen_s = None
-            lines.append(f"analysis speed: {run_dir}")
-        size = (run_dir / "records.jsonl").stat().st_size
-        runs = []
-        for i in range(args.repeat):
-            print(f"analysing ({os.cpu_count()} CPUs){f', run {i + 1} of {args.repeat}' if args.repeat > 1 else ''}"
-                  " ...", file=sys.stderr, flush=True)
-            runs.append(analyse_once(run_dir))
-        ru_maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KB on Linux
-        fig = min(runs, key=lambda r: r["total_s"])
-        peak = max(r["hwm_bytes"] for r in runs)
-        tree = max(r["tree_peak_bytes"] for r in runs)
-        ok_t = fig["total_s"] <= TARGET_S
-        ok_m = peak <= TARGET_RSS_BYTES
-        outs = ", ".join(f"{p} {(run_dir / p).stat().st_size / 1024:,.0f} KiB"
-                         for p in ("summary.json", "report.md", "report.html"))
-        made = f", generated in {gen_s:.1f} s" if gen_s is not None else ""
-        lines += [
-            f"records.jsonl      {size / 2**20:,.0f} MiB ({size / fig['attempts']:,.0f} bytes a record){made}",
-            f"analysed           {fig['attempts']:,} attempts, {fig['calls']:,} calls, {fig['groups']} groups, "
-            f"TTFT p50 {fig['ttft_p50']:.1f} ms, ITL p50 {fig['itl_p50']:.2f} ms over {fig['itl_n']:,} gaps",
-            f"outputs            {outs}",
-            "",
-        ]
-        if len(runs) > 1:
-            lines.append("runs (total s)     " + ", ".join(f"{r['total_s']:.2f}" for r in runs)
-                         + "   (the fastest below)")
-        lines += [
-            f"load time          {fig['load_s']:6.2f} s   (load_records)",
-            f"metrics time       {fig['metrics_s']:6.2f} s   (compute)",
-            f"report time        {fig['report_s']:6.2f} s   (the rest: harness health, summary.json, plots, md, html)",
-            f"total              {fig['total_s']:6.2f} s   analyze() end to end ({fig['cpu_s']:.1f} s of CPU in the "
-            f"analysing process; child process {fig['wall_s']:.1f} s with {fig['import_s']:.1f} s of imports)",
-            f"peak RSS           {_mib(peak)} ({peak / 1e9:.2f} GB)   the analysing process (its VmHWM; "
-            f"getrusage(RUSAGE_CHILDREN) says {_mib(ru_maxrss)},",
-            "                   which also counts this process's own size when it started the child)",
-        ]
-        if fig["helper_rss_bytes"]:
-            lines.append(f"                   at most {_mib(max(r['helper_rss_bytes'] for r in runs))} the helper process "
-                         f"that read part of the records meanwhile; both together at most {_mib(tree)}")
-        share = fig["other_cpu_share"]
-        lines += [
-            f"machine            {os.cpu_count()} CPUs; the analysis and its helper used {fig['tree_cpu_s']:.1f} s of "
-            "CPU" + (f", other processes {max(share, 0.0):.0%} of the machine meanwhile" if share is not None else "")
-            + " (other work slows every figure above)",
-            "",
-            f"target time   <= {TARGET_S:.0f} s:   {'met' if ok_t else 'NOT met'} ({fig['total_s']:.2f} s"
-            f"{', fastest of ' + str(len(runs)) if len(runs) > 1 else ''})",
-            f"target memory <= {TARGET_RSS_BYTES / 2**30:.0f} GiB: {'met' if ok_m else 'NOT met'} ({_mib(peak)})",
-        ]
-        rc = 0 if ok_t and ok_m else 1
-        summary = json.loads((run_dir / "summary.json").read_text())
-        found = (summary.get("billing") or {}).get("counts")
-        planted_ok = True
-        if "planted" in counts:
-            table, planted_ok = planted_table(counts["planted"], found or {})
-            lines += ["", *table, "  the audit found " + ("exactly the planted errors" if planted_ok else
-                                                           "OTHER errors than the planted ones")]
-        elif found is not None:
-            lines += ["", "billing findings   " + ", ".join(f"{k} {v}" for k, v in found.items() if v)]
-        if args.write_reference or args.write_fixture or args.check_reference:
-            rc = 0  # the time and memory targets are not what these are for
-        if (args.write_reference or args.write_fixture) and not planted_ok:
-            lines.append("NOT written: the audit does not find exactly the planted errors")
-            rc = 1
-        elif args.write_reference or args.write_fixture:
-            meta = generated_by(args, counts, input_hashes(run_dir))
-            if args.write_reference:
-                write_reference(run_dir, args.write_reference, meta)
-                lines.append(f"wrote              {args.write_reference} and {inputs_path(args.write_reference)}")
-            if args.write_fixture:
-                write_fixture(run_dir, args.write_fixture, meta)
-                lines.append(f"wrote              {args.write_fixture}/ (" + ", ".join(
-                    f"{p.name} {p.stat().st_size / 1024:,.0f} KiB" for p in sorted(args.write_fixture.iterdir()))
-                             + ")")
-        if args.check_reference:
-            check, same = check_reference(run_dir, args.check_reference)
-            lines += ["", *check]
-            rc = rc or (0 if same else 1)
-        if keep and not reuse:
-            lines.append(f"kept {run_dir}")
-        print("\n".join(lines), flush=True)
+                table, planted_ok = planted_table(counts["planted"], found or {})
+                lines += ["", *table, "  the audit found " + ("exactly the planted errors" if planted_ok else
+                                                               "OTHER errors than the planted ones")]
+                rc = rc or (0 if planted_ok else 1)
+            elif found is not None:
+                lines += ["", "billing findings   " + ", ".join(f"{k} {v}" for k, v in found.items() if v)]
+            if args.write_reference or args.write_fixture:
+                if not planted_ok:
+                    lines.append("NOT written: the audit does not find exactly the planted errors")
+                    rc = 1
+                else:
+                    if use_base is not None:  # the reference is the baseline's analysis
+                        shutil.copyfile(run_dir / "summary.baseline.json", run_dir / "summary.json")
+                    meta = generated_by(args, counts, input_hashes(run_dir))
+                    if args.write_reference:
+                        write_reference(run_dir, args.write_reference, meta)
+                        lines.append(f"wrote              {args.write_reference} and "
+                                     f"{inputs_path(args.write_reference)}")
+                    if args.write_fixture:
+                        write_fixture(run_dir, args.write_fixture, meta)
+                        lines.append(f"wrote              {args.write_fixture}/ (" + ", ".join(
+                            f"{p.name} {p.stat().st_size / 1024:,.0f} KiB"
+                            for p in sorted(args.write_fixture.iterdir())) + ")")
+            if args.check_reference:
+                check, same = check_reference(run_dir, args.check_reference)
+                lines += ["", *check]
+                rc = rc or (0 if same else 1)
+            if keep and not reuse:
+                lines.append(f"kept {run_dir}")
+            print("\n".join(lines) + "\n", flush=True)
+            if not keep and not reuse:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        verdict, ok = judge(sizes)
+        print("\n".join(verdict), flush=True)
+        if not refs:
+            rc = rc or (0 if ok else 1)
         return rc
     finally:
+        shutil.rmtree(work, ignore_errors=True)
         if not keep and not reuse:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(runs_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,10 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
     scenario = yaml.safe_load((ROOT / "scenarios" / "retries-under-faults.yaml").read_text())
     scenario["sim"]["config"]["defaults"] = {"chat": {"base_ms": 5, "decode_tokens_per_s": 400}}
     scenario["sim"]["config"]["faults"]["stall_ms"] = 2500
-    scenario["sim"]["config"]["faults"]["weights"]["fewer_images"] = 4  # images are a small part of the mix
+    weights = scenario["sim"]["config"]["faults"]["weights"]
+    weights["fewer_images"] = 4  # images are a small part of the mix
+    for kind in ("disconnect_midstream", "stream_error", "malformed_chunk"):
+        weights[kind] = 3  # only streams meet these: a slow machine's few calls must still meet each
     for line in scenario["mix"]:
         if line["endpoint"] == "images":
             line["weight"] = 3

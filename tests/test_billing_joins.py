@@ -177,6 +177,19 @@ def test_a_failed_attempts_charge_by_attempt_id_is_failed_billed(tmp_path):
     assert summary["billing"]["joins"]["attempt_id"] == 1
 
 
+def test_a_plain_answer_lost_after_its_200_may_be_billed_once(tmp_path):
+    """The gateway sends a plain answer's status once the answer is whole: cut after it, the work was done."""
+    def lost(call: str) -> list[dict]:
+        return [rec(call, 1, ok=False, rid=f"req_{call}1", kind="truncated", status=200, final=False),
+                rec(call, 2, ok=False, rid=f"req_{call}2", kind="http_5xx", status=500)]
+    records = lost("G") + lost("H") + [rec("J", 1, ok=False, rid="req_J1", kind="truncated", status=None)]
+    ledger = [charge("req_G1", "G", "0.000123", inp=None, out=None),  # its usage was lost: any amount stands
+              charge("req_H1", "H", CALL_COST), charge("req_H1", "H", CALL_COST),
+              charge("req_J1", "J", CALL_COST)]  # no status line came: nothing was known to be produced
+    summary, _ = analyze(make_run(tmp_path / "run", records, ledger))
+    assert sorted(kinds(summary)) == [("double_charge", "req_H1"), ("failed_billed", "req_J1")]
+
+
 def test_each_charge_is_counted_once_in_a_mixed_ledger(tmp_path):
     records = [rec("A", ids={"x-litellm-call-id": "lit-A-1", "llm_provider-x-tt-request-id": "req_A"}),
                rec("B", rid=None),
