@@ -19,6 +19,7 @@ from locust.runners import WORKER_REPORT_INTERVAL, LocalRunner, MasterRunner, Wo
 
 from ttformats.calls import call_e2e_ms, call_ttft_ms, counts_as_attempt
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
+from ttformats.records import FULL_KEYS, expand
 from ttformats.sweep import rule_of
 
 from .arrivals import Split
@@ -30,10 +31,11 @@ from .guards import EXIT_BAD_INPUT, EXIT_OK, EXIT_REFUSED_MID_RUN, Hopeless
 from .live import Live
 from .profile import ProfileError
 from .prompts import Calibrator
-from .records import FLUSH_INTERVAL_S, RecordSink
+from .records import FLUSH_INTERVAL_S, RecordSink, summarise
 from .retry import BudgetPool, LeasedBudget, RetryBudget
 from .scenario import Scenario, ScenarioError, gateway_profile, load_scenario
 from .scrape import Scraper
+from .shipping import QUEUE_S, Shipper, window
 from .spend import SpendCap, SpendPool, unpriced_models
 from .sweep import SweepWatch
 from .telemetry import Telemetry
@@ -43,6 +45,7 @@ from .workload import Workload
 
 SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "gatewaysim" / "defaults" / "prices.yaml"
 MSG_RECORDS = "ttbench_records"
+MSG_RECORDS_ACK = "ttbench_records_ack"
 MSG_WORKERS = "ttbench_workers"
 MSG_SPLIT_ASK = "ttbench_split_ask"
 MSG_STOP = "ttbench_stop"
@@ -50,6 +53,8 @@ MSG_BUDGET_ASK = "ttbench_budget_ask"
 MSG_BUDGET_GRANT = "ttbench_budget_grant"
 MSG_SPEND_ASK = "ttbench_spend_ask"
 MSG_SPEND_GRANT = "ttbench_spend_grant"
+#: The master waits this long for records the workers still hold before it gives up on them (each keeps them).
+SHIPMENT_STALL_S = 30.0
 #: Locust's own TTFT rows: its bucketed histogram (exact figures are in the LLM tab and the report).
 TTFT_TYPE = "TTFT (bucketed)"
 
@@ -121,7 +126,8 @@ class Runtime:
         self.interactive = environment.web_ui is not None and not getattr(opts_, "headless", False)
         self.live = Live()
         self.out_dir: Path | None = None
-        self.sink: RecordSink | None = None
+        self.sink: RecordSink | Shipper | None = None
+        self.s_per_record: float | None = None  # master: its time per record shipped to it
         self.arrivals: Any = None
         self.rng = random.Random(f"{scenario.seed}:{self.worker}")
         self.calibrator = Calibrator()
@@ -160,7 +166,7 @@ class Runtime:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.sink = RecordSink(str(self.out_dir / "records.jsonl"))
         else:
-            self.sink = RecordSink(ship=self._ship)
+            self.sink = Shipper(self._ship)
         self.api_key = ""
         try:
             self.tenants = Tenants(scenario, self.rng, self.calibrator, self.prices,
@@ -265,7 +271,7 @@ class Runtime:
     # records -------------------------------------------------------------------------------
     def _emit(self, rec: dict[str, Any]) -> None:
         assert self.sink is not None
-        self.sink.add(rec)
+        self.sink.add(summarise(rec) if self.scenario.record_timing == "summary" else rec)
         if self.role == "local":
             self.live.add(rec)
         self._account(rec)
@@ -301,24 +307,35 @@ class Runtime:
         else:
             self.request_stop("every tenant's quota or spend cap is spent")
 
-    def _ship(self, batch: list[dict[str, Any]]) -> None:
-        """Worker: a batch of records with this worker's state (calls in flight, CPU), every flush."""
+    def _ship(self, batch: list[dict[str, Any]], counts: dict[str, int]) -> None:
+        """Worker: a batch of records (maybe none) with this worker's state: calls in flight, CPU, arrivals, and
+        its records still waiting for the master."""
         arr = self.arrivals
         self.environment.runner.send_message(MSG_RECORDS, {
             "records": batch, "in_flight": self.caller.in_flight, "cpu": self.cpu.percent(), "worker": self.worker,
-            "arrivals": None if arr is None else [arr.offered, arr.dropped]})
+            "arrivals": None if arr is None else [arr.offered, arr.dropped], "shipping": counts})
 
     def on_shipped(self, data: Any, node_id: str | None = None) -> None:
         """Master: a worker's batch of records and its state."""
         assert self.sink is not None
         batch = data["records"] if isinstance(data, dict) else data
+        t0 = time.perf_counter()
         self.sink.write_lines(batch)
+        batch = [expand(dict(r)) if len(r) < FULL_KEYS else r for r in batch]  # summary timing: every key back
         for rec in batch:
             self.live.add(rec)
             self._account(rec)
             self.retries_seen += rec["attempt"] > 1 and counts_as_attempt(rec.get("error_kind"), rec.get("sent", True))
         if node_id is not None and self.workers is not None:
             self.workers.shipment(node_id, data, batch)
+        if batch and node_id is not None:
+            # the master's own time per record (a moving mean) sets how much each worker may have on its way
+            per = (time.perf_counter() - t0) / len(batch)
+            self.s_per_record = per if self.s_per_record is None else 0.8 * self.s_per_record + 0.2 * per
+            workers = len(getattr(self.environment.runner, "clients", {}) or {}) or 1
+            self.environment.runner.send_message(MSG_RECORDS_ACK, [len(batch), window(workers, self.s_per_record)],
+                                                 client_id=node_id)
+            gevent.sleep(0.001)  # a turn of the event loop (timers: the clock, heartbeats) between batches; sleep(0) may not
 
     def _arrivals_summary(self) -> dict[str, int] | None:
         if self.workers is not None:
@@ -531,10 +548,30 @@ class Runtime:
             gevent.sleep(0.2)
         if self.role == "master":
             gevent.sleep(WORKER_REPORT_INTERVAL + 1)
+            self._wait_for_shipments()
         if self.interactive:
             runner.stop()  # the web UI stays up; the report is written on test_stop
         else:
             runner.quit()
+
+    def _wait_for_shipments(self) -> None:
+        """Master: wait while workers still hold records the master has not taken, as long as they keep coming."""
+        assert self.workers is not None
+        said = False
+        last, seen = time.time(), self.sink.written if self.sink else 0
+        while (pending := self.workers.pending()) > 0:
+            if not said:
+                print(f"ttbench: the workers still hold {pending} records the master has not taken; waiting for them",
+                      file=sys.stderr, flush=True)
+                said = True
+            gevent.sleep(0.2)
+            now_seen = self.sink.written if self.sink else 0
+            if now_seen != seen:
+                last, seen = time.time(), now_seen
+            elif time.time() - last > SHIPMENT_STALL_S:
+                print(f"ttbench: warning: no records arrived for {SHIPMENT_STALL_S:.0f} s; the workers still hold "
+                      f"{pending}: each writes them to a file it names when it quits", file=sys.stderr, flush=True)
+                return
 
     def _progress(self) -> None:
         opt = self.environment.parsed_options.ttbench_progress
@@ -591,6 +628,9 @@ class Runtime:
             "workers": self.workers.summary() if self.workers else [],
             "resplits": self.workers.resplits if self.workers else [],
             "lost_workers": self.workers.lost if self.workers else [],
+            "shipping": {**self.workers.held(), "left_on_workers": self.workers.pending(),
+                         "queue_s": QUEUE_S, "master_us_per_record": None if self.s_per_record is None
+                         else round(self.s_per_record * 1e6, 1)} if self.workers else None,
             "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,
             "stop_reason": self.stop_reason, "live": self.live.snapshot(),
             "arrivals": self._arrivals_summary(),
@@ -606,6 +646,12 @@ class Runtime:
             "exit_code": self.exit_code,
         }
         (self.out_dir / "harness.json").write_text(json.dumps(harness, indent=2, default=str))
+        shipping = harness["shipping"]
+        if shipping and (shipping["spilled"] or shipping["held_peak"] > 10_000
+                         or shipping["left_on_workers"]):
+            print(f"ttbench: warning: the master fell behind its workers: one held up to {shipping['held_peak']} "
+                  f"records for it ({shipping['spilled']} through spill files, {shipping['left_on_workers']} never "
+                  "taken); live figures lagged by as much (harness.json: shipping)", file=sys.stderr, flush=True)
         self.environment.process_exit_code = self.exit_code
 
     def _budget_summary(self) -> dict[str, Any]:
@@ -670,6 +716,9 @@ def install() -> None:
             assert isinstance(budget, LeasedBudget)
             runner.register_message(MSG_BUDGET_GRANT, lambda environment, msg, **k: budget.granted(int(msg.data)))
             runner.register_message(MSG_SPEND_GRANT, lambda environment, msg, **k: rt.on_spend_grant(float(msg.data)))
+            shipper = rt.sink
+            assert isinstance(shipper, Shipper)
+            runner.register_message(MSG_RECORDS_ACK, lambda environment, msg, **k: shipper.on_ack(*msg.data))
             # a rank announced while this process was still starting (before it listened) was dropped: ask again
             runner.send_message(MSG_SPLIT_ASK, 1)
             from locust.runners import STATE_RUNNING, STATE_SPAWNING

@@ -62,7 +62,8 @@ class Workers:
         if info is None:
             info = self.seen[node_id] = {"client_id": node_id, "worker_index": self._index(node_id), "records": 0,
                                          "last_record_end": None, "recent": deque(maxlen=40),
-                                         "last_state_at": None, "in_flight": 0}
+                                         "last_state_at": None, "in_flight": 0, "pending": 0, "held_peak": 0,
+                                         "spilled": 0}
         return info
 
     def shipment(self, node_id: str, data: Any, batch: list[dict[str, Any]]) -> None:
@@ -78,12 +79,27 @@ class Workers:
                 self.cpu.setdefault(node_id, []).append(float(data["cpu"]))
             if data.get("arrivals") is not None:
                 self.arrivals[node_id] = (int(data["arrivals"][0]), int(data["arrivals"][1]))
+            shipping = data.get("shipping")
+            if isinstance(shipping, dict):
+                info["pending"] = int(shipping.get("pending") or 0)
+                info["held_peak"] = max(info["held_peak"], int(shipping.get("held_peak") or 0))
+                info["spilled"] = int(shipping.get("spilled") or 0)
         info["recent"].append((now, len(batch)))
         if batch:
             info["records"] += len(batch)
             info["worker_index"] = batch[-1]["worker"]
             info["last_record_end"] = max(info["last_record_end"] or 0.0,
                                           max(r["t_start"] + r["end_ms"] / 1000.0 for r in batch))
+
+    def pending(self) -> int:
+        """Records the workers still held, as of their last shipments (lost workers left out)."""
+        lost = {w["client_id"] for w in self.lost}
+        return sum(int(i["pending"]) for n, i in self.seen.items() if n not in lost)
+
+    def held(self) -> dict[str, int]:
+        """The most records any worker held at once for the master, and how many went through spill files."""
+        return {"held_peak": max((int(i["held_peak"]) for i in self.seen.values()), default=0),
+                "spilled": sum(int(i["spilled"]) for i in self.seen.values())}
 
     def in_flight(self) -> int:
         """Calls in flight over all workers, as of their last shipments."""
@@ -92,7 +108,8 @@ class Workers:
     def check_lost(self) -> list[dict[str, Any]]:
         """Workers that stopped sending heartbeats since the last check, each with an upper bound of the records
         that may be missing: the attempts in flight at its last shipment (every 0.5 s), plus what it may have
-        finished before it died, bounded by twice its biggest shipment of the last 10 s."""
+        finished before it died, bounded by twice its biggest shipment of the last 10 s, plus the records it still
+        held for the master then."""
         from locust.runners import STATE_MISSING
 
         lost_ids = {w["client_id"] for w in self.lost}
@@ -103,11 +120,11 @@ class Workers:
                 continue
             last = info["last_state_at"]
             peak = max((n for t, n in info["recent"] if last is not None and last - t <= 10.0), default=0)
-            in_flight = int(info["in_flight"])
+            in_flight, held = int(info["in_flight"]), int(info["pending"])
             entry = {"client_id": node_id, "worker_index": info["worker_index"], "lost_at": time.time(),
                      "last_shipment_at": last, "records_received": info["records"],
                      "last_record_end": info["last_record_end"], "in_flight_at_last_shipment": in_flight,
-                     "possibly_missing_records": in_flight + 2 * peak + 1}
+                     "held_at_last_shipment": held, "possibly_missing_records": in_flight + held + 2 * peak + 1}
             self.lost.append(entry)
             new.append(entry)
         return new
@@ -163,6 +180,7 @@ class Workers:
             cpu = self.cpu.get(node_id, [])
             arr = self.arrivals.get(node_id)
             out.append({"client_id": node_id, "worker_index": info["worker_index"], "records": info["records"],
+                        "records_held_peak": info["held_peak"], "records_spilled": info["spilled"],
                         "cpu_percent_mean": round(sum(cpu) / len(cpu), 1) if cpu else None,
                         "cpu_percent_peak": max(cpu) if cpu else None,
                         "arrivals": {"offered": arr[0], "dropped": arr[1]} if arr else None})
