@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +30,7 @@ class Batch(Protocol):
 Source = Callable[[list[str]], Iterator[Batch]]
 
 INDEX_COLUMNS = ["call_id", "attempt", "final", "t_start"]
+_BITS = 1 << 23  # is_multi's first look: hashes by their low 23 bits
 
 
 def _hashes(ids: pd.Series) -> np.ndarray:
@@ -45,12 +46,26 @@ class CallIndex:
     first_start: float  # the first start of the calls kept (after the warm-up)
     cut: float  # calls that start before this are the warm-up's
     rows: int
+    _hash_set: np.ndarray | None = field(default=None, repr=False)  # hashes of multi_ids and dup_hashes, sorted
+    _hash_bits: np.ndarray | None = field(default=None, repr=False)  # their low bits
 
     def is_multi(self, ids: pd.Series) -> np.ndarray:
-        """Rows whose call has (or may have) more than one attempt."""
-        out = ids.isin(self.multi_ids).to_numpy(copy=True) if self.multi_ids else np.zeros(len(ids), dtype=bool)
-        if self.dup_hashes.size:
-            out |= np.isin(_hashes(ids), self.dup_hashes)
+        """Rows whose call has (or may have: two ids can share a 64-bit hash) more than one attempt; a lone call
+        taken for one is assembled as the one-attempt call it is."""
+        if self._hash_set is None:
+            multi = _hashes(pd.Series(sorted(self.multi_ids, key=str), dtype=object)) if self.multi_ids \
+                else np.empty(0, dtype=np.uint64)
+            self._hash_set = np.unique(np.r_[multi, self.dup_hashes])
+            self._hash_bits = np.zeros(_BITS, dtype=bool)  # a first look that rules out most rows
+            self._hash_bits[(self._hash_set & np.uint64(_BITS - 1)).astype(np.int64)] = True
+        keys = self._hash_set
+        if not keys.size or not len(ids):
+            return np.zeros(len(ids), dtype=bool)
+        h = _hashes(ids)
+        assert self._hash_bits is not None
+        out = self._hash_bits[(h & np.uint64(_BITS - 1)).astype(np.int64)]
+        maybe = np.flatnonzero(out)
+        out[maybe] = keys[np.minimum(np.searchsorted(keys, h[maybe]), keys.size - 1)] == h[maybe]
         return out
 
 
@@ -221,3 +236,4 @@ class _FrameBatch:
     frame: pd.DataFrame
     chunk_offsets: np.ndarray | None
     chunk_values: np.ndarray | None
+

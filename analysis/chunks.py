@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import binascii
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ttformats.records import GAP_KEYS, gap_figures
+
 
 def decode_chunk_column(values: pd.Series) -> list[np.ndarray]:
     """Chunk arrival times (ms from the attempt's start) for each encoded cell."""
-    import base64
-
     out = []
     for us in values:
         if not us:
@@ -63,3 +64,17 @@ def chunk_gaps(values: Any) -> tuple[np.ndarray, np.ndarray]:
     The same numbers as np.diff over each of decode_chunk_column(values), without an array per cell."""
     pooled, counts, _ = chunk_gap_stats(values)
     return pooled, counts
+
+
+def call_gap_figures(values: Any) -> dict[str, np.ndarray]:
+    """Per-call gap figures of each encoded cell (ttformats.records.gap_figures: what a summary-timing record keeps),
+    NaN for a cell of fewer than two chunks."""
+    raw = [base64.b64decode(us) if us else b"" for us in values]
+    n = np.fromiter((len(r) // 4 for r in raw), dtype=np.int64, count=len(raw))
+    out = {k: np.full(len(raw), np.nan) for k in GAP_KEYS}
+    for m in np.unique(n[n >= 2]).tolist():  # cells of as many chunks together, as the worker's one row
+        at = np.flatnonzero(n == m)
+        deltas = np.frombuffer(b"".join([raw[i] for i in at.tolist()]), dtype="<u4").reshape(len(at), m)
+        for k, v in gap_figures(deltas).items():
+            out[k][at] = v
+    return out

@@ -25,8 +25,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import weakref
@@ -43,14 +41,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import limits as _limits
 from . import records as _records
+from .helper import claim as _claim
+from .helper import cpus
+from .helper import finish as finish_helper
+from .helper import start as start_helper
 from .load import InputError, LoadReport, warn
-from .records import COLUMNS, COUNTS, FLAGS, NUMERIC, SHARED, _claim, _text_dtype, _v_of
+from .records import COLUMNS, COUNTS, FLAGS, NUMERIC, SHARED, _text_dtype, _v_of
 
-FORMAT = 1  # of the copy; a copy of another format is built again
+FORMAT = 2  # of the copy (2: _limits.json); a copy of another format is built again
 SOURCE = "records.jsonl"
 COPY = "records.parquet"
 META = "_meta.json"
+LIMITS = "_limits.json"  # limits.read_headers' result for records.jsonl
 CHUNKS = "chunk_us"  # the decoded chunk deltas (list<uint32>), in place of chunks_us
 #: the columns a copy holds: those of load_records, chunk_us in place of chunks_us
 STORED = (*(c for c in COLUMNS if c != "chunks_us"), CHUNKS)
@@ -84,6 +88,11 @@ class _Reader(_records._Reader):
     versions 1-3 (the harness writes version 4), but for a group whose records all have a version in
     RECORD_VERSIONS (and no boolean one) its line-by-line path gives the same rows and counts."""
 
+    def __init__(self, path: Path, report: LoadReport, size: int) -> None:
+        super().__init__(path, report, size)
+        #: attempt_id -> rate-limit headers and error type, as limits.read_headers finds them (lines with either)
+        self.limits: dict[str, _limits.Header] = {}
+
     def read_part(self, start: int, end: int, origin: int) -> None:
         """The lines of bytes start..end (start at a line's start), as read by a records._Reader.read that
         began at `origin` (its blocks of records._READ_BYTES start at origin)."""
@@ -112,8 +121,19 @@ class _Reader(_records._Reader):
     def lines(self, lines: list[bytes]) -> None:
         try:
             ds = list(map(orjson.loads, lines))
+        except orjson.JSONDecodeError:
+            for line in lines:  # limits.read_headers' pass over these lines
+                if _limits._FIND.search(line):
+                    _limits._keep(line, self.limits)
+            super().lines(lines)
+            return
+        for line, d in zip(lines, ds, strict=True):  # read_headers keeps only such lines: its pass for those
+            if type(d) is dict and (type(d.get("ratelimit")) is dict or d.get("status") == 429) and \
+                    _limits._FIND.search(line):
+                _limits._keep(line, self.limits)
+        try:
             vs = list(map(_v_of, ds))
-        except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        except (KeyError, TypeError, IndexError):
             super().lines(lines)
             return
         old = vs.count(1) + vs.count(2) + vs.count(3)  # what records.py takes in one pass (True counts as 1)
@@ -290,7 +310,8 @@ def _build_part(src: Path, start: int, end: int, origin: int, out: Path, codec: 
     reader.columns = []
     rows = _length(cols[COLUMNS[0]])
     info: dict[str, Any] = {"rows": rows, "seen": reader.seen, "failed": reader.failed,
-                            "bad_lines": reader.report.bad_lines, "columns": {}, "bad_chunks": [], "file": None}
+                            "bad_lines": reader.report.bad_lines, "columns": {}, "bad_chunks": [], "file": None,
+                            "limits": [[k, *v] for k, v in reader.limits.items()]}
     if not rows:
         return info
     arrays, names = [], []
@@ -371,37 +392,20 @@ def _build_parts(argv: list[str]) -> None:
         _write_json(folder / f"info-{k}.json", info)
 
 
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _build_into(src: Path, folder: Path, size: int) -> list[dict[str, Any]]:
     """Every part of bytes 0..size of src into folder; the info of each, in order."""
     bounds = _bounds(src, size)
     infos: list[dict[str, Any] | None] = [None] * len(bounds)
     helper = None
-    if len(bounds) > 1 and size >= HELPER_BYTES and _cpus() >= 2 and sys.executable:
-        root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
-        try:
-            helper = subprocess.Popen(
-                [sys.executable, "-c",
-                 "import sys; from analysis.columnar import _build_parts; _build_parts(sys.argv[1:])",
-                 str(src), str(folder), json.dumps(bounds), str(_records._READ_BYTES), CODEC],
-                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError:
-            helper = None
+    if len(bounds) > 1 and size >= HELPER_BYTES and cpus() >= 2:
+        helper = start_helper("columnar", "_build_parts", str(src), str(folder), json.dumps(bounds),
+                              str(_records._READ_BYTES), CODEC)
     try:
         k = 0
         while k < len(bounds) and (helper is None or _claim(str(folder), k)):
             infos[k] = _build_part(src, *bounds[k], folder / _part_name(k))
             k += 1
-        if helper is not None:
-            try:
-                helper.wait(timeout=_HELPER_WAIT_S)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
+        finish_helper(helper, _HELPER_WAIT_S)
         for j in range(k, len(bounds)):
             try:  # a part the helper finished (its info is written last)
                 infos[j] = orjson.loads((folder / f"info-{j}.json").read_bytes())
@@ -429,7 +433,7 @@ def _code_hash() -> str:
     global _CODE
     if _CODE is None:
         h = hashlib.sha256()
-        for mod in (_records.__file__, __file__):
+        for mod in (_records.__file__, _limits.__file__, __file__):
             h.update(Path(mod).read_bytes())
         _CODE = h.hexdigest()[:32]
     return _CODE
@@ -469,7 +473,7 @@ def _torn_warning(src: Path) -> str:
 
 def _bad_warning(src: Path, bad_lines: int) -> str:
     """load_records' warning for skipped lines (its words)."""
-    return f"{src}: skipped {bad_lines} lines that are not version-1, -2 or -3 records"
+    return f"{src}: skipped {bad_lines} lines that are not version-1 to -5 records"
 
 
 def _meta_of(src: Path, source: dict[str, Any], infos: list[dict[str, Any]]) -> dict[str, Any]:
@@ -533,6 +537,10 @@ def _build_folder(src: Path, folder: Path) -> dict[str, Any]:
         if gc_on:
             gc.enable()
     meta = _meta_of(src, source, infos)
+    limits: dict[str, Any] = {}
+    for info in infos:  # in file order: the last record of an attempt id wins, as in read_headers
+        limits.update((k, [rl, et]) for k, rl, et in info["limits"])
+    (folder / LIMITS).write_bytes(orjson.dumps(limits))
     _write_json(folder / META, meta)
     return meta
 
@@ -667,6 +675,8 @@ class Columnar:
         #: rows whose chunks_us could not be decoded (their chunk_us is empty; decode_chunk_column would raise)
         self.bad_chunk_rows: list[int] = meta["bad_chunk_rows"]
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(owned), True) if owned is not None else None
+        #: the copy is the run folder's own (another process's ensure() finds it), not a temporary one
+        self.shared = owned is None
         self._files = [folder / p["file"] for p in meta["parts"]]
         self._empty_frame: pd.DataFrame | None = None
         self._closed = False
@@ -690,6 +700,11 @@ class Columnar:
             report.warnings.append(got["warnings"][0].replace(old, str(src), 1))
         if report.bad_lines:
             report.warnings.append(_bad_warning(src, report.bad_lines))
+
+    def headers(self) -> dict[str, _limits.Header]:
+        """limits.read_headers(records.jsonl), found while the copy was built."""
+        got = orjson.loads((self.path / LIMITS).read_bytes())
+        return {k: (rl, et) for k, (rl, et) in got.items()}
 
     def close(self) -> None:
         """Let go of the files (a copy in a temporary folder is deleted)."""

@@ -7,12 +7,17 @@ not with the calls."""
 
 from __future__ import annotations
 
+import pickle
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 PCTS = (50, 90, 95, 99, 99.9)
 _MERGE_AT = 1 << 20  # pending values merged into the table once this many wait
+DENSE_INTS = 1 << 20  # whole numbers below this are counted in place (chunk gaps under a second, in µs)
+SPOOL_MEMORY = 4 << 20  # bytes a spool holds in memory before it moves to a temporary file
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -32,6 +37,8 @@ class ValueCounts:
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
         self._pending_tables: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_rows = 0  # entries of the pending tables
+        self._dense: np.ndarray | None = None  # counts of the whole numbers 0 .. size - 1 added since the last fold
 
     def add(self, values: Any) -> None:
         """Count these values (NaN skipped)."""
@@ -50,6 +57,17 @@ class ValueCounts:
         if not a.size:
             return
         lo, hi = int(a.min()), int(a.max())
+        if lo >= 0 and hi < DENSE_INTS:  # into the running counts of 0 .. DENSE_INTS - 1
+            counts = np.bincount(a)
+            have = self._dense.size if self._dense is not None else 0
+            if have < counts.size:
+                grown = np.zeros(min(DENSE_INTS, max(counts.size, 2 * have)), dtype=np.int64)
+                if self._dense is not None:
+                    grown[:have] = self._dense
+                self._dense = grown
+            assert self._dense is not None
+            self._dense[:counts.size] += counts
+            return
         if hi - lo >= 1 << 24:  # too wide to count densely
             self.add(a.astype(np.float64))
             return
@@ -61,6 +79,9 @@ class ValueCounts:
         """Count each value `counts` times (values sorted and distinct, no NaN)."""
         if values.size:
             self._pending_tables.append((np.asarray(values, dtype=np.float64), np.asarray(counts, dtype=np.int64)))
+            self._pending_rows += values.size
+            if self._pending_rows >= max(_MERGE_AT, self.values.size):  # folded as often as the table doubles
+                self._fold()
 
     def merge(self, other: ValueCounts) -> None:
         """Add another multiset's values."""
@@ -69,6 +90,10 @@ class ValueCounts:
 
     def _fold(self) -> None:
         tables = self._pending_tables
+        if self._dense is not None:
+            nz = np.flatnonzero(self._dense)
+            tables.append((nz.astype(np.float64), self._dense[nz]))
+            self._dense = None
         if self._pending:
             v, c = np.unique(np.concatenate(self._pending), return_counts=True)
             tables.append((v, c.astype(np.int64)))
@@ -77,7 +102,7 @@ class ValueCounts:
             return
         vals = np.concatenate([self.values, *(t[0] for t in tables)])
         cnts = np.concatenate([self.counts, *(t[1] for t in tables)])
-        self._pending_tables = []
+        self._pending_tables, self._pending_rows = [], 0
         order = np.argsort(vals, kind="stable")
         vals, cnts = vals[order], cnts[order]
         starts = np.flatnonzero(np.r_[True, vals[1:] != vals[:-1]]) if vals.size else np.empty(0, dtype=np.int64)
@@ -127,7 +152,8 @@ class ValueCounts:
     def nbytes(self) -> int:
         """Memory held by the table and the values waiting to be merged."""
         return int(self.values.nbytes + self.counts.nbytes + sum(a.nbytes for a in self._pending)
-                   + sum(v.nbytes + c.nbytes for v, c in self._pending_tables))
+                   + sum(v.nbytes + c.nbytes for v, c in self._pending_tables)
+                   + (self._dense.nbytes if self._dense is not None else 0))
 
 
 def _bin_keys(values: np.ndarray) -> np.ndarray:
@@ -144,6 +170,29 @@ _FEW_GROUPS = 64  # up to this many groups in one add(): counted group by group
 _BIN_BITS = 64 - _SHIFT
 
 
+class Spool:
+    """Arrays kept now and read back later in the same order: in memory up to SPOOL_MEMORY, then in a temporary
+    file (so a second pass over derived values need not read and derive them again)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115  (closed by read())
+        self._items = 0
+
+    def write(self, *arrays: np.ndarray) -> None:
+        """Keep these arrays."""
+        pickle.dump(arrays, self._file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._items += 1
+
+    def read(self) -> Iterator[tuple[np.ndarray, ...]]:
+        """Everything written, once, in order; the spool is then closed."""
+        self._file.seek(0)
+        try:
+            for _ in range(self._items):
+                yield pickle.load(self._file)
+        finally:
+            self._file.close()
+
+
 class GroupedQuantiles:
     """Exact n, mean, percentiles and max of float values in many groups, in two passes over the same values.
 
@@ -152,9 +201,11 @@ class GroupedQuantiles:
     that fall in those bins, so each percentile is the exact order statistic numpy would interpolate, in memory
     that grows with the bins in use, not with the values."""
 
-    def __init__(self, pcts: tuple[float, ...] = PCTS) -> None:
+    def __init__(self, pcts: tuple[float, ...] = PCTS, spool: bool = False) -> None:
+        """`spool`: keep the values of the first pass (replay() is then the second pass)."""
         self.pcts = pcts
         self.second = False
+        self._spool = Spool() if spool else None
         self._bins = ValueCounts()  # pass 1: keys (group << _BIN_BITS | bin) as floats (exact below 2**53)
         self._sum: dict[int, float] = {}
         self._wanted: dict[int, dict[int, tuple[int, int]]] = {}  # group -> {rank: (key, offset in its bin)}
@@ -165,22 +216,44 @@ class GroupedQuantiles:
         self._result: dict[int, dict[str, Any]] | None = None
 
     @staticmethod
-    def _keys(groups: Any, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _keys(groups: Any, values: np.ndarray, overall: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v = np.asarray(values, dtype=np.float64)
         g = np.broadcast_to(np.asarray(groups, dtype=np.int64), v.shape)
         ok = ~np.isnan(v)
         v, g = v[ok], g[ok]
-        return g, v, (g << _BIN_BITS) | _bin_keys(v)
+        bins = _bin_keys(v)
+        if overall:  # group 0 first, then each value's own group
+            return np.r_[np.zeros(v.size, dtype=np.int64), g], np.r_[v, v], np.r_[bins, (g << _BIN_BITS) | bins]
+        return g, v, (g << _BIN_BITS) | bins
 
-    def add(self, groups: Any, values: Any) -> None:
-        """Values of the given groups (an int for all, or one per value); NaN skipped."""
-        g, v, keys = self._keys(groups, values)
+    def replay(self) -> None:
+        """The second pass, over the values the first kept (a spooled GroupedQuantiles, after
+        start_second_pass)."""
+        assert self._spool is not None and self.second
+        spool, self._spool = self._spool, None
+        for g, v, overall in spool.read():
+            self.add(g, v, bool(overall))
+
+    def add(self, groups: Any, values: Any, overall: bool = False) -> None:
+        """Values of the given groups (an int for all, or one per value); NaN skipped. `overall`: each value also
+        counts in group 0."""
+        g, v, keys = self._keys(groups, values, overall)
         if not v.size:
             return
         if not self.second:
-            ug, inv = np.unique(g, return_inverse=True)
-            if len(ug) <= _FEW_GROUPS:  # each group's bins counted without sorting
-                bins = keys & ((1 << _BIN_BITS) - 1)
+            if self._spool is not None:
+                n = v.size // 2 if overall else v.size
+                self._spool.write(g[n:] if overall else g, v[:n], np.array(overall))
+            ug, inv = _groups_of(g)
+            bins = keys & ((1 << _BIN_BITS) - 1)
+            lo = int(bins.min())
+            width = int(bins.max()) - lo + 1
+            if len(ug) * width <= _DENSE_BINS:  # every group's bins counted at once, without sorting
+                counts = np.bincount(inv * width + (bins - lo), minlength=len(ug) * width)
+                nz = np.flatnonzero(counts)
+                self._bins.add_counts(((ug[nz // width] << _BIN_BITS) | (nz % width + lo)).astype(np.float64),
+                                      counts[nz])
+            elif len(ug) <= _FEW_GROUPS:  # each group's bins counted without sorting
                 for i, grp in enumerate(ug.tolist()):
                     b = bins[inv == i] if len(ug) > 1 else bins
                     lo = int(b.min())
@@ -193,7 +266,10 @@ class GroupedQuantiles:
             for k, s in zip(ug.tolist(), sums.tolist(), strict=True):
                 self._sum[k] = self._sum.get(k, 0.0) + s
             return
-        hit = np.isin(keys, self._keep)
+        keep = self._keep
+        if not keep.size:
+            return
+        hit = keep[np.minimum(np.searchsorted(keep, keys), keep.size - 1)] == keys  # keep is sorted
         if hit.any():
             self._kept_keys.append(keys[hit])
             self._kept_vals.append(v[hit])
@@ -239,10 +315,13 @@ class GroupedQuantiles:
         order = np.lexsort((vals, keys))
         keys, vals = keys[order], vals[order]
         self._result = {}
+        items = [(g, r, key, offset) for g, wanted in self._wanted.items() for r, (key, offset) in wanted.items()]
+        where = np.searchsorted(keys, np.array([i[2] for i in items], dtype=np.int64), side="left") + \
+            np.array([i[3] for i in items], dtype=np.int64)
+        found = dict(zip(((i[0], i[1]) for i in items), vals[where].tolist(), strict=True))
         for g, wanted in self._wanted.items():
             n = self._n[g]
-            at = {r: float(vals[int(np.searchsorted(keys, key, side="left")) + offset])
-                  for r, (key, offset) in wanted.items()}
+            at = {r: found[g, r] for r in wanted}
             out: dict[str, Any] = {"n": n, "mean": self._sum[g] / n}
             for p in self.pcts:
                 virtual = (n - 1) * (p / 100)
@@ -252,6 +331,21 @@ class GroupedQuantiles:
             out["max"] = at[n - 1]
             self._result[g] = out
         self._kept_keys, self._kept_vals = [], []
+
+
+def _groups_of(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(g, return_inverse=True) for group numbers, counted instead of sorted when they are small."""
+    if g.size and g.min() >= 0 and g.max() < _DENSE_GROUPS:
+        present = np.bincount(g).astype(bool)
+        ug = np.flatnonzero(present)
+        lut = np.zeros(present.size, dtype=np.int64)
+        lut[ug] = np.arange(ug.size)
+        return ug, lut[g]
+    return np.unique(g, return_inverse=True)
+
+
+_DENSE_GROUPS = 1 << 22  # group numbers below this are counted, not sorted
+_DENSE_BINS = 1 << 20  # groups times bins in one add() counted in one table
 
 
 def _ranks(n: int, pcts: tuple[float, ...]) -> set[int]:

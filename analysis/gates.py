@@ -161,6 +161,8 @@ def evaluate(gates: dict[str, Any] | None, summary: dict[str, Any]) -> list[dict
         if value is None and not (iso and n < g.min_samples):
             ok = False
             reason = "no value (no ledger?)" if g.name in BILLING_GATES and not billing else "no value"
+            if g.name == "itl_p95_ms" and _get(summary, ("metrics", "overall", "itl_ms_missing")):
+                reason = "no value: " + str(_get(summary, ("metrics", "overall", "itl_ms_missing")))
             if g.name == ISOLATION_GATE:
                 reason = ("no data: " + (iso.get("reason") or "no interval") if iso else
                           "no data (no isolation figures: set analysis.isolation: {steady, burst})")

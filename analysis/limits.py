@@ -16,6 +16,7 @@ import orjson
 import pandas as pd
 
 from ttformats.buckets import ACCOUNTING, Bucket, Limits, TenantLimiter
+from ttformats.records import FULL_KEYS, SUMMARY_VERSION, expand
 
 from .metrics import text_calls
 from .records import RECORD_VERSIONS
@@ -59,7 +60,11 @@ def _keep(line: bytes, out: dict[str, Header]) -> None:
         d = orjson.loads(line)
     except orjson.JSONDecodeError:
         return
-    if not isinstance(d, dict) or d.get("v") not in RECORD_VERSIONS or not isinstance(d.get("attempt_id"), str):
+    if not isinstance(d, dict) or d.get("v") not in RECORD_VERSIONS:
+        return
+    if len(d) < FULL_KEYS and d["v"] >= SUMMARY_VERSION:
+        expand(d)  # a summary-timing record: its attempt_id (and the rest) back
+    if not isinstance(d.get("attempt_id"), str):
         return
     rl, et = _normalise(d.get("ratelimit")), d.get("error_type")
     if rl is not None or d.get("status") == 429:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ttformats.calls import call_e2e_ms, call_output_tps, call_tpot_ms, call_ttft_ms, counts_as_attempt
 
-from .chunks import chunk_gap_stats
+from .chunks import call_gap_figures, chunk_gap_stats
 
 PCTS = (50, 90, 95, 99, 99.9)
 ANCHORS = {"ttft": "first_content_ms", "ttft_text": "first_text_ms", "ttft_tool": "first_tool_ms",
@@ -161,13 +161,69 @@ def _itl_rows(calls: pd.DataFrame) -> pd.Series:
     return calls["ok"] & calls["stream"] & ~calls["dry_run"] & (calls["chunks_n"] >= 2) & ~calls["replayed"]
 
 
-def itl_values(calls: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled gaps between content chunks, per-call mean gap) for successful streamed calls."""
+#: per-call gap figures, by name: the record's (or call_gap_figures') key, in µs
+CALL_GAPS = {"itl_per_request_p50_ms": "p50_us", "itl_per_request_p99_ms": "p99_us",
+             "itl_per_request_max_ms": "max_us"}
+#: why the pooled inter-token latency is missing
+NO_POOLED_GAPS = ("the run kept summary timing (records.timing: summary): the records hold per-call gap figures, "
+                  "not every chunk's time, so the pooled inter-token latency cannot be given; see "
+                  "itl_per_request_mean_ms, itl_per_request_p50_ms, itl_per_request_p99_ms and itl_per_request_max_ms")
+
+
+def _itl_parts(f: pd.DataFrame, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any],
+                                                          np.ndarray]:
+    """For the rows `sel` of f: the pooled gaps (ms, in order) and for each the position among the `sel` rows of
+    the row it came from; then for each row with gaps (in order): its position in f, its per-call figures by name
+    (mean gap and CALL_GAPS, ms) and whether its record kept summary timing. A mean is the gaps' whole-microsecond
+    sum / 1000 / their count, from either kind of record."""
+    rows = np.flatnonzero(sel)
+    summ = f["gap_sum_us"].notna().to_numpy()[rows] if "gap_sum_us" in f else np.zeros(rows.size, dtype=bool)
+    cells = f["chunks_us"].to_numpy()[rows][~summ]
+    pooled, counts, _ = chunk_gap_stats(cells)
+    figs = call_gap_figures(cells)
+    keep = np.ones(rows.size, dtype=bool)
+    keep[~summ] = counts > 0
+    sums = np.zeros(rows.size, dtype=np.int64)
+    n_gaps = np.ones(rows.size, dtype=np.int64)
+    us = {k: np.full(rows.size, np.nan) for k in CALL_GAPS.values()}
+    sums[~summ] = np.nan_to_num(figs["sum_us"]).astype(np.int64)
+    n_gaps[~summ] = np.maximum(counts, 1)
+    for k in us:
+        us[k][~summ] = figs[k]
+    if summ.any():
+        srows = rows[summ]
+        sums[summ] = f["gap_sum_us"].to_numpy(dtype=np.float64)[srows].astype(np.int64)
+        n_gaps[summ] = f["chunks_n"].to_numpy()[srows] - 1
+        for k in us:
+            us[k][summ] = f["gap_" + k].to_numpy(dtype=np.float64)[srows]
+    per_call = {"itl_per_request_mean_ms": (sums / 1000.0 / n_gaps)[keep],
+                **{name: us[k][keep] / 1000.0 for name, k in CALL_GAPS.items()}}
+    pooled_at = np.repeat(np.flatnonzero(~summ), counts) if counts.size else np.empty(0, dtype=np.int64)
+    return pooled, pooled_at, rows[keep], per_call, summ[keep]
+
+
+def itl_values(calls: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """(pooled gaps between content chunks, per-call gap figures by name, how many calls kept summary timing) for
+    successful streamed calls."""
     sel = _itl_rows(calls).to_numpy()
+    empty = {k: np.empty(0) for k in ("itl_per_request_mean_ms", *CALL_GAPS)}
     if not sel.any():
-        return np.empty(0), np.empty(0)
-    pooled, _, means = chunk_gap_stats(calls["chunks_us"].to_numpy()[sel])
-    return pooled, means
+        return np.empty(0), empty, 0
+    pooled, _, _, per_call, summ = _itl_parts(calls, sel)
+    return pooled, per_call, int(summ.sum())
+
+
+def itl_figures(pooled: Any, per_call: dict[str, Any], summary_calls: int,
+                own: bool = False) -> dict[str, Any]:
+    """The ITL figures of group_metrics: pooled (None when a call kept summary timing) and per call."""
+    d = _dist_owned if own else dist
+    out: dict[str, Any] = {"itl_ms": d(pooled) if not summary_calls else None}
+    for name in ("itl_per_request_mean_ms", *CALL_GAPS):
+        out[name] = d(per_call[name])
+    out["summary_timing_calls"] = summary_calls
+    if summary_calls:
+        out["itl_ms_missing"] = NO_POOLED_GAPS
+    return out
 
 
 def _dist_owned(a: np.ndarray) -> dict[str, Any]:
@@ -203,14 +259,13 @@ GROUP_COLUMNS = ("cancelled", "ok", "dry_run", "endpoint", "max_tokens", "u_outp
 
 
 def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo: SLO,
-                  itl: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
+                  itl: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every metric for one group of calls (and their attempts); `itl`: the ITL figures when already known."""
     live = calls[~calls["cancelled"]]
     okc = live[live["ok"]]
     real = okc[~okc["dry_run"]]
     if itl is None:
-        pooled, means = itl_values(live)
-        itl = dist(pooled), dist(means)
+        itl = itl_figures(*itl_values(live))
     if "sent" in att:  # the marker of a call cut while it waited to retry is no attempt
         att = att[counts_as_attempt(att["error_kind"], att["sent"])]
     errors = att[att["error_kind"].notna() & att["error_kind"].ne("cancelled")]["error_kind"].value_counts()
@@ -218,7 +273,7 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
     d = max(duration_s, 1e-9)
     out_tokens = float(real.loc[text_calls(real), "u_output"].fillna(0).sum())
     in_tokens = float(real["u_input"].fillna(0).sum())
-    return {
+    out = {
         "attempts": int(len(att)),
         "calls": int(len(live)),
         "cancelled_calls": int(calls["cancelled"].sum()),
@@ -239,8 +294,9 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
         "first_event_ms": dist(okc["first_event_ms"]),
         "headers_ms": dist(okc["headers_ms"]),
         "ttft_first_attempt_ms": dist(okc.loc[okc["first_attempt_ok"], "ttft_ms"]),
-        "itl_ms": itl[0],
-        "itl_per_request_mean_ms": itl[1],
+        "itl_ms": itl["itl_ms"],
+        "itl_per_request_mean_ms": itl["itl_per_request_mean_ms"],
+        **{name: itl[name] for name in CALL_GAPS},
         "tpot_ms": dist(okc["tpot_ms"]),
         "e2e_ms": dist(okc["e2e_ms"]),
         "e2e_first_attempt_ms": dist(okc.loc[okc["first_attempt_ok"], "e2e_ms"]),
@@ -251,7 +307,11 @@ def group_metrics(calls: pd.DataFrame, att: pd.DataFrame, duration_s: float, slo
         "input_tokens": int(in_tokens),
         "goodput_per_s": float(good.sum()) / d,
         "goodput_share": float(good.sum()) / len(live) if len(live) else None,
+        "summary_timing_calls": itl["summary_timing_calls"],
     }
+    if "itl_ms_missing" in itl:
+        out["itl_ms_missing"] = itl["itl_ms_missing"]
+    return out
 
 
 def _flagged(calls: pd.DataFrame, column: str) -> int:
@@ -306,23 +366,25 @@ def compute(att: pd.DataFrame, opts: Options, dropped: int = 0) -> dict[str, Any
 def _itl_by_group(att: pd.DataFrame, final: np.ndarray) -> tuple[dict[str | None, Any], Any]:
     """ITL figures per group (None: overall), and the groups (labels, codes, sorted keys) of the calls whose
     final attempts are `final`, from the few columns they need; the chunk gaps are decoded once for all groups."""
-    f = att[["endpoint", "model", "stream", "ok", "dry_run", "chunks_n", "replayed", "error_kind",
-             "chunks_us"]].take(final)
+    cols = ["endpoint", "model", "stream", "ok", "dry_run", "chunks_n", "replayed", "error_kind", "chunks_us",
+            *(c for c in ("gap_sum_us", *("gap_" + k for k in CALL_GAPS.values())) if c in att)]
+    f = att[cols].take(final)
     labels = _labels(f)
     codes, keys = pd.factorize(labels, sort=True)  # groupby's groups: sorted, nulls dropped
-    pos = np.flatnonzero((_itl_rows(f) & ~f["error_kind"].eq("cancelled")).to_numpy())
-    pooled, counts, means = chunk_gap_stats(f["chunks_us"].to_numpy()[pos])
+    sel = (_itl_rows(f) & ~f["error_kind"].eq("cancelled")).to_numpy()
+    pooled, pooled_at, rows, per_call, summ = _itl_parts(f, sel)
     del f
-    in_group = codes[pos]
-    with_gaps = in_group[counts > 0]
+    pooled_group = codes[np.flatnonzero(sel)][pooled_at] if pooled.size else np.empty(0, dtype=np.int64)
+    in_group = codes[rows]
     out: dict[str | None, Any] = {}
     for k, key in enumerate(keys):
         mine = in_group == k
         if not mine.any():  # no streamed calls in the group: nothing to pick out of the pooled gaps
-            out[str(key)] = (dist(np.empty(0)), dist(np.empty(0)))
+            out[str(key)] = itl_figures(np.empty(0), {n: np.empty(0) for n in per_call}, 0)
             continue
-        out[str(key)] = (_dist_owned(pooled[np.repeat(mine, counts)]), _dist_owned(means[with_gaps == k]))
-    out[None] = (_dist_owned(pooled), _dist_owned(means))  # last: these two reorder the arrays
+        out[str(key)] = itl_figures(pooled[pooled_group == k], {n: v[mine] for n, v in per_call.items()},
+                                    int(summ[mine].sum()), own=True)
+    out[None] = itl_figures(pooled, per_call, int(summ.sum()), own=True)  # last: these reorder the arrays
     return out, (labels, codes, keys)
 
 

@@ -1,7 +1,8 @@
 """analysis.metrics.compute over a run read in batches: the same figures, in memory that does not grow with it.
 
 Counts and sums add up batch by batch; every distribution is exact: chunk gaps are whole microseconds and are
-counted per value, every other figure goes through two passes (analysis.exact.GroupedQuantiles)."""
+counted per value, every other figure goes through two passes (analysis.exact.GroupedQuantiles), the second over
+the values the first kept aside (in memory, then in temporary files): the records are read once after the index."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import numpy as np
 import pandas as pd
 
 from ttformats.calls import counts_as_attempt
+from ttformats.records import gap_figures
 
 from .callscan import CallBatch, CallIndex, Source, call_batches, index_calls
-from .exact import GroupedQuantiles, ValueCounts
-from .metrics import SLO, Options, good_mask, text_calls
+from .exact import GroupedQuantiles, Spool, ValueCounts
+from .metrics import CALL_GAPS, NO_POOLED_GAPS, SLO, Options, good_mask, text_calls
 
 #: per-call distributions of group_metrics, by name: (column of the calls frame, first attempts only)
 DISTS = {"ttft_ms": ("ttft_ms", False), "ttft_text_ms": ("ttft_text_ms", False),
@@ -26,12 +28,13 @@ DISTS = {"ttft_ms": ("ttft_ms", False), "ttft_text_ms": ("ttft_text_ms", False),
 CALL_COLUMNS = ["run_id", "call_id", "attempt", "final", "t_start", "endpoint", "model", "stream", "ok", "dry_run",
                 "replayed", "error_kind", "sent", "max_tokens", "u_output", "u_input", "stage", "end_ms",
                 "headers_ms", "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms",
-                "first_reasoning_ms", "dry_run_ignored", "framing_mismatch", "chunks_n", "chunk_us"]
+                "first_reasoning_ms", "dry_run_ignored", "framing_mismatch", "chunks_n", "chunk_us", "gap_sum_us",
+                "gap_p50_us", "gap_p99_us", "gap_max_us"]
 #: the levels (%) at which each endpoint's TTFT CDF is drawn: exact quantiles, never every call
 CDF_LEVELS = tuple(float(x) for x in np.linspace(0.0, 100.0, 201))
 TPS_BINS = 40
 _COUNTS = ("attempts", "calls", "cancelled_calls", "successes", "retries", "replays", "dry_runs_ignored",
-           "framing_mismatches", "good")
+           "framing_mismatches", "good", "summary_timing_calls")
 
 
 class _Group:
@@ -53,13 +56,15 @@ class _Scan:
         self.slo = slo
         self.ids: dict[str, int] = {}
         self.groups: dict[int, _Group] = {0: _Group()}
-        self.dists = {name: GroupedQuantiles() for name in DISTS}
-        self.itl_mean = GroupedQuantiles()
-        self.ts_ttft = GroupedQuantiles(pcts=(50, 95))
-        self.ts_e2e = GroupedQuantiles(pcts=(50,))
-        self.ttft_cdf = GroupedQuantiles(pcts=CDF_LEVELS)  # by endpoint
+        self.dists = {name: GroupedQuantiles(spool=True) for name in DISTS}
+        self.itl_mean = GroupedQuantiles(spool=True)
+        self.itl_call = {name: GroupedQuantiles(spool=True) for name in CALL_GAPS}
+        self.ts_ttft = GroupedQuantiles(pcts=(50, 95), spool=True)
+        self.ts_e2e = GroupedQuantiles(pcts=(50,), spool=True)
+        self.ttft_cdf = GroupedQuantiles(pcts=CDF_LEVELS, spool=True)  # by endpoint
         self.endpoints: dict[str, int] = {}
         self.tps_lo, self.tps_hi = math.inf, -math.inf
+        self.tps = Spool()
         self.tps_edges: np.ndarray | None = None
         self.tps_counts: np.ndarray | None = None
         self.seconds: dict[int, list[Any]] = {}  # second -> [calls, ok, tokens, (first call id with a stage, stage)]
@@ -68,14 +73,16 @@ class _Scan:
 
     def gid(self, labels: np.ndarray) -> np.ndarray:
         """Group numbers of labels (1.. in order of first sight)."""
-        uniq, inv = np.unique(labels.astype(str), return_inverse=True)
-        nums = np.array([self.ids.setdefault(u, len(self.ids) + 1) for u in uniq.tolist()], dtype=np.int64)
+        inv, uniq = pd.factorize(labels)
+        if (inv < 0).any():  # a missing label: named as str() names it
+            uniq, inv = np.unique(labels.astype(str), return_inverse=True)
+        nums = np.array([self.ids.setdefault(str(u), len(self.ids) + 1) for u in uniq.tolist()], dtype=np.int64)
         for n in nums.tolist():
             self.groups.setdefault(n, _Group())
         return nums[inv]
 
-    def batch(self, cb: CallBatch, first_pass: bool) -> None:
-        """Add one batch of calls (and their attempts) to the figures of this pass."""
+    def batch(self, cb: CallBatch) -> None:
+        """Add one batch of calls (and their attempts) to the figures."""
         calls = cb.calls
         g = self.gid(cb.labels)
         live = ~calls["cancelled"].to_numpy(dtype=bool)
@@ -84,22 +91,24 @@ class _Scan:
         first_ok = okl & calls["first_attempt_ok"].to_numpy(dtype=bool)
         for name, (col, first_only) in DISTS.items():
             sel = first_ok if first_only else okl
-            v = calls[col].to_numpy(dtype=np.float64)[sel]
-            self.dists[name].add(np.r_[np.zeros(v.size, dtype=np.int64), g[sel]], np.r_[v, v])
-        means, pooled, pooled_g = self._itl(cb, g, live)
-        self.itl_mean.add(means[0], means[1])  # overall and per group
+            self.dists[name].add(g[sel], calls[col].to_numpy(dtype=np.float64)[sel], overall=True)
+        means, pooled, pooled_g, per_call, summary_g = self._itl(cb, g, live)
+        self.itl_mean.add(means[0], means[1], overall=True)
+        for name, key in CALL_GAPS.items():
+            self.itl_call[name].add(means[0], per_call[key] / 1000.0, overall=True)
+        for x in summary_g.tolist():  # streamed calls whose records kept summary timing
+            self.groups[0].n["summary_timing_calls"] += 1
+            self.groups[x].n["summary_timing_calls"] += 1
         sec = np.floor(calls["first_start"].to_numpy(dtype=np.float64)[live] - self.start).astype(np.int64)
         tt = calls["ttft_ms"].to_numpy(dtype=np.float64)[live]
         ee = calls["e2e_ms"].to_numpy(dtype=np.float64)[live]
         k = ok[live]
         self.ts_ttft.add(sec[k], tt[k])
         self.ts_e2e.add(sec[k], ee[k])
-        self._figures(calls, ok, first_pass)
-        if not first_pass:
-            return
-        if pooled is not None:
-            for grp, vals in ((0, pooled), *((int(x), pooled[pooled_g == x]) for x in np.unique(pooled_g))):
-                self.groups[grp].gaps.add_ints(vals)
+        self._figures(calls, ok)
+        if pooled is not None:  # the groups of the calls (few), not of each gap; the whole run's: finish()
+            for x in np.unique(means[0]).tolist():
+                self.groups[x].gaps.add_ints(pooled[pooled_g == x])
         self._counts(cb, g, live, ok)
         self._seconds(calls, live, ok, sec)
         fs = calls["first_start"].to_numpy(dtype=np.float64)
@@ -109,24 +118,37 @@ class _Scan:
         if et.size and (~np.isnan(et)).any():
             self.end = max(self.end, float(np.nanmax(et)))
 
-    def _figures(self, calls: pd.DataFrame, ok: np.ndarray, first_pass: bool) -> None:
+    def _figures(self, calls: pd.DataFrame, ok: np.ndarray) -> None:
         """What the report's figures draw: TTFT per endpoint (ok calls), output tokens/s per request (ok calls)."""
-        ends = calls["endpoint"].to_numpy(dtype=object)[ok].astype(str)
-        uniq, inv = np.unique(ends, return_inverse=True)
-        eid = np.array([self.endpoints.setdefault(u, len(self.endpoints)) for u in uniq.tolist()], dtype=np.int64)
+        ends = calls["endpoint"].to_numpy(dtype=object)[ok]
+        inv, uniq = pd.factorize(ends)
+        if (inv < 0).any():
+            uniq, inv = np.unique(ends.astype(str), return_inverse=True)
+        eid = np.array([self.endpoints.setdefault(str(u), len(self.endpoints)) for u in uniq.tolist()],
+                       dtype=np.int64)
         self.ttft_cdf.add(eid[inv], calls["ttft_ms"].to_numpy(dtype=np.float64)[ok])
         tps = calls["out_tps"].to_numpy(dtype=np.float64)[ok]
         tps = tps[~np.isnan(tps)]
         if not tps.size:
             return
-        if first_pass:
-            self.tps_lo, self.tps_hi = min(self.tps_lo, float(tps.min())), max(self.tps_hi, float(tps.max()))
-            return
-        if self.tps_edges is None:
-            self.tps_edges = np.histogram_bin_edges([self.tps_lo, self.tps_hi], bins=TPS_BINS)
-            self.tps_counts = np.zeros(TPS_BINS, dtype=np.int64)
-        assert self.tps_counts is not None
-        self.tps_counts += np.histogram(tps, bins=self.tps_edges)[0]
+        self.tps_lo, self.tps_hi = min(self.tps_lo, float(tps.min())), max(self.tps_hi, float(tps.max()))
+        self.tps.write(tps)
+
+    def finish(self) -> None:
+        """After every batch: the second pass of the exact distributions and the tokens/s histogram, over the
+        values the first pass kept."""
+        for q in (*self.dists.values(), self.itl_mean, *self.itl_call.values(), self.ts_ttft, self.ts_e2e, self.ttft_cdf):
+            q.start_second_pass()
+            q.replay()
+        for gid, grp in self.groups.items():  # each chunk gap is in exactly one group
+            if gid:
+                self.groups[0].gaps.merge(grp.gaps)
+        for (tps,) in self.tps.read():
+            if self.tps_edges is None:
+                self.tps_edges = np.histogram_bin_edges([self.tps_lo, self.tps_hi], bins=TPS_BINS)
+                self.tps_counts = np.zeros(TPS_BINS, dtype=np.int64)
+            assert self.tps_counts is not None
+            self.tps_counts += np.histogram(tps, bins=self.tps_edges)[0]
 
     def figure_data(self) -> dict[str, Any]:
         """TTFT CDF points per endpoint ((values, levels, n)) and the output tokens/s histogram (edges, counts)."""
@@ -138,31 +160,54 @@ class _Scan:
         return {"ttft_cdf": cdfs, "tps_hist": (self.tps_edges, self.tps_counts) if self.tps_edges is not None
                 else None}
 
-    def _itl(self, cb: CallBatch, g: np.ndarray, live: np.ndarray) -> tuple[Any, Any, Any]:
-        """Per-call mean gaps (overall and per group) and the pooled gaps in µs with their groups."""
+    def _itl(self, cb: CallBatch, g: np.ndarray, live: np.ndarray) -> tuple[Any, Any, Any, Any, np.ndarray]:
+        """Per-call mean gaps (overall and per group), the pooled gaps in µs with their groups, the per-call gap
+        figures (p50_us, p99_us, max_us: in the order of the means) and the groups of the summary-timing calls."""
         calls = cb.calls
         sel = (live & calls["ok"].to_numpy(dtype=bool) & calls["stream"].to_numpy(dtype=bool)
                & ~calls["dry_run"].to_numpy(dtype=bool) & (calls["chunks_n"].to_numpy() >= 2)
                & ~calls["replayed"].to_numpy(dtype=bool))
-        empty = (np.empty(0, dtype=np.int64), np.empty(0))
-        if cb.gaps_offsets is None or cb.gaps_values is None or not sel.any():
-            return empty, None, None
-        off = cb.gaps_offsets
-        rows = np.flatnonzero(sel)
-        lens = (off[rows + 1] - off[rows]).astype(np.int64)
-        rows, lens = rows[lens >= 2], lens[lens >= 2]
+        none = np.empty(0, dtype=np.int64)
+        empty = ((none, np.empty(0)), None, None, {k: np.empty(0) for k in CALL_GAPS.values()}, none)
+        if not sel.any():
+            return empty
+        # a summary-timing call: its figures as the worker computed them from the same deltas
+        summ = sel & calls["gap_sum_us"].notna().to_numpy()
+        lens = np.zeros(len(calls), dtype=np.int64)
+        if cb.gaps_offsets is not None and cb.gaps_values is not None:
+            lens = (cb.gaps_offsets[1:] - cb.gaps_offsets[:-1]).astype(np.int64)
+        full = sel & ~summ & (lens >= 2)
+        rows = np.flatnonzero(full | summ)
         if not rows.size:
-            return empty, None, None
-        # the gaps of a call are its deltas after the first (which is from the attempt's start)
-        lo = off[rows] + 1
-        n = lens - 1
-        idx = np.repeat(lo - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))
-        gaps_us = cb.gaps_values[idx].astype(np.int64)
-        sums = np.add.reduceat(gaps_us, np.r_[0, np.cumsum(n)[:-1]])
-        means = sums / 1000.0 / n
-        gg = g[rows]
-        return ((np.r_[np.zeros(means.size, dtype=np.int64), gg], np.r_[means, means]), gaps_us,
-                np.repeat(gg, n))
+            return empty
+        n_gaps = np.where(summ, calls["chunks_n"].to_numpy() - 1, lens - 1)[rows]
+        sums = np.zeros(rows.size, dtype=np.int64)
+        figs = {k: np.zeros(rows.size, dtype=np.float64) for k in CALL_GAPS.values()}
+        in_summ = summ[rows]
+        if in_summ.any():
+            sums[in_summ] = calls["gap_sum_us"].to_numpy(dtype=np.float64)[rows[in_summ]].astype(np.int64)
+            for k in figs:
+                figs[k][in_summ] = calls["gap_" + k].to_numpy(dtype=np.float64)[rows[in_summ]]
+        pooled = pooled_g = None
+        fr = rows[~in_summ]
+        if fr.size:
+            off = cb.gaps_offsets
+            assert off is not None and cb.gaps_values is not None
+            n = lens[fr] - 1
+            # the gaps of a call are its deltas after the first (which is from the attempt's start)
+            idx = np.repeat(off[fr] + 1 - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))
+            pooled = cb.gaps_values[idx].astype(np.int64)
+            pooled_g = np.repeat(g[fr], n)
+            at = np.flatnonzero(~in_summ)
+            sums[at] = np.add.reduceat(pooled, np.r_[0, np.cumsum(n)[:-1]])
+            for m in np.unique(n).tolist():  # calls of as many chunks together: gap_figures as the worker calls it
+                same = n == m
+                d = cb.gaps_values[off[fr[same]][:, None] + np.arange(m + 1)]
+                for k, v in gap_figures(d).items():
+                    if k in figs:
+                        figs[k][at[same]] = v
+        means = sums / 1000.0 / n_gaps
+        return (g[rows], means), pooled, pooled_g, figs, g[rows[in_summ]]
 
     def _counts(self, cb: CallBatch, g: np.ndarray, live: np.ndarray, ok: np.ndarray) -> None:
         calls = cb.calls
@@ -180,25 +225,41 @@ class _Scan:
         kinds = att["error_kind"].to_numpy(dtype=object) if len(att) else np.empty(0, dtype=object)
         att_no = att["attempt"].to_numpy() if len(att) else np.empty(0)
         replayed = att["replayed"].to_numpy(dtype=bool) if len(att) else np.empty(0, dtype=bool)
+        size = int(max(g.max(initial=0), ag.max(initial=0))) + 1
+
+        def per_group(mask: np.ndarray, of: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+            """Sums per group number of the masked rows (index 0: every group's)."""
+            out = np.bincount(of[mask], weights=None if weights is None else weights[mask], minlength=size)
+            out[0] = out[1:].sum()  # group numbers start at 1: index 0 is the whole run
+            return out
+
+        sums = {"attempts": per_group(counted, ag), "calls": per_group(live, g),
+                "cancelled_calls": per_group(~live, g), "successes": per_group(live & ok, g),
+                "retries": per_group(counted & (att_no > 1), ag), "replays": per_group(counted & replayed, ag),
+                "good": np.bincount(g[live], weights=good.astype(np.int64), minlength=size)}
+        sums["good"][0] = sums["good"][1:].sum()
+        for name, flag in flags.items():
+            sums[name] = per_group(live & flag, g)
+        out_tok = per_group(real & textual, g, np.nan_to_num(u_out, nan=0.0))
+        in_tok = per_group(real, g, np.nan_to_num(u_in, nan=0.0))
+        errs = counted & pd.notna(kinds) & (kinds != "cancelled")
+        err_pairs = pd.DataFrame({"g": ag[errs], "kind": kinds[errs]}).value_counts(sort=False) if errs.any() \
+            else pd.Series(dtype=np.int64)
         for grp in (0, *np.unique(np.r_[g, ag]).tolist()):
-            mine = np.ones(len(calls), dtype=bool) if grp == 0 else g == grp
-            amine = (np.ones(len(att), dtype=bool) if grp == 0 else ag == grp) & counted
+            n = self.groups[grp].n
+            for name, arr in sums.items():
+                n[name] += int(arr[grp])
+            self.groups[grp].out_tokens += float(out_tok[grp])
+            self.groups[grp].in_tokens += float(in_tok[grp])
+        errors: dict[int, dict[str, int]] = {}
+        for (grp, kind), c in err_pairs.items():
+            for k in (0, int(grp)):
+                errors.setdefault(k, {})
+                errors[k][str(kind)] = errors[k].get(str(kind), 0) + int(c)
+        for grp, found in errors.items():  # most first within the batch, as value_counts gives them
             s = self.groups[grp]
-            n = s.n
-            n["attempts"] += int(amine.sum())
-            n["calls"] += int((mine & live).sum())
-            n["cancelled_calls"] += int((mine & ~live).sum())
-            n["successes"] += int((mine & live & ok).sum())
-            n["retries"] += int((amine & (att_no > 1)).sum())
-            n["replays"] += int((amine & replayed).sum())
-            for name, flag in flags.items():
-                n[name] += int((mine & live & flag).sum())
-            n["good"] += int(good[mine[live]].sum())
-            for kind, c in pd.Series(kinds[amine]).dropna().value_counts().items():
-                if kind != "cancelled":
-                    s.errors[str(kind)] = s.errors.get(str(kind), 0) + int(c)
-            s.out_tokens += float(np.nan_to_num(u_out[mine & real & textual], nan=0.0).sum())
-            s.in_tokens += float(np.nan_to_num(u_in[mine & real], nan=0.0).sum())
+            for kind, c in sorted(found.items(), key=lambda kv: -kv[1]):
+                s.errors[kind] = s.errors.get(kind, 0) + c
 
     def _seconds(self, calls: pd.DataFrame, live: np.ndarray, ok: np.ndarray, sec: np.ndarray) -> None:
         if not sec.size:
@@ -228,19 +289,16 @@ class _Scan:
 
 def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[str, Any] | None = None,
                  idx: CallIndex | None = None) -> dict[str, Any]:
-    """What analysis.metrics.compute gives (without the calls frame), from batches of records, in three passes;
+    """What analysis.metrics.compute gives (without the calls frame), from batches of records, in two passes (the index's, then one);
     `figures`, when given, gets what the report's TTFT CDF and tokens/s histogram draw."""
     idx = idx or index_calls(source, opts.warmup_s)
     if not np.isfinite(idx.first_start):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
     scan = _Scan(idx.first_start, opts.slo)
-    for first in (True, False):
-        for cb in call_batches(source, idx, CALL_COLUMNS):
-            if len(cb.calls):
-                scan.batch(cb, first)
-        if first:
-            for q in (*scan.dists.values(), scan.itl_mean, scan.ts_ttft, scan.ts_e2e, scan.ttft_cdf):
-                q.start_second_pass()
+    for cb in call_batches(source, idx, CALL_COLUMNS):
+        if len(cb.calls):
+            scan.batch(cb)
+    scan.finish()
     if not math.isfinite(scan.first):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
     if figures is not None:
@@ -276,8 +334,13 @@ def _group_figures(scan: _Scan, gid: int, d: float) -> dict[str, Any]:
     for name in ("ttft_ms", "ttft_text_ms", "ttft_tool_ms", "ttft_reasoning_ms", "first_event_ms", "headers_ms",
                  "ttft_first_attempt_ms"):
         out[name] = dists[name]
-    out["itl_ms"] = gaps
+    out["itl_ms"] = gaps if not n["summary_timing_calls"] else None
     out["itl_per_request_mean_ms"] = scan.itl_mean.dist(gid)
+    for name, q in scan.itl_call.items():
+        out[name] = q.dist(gid)
+    out["summary_timing_calls"] = n["summary_timing_calls"]
+    if n["summary_timing_calls"]:
+        out["itl_ms_missing"] = NO_POOLED_GAPS
     for name in ("tpot_ms", "e2e_ms", "e2e_first_attempt_ms", "output_tokens_per_s_per_request"):
         out[name] = dists[name]
     out.update({"output_tokens_per_s": s.out_tokens / max(d, 1e-9), "input_tokens_per_s": s.in_tokens / max(d, 1e-9),

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ttformats.records import FULL_KEYS, SUMMARY_VERSION, expand, is_summary_chunks
+
 from .load import load_jsonl
 
 METRICS = ("added_ttfb_ms", "added_ttft_ms", "added_chunk_ms", "added_e2e_ms")
@@ -44,6 +46,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(rec, dict):
+                if len(rec) < FULL_KEYS and isinstance(rec.get("v"), int) and rec["v"] >= SUMMARY_VERSION:
+                    expand(rec)  # a summary-timing record: its left-out keys back
                 out.append(rec)
     return out
 
@@ -118,6 +122,7 @@ def attempt_figures(rec: dict[str, Any], how: str | None, ups: list[dict[str, An
         "cache_answer": bool(rec.get("ok")) and not ups,
         "added_ttfb_ms": None, "added_ttft_ms": None, "added_e2e_ms": None,
         "chunk_p50_ms": None, "chunk_max_ms": None, "chunks_paired": 0, "rechunked": False, "chunk_ms": [],
+        "summary_timing": bool(rec.get("stream")) and is_summary_chunks(rec.get("chunks")),
     }
     if last is None or not rec.get("ok"):
         return row
@@ -138,11 +143,18 @@ def attempt_figures(rec: dict[str, Any], how: str | None, ups: list[dict[str, An
     return row
 
 
+#: why added_chunk_ms is missing
+NO_CHUNK_TIMES = ("the run kept summary timing (records.timing: summary): without every chunk's arrival time the "
+                  "gateway's added time per chunk cannot be measured")
+
+
 def _group_dists(rows: list[dict[str, Any]]) -> dict[str, Any]:
     chunks = [d for r in rows for d in r["chunk_ms"]]
+    summary = any(r.get("summary_timing") for r in rows)
     return {"added_ttfb_ms": dist([r["added_ttfb_ms"] for r in rows if r["added_ttfb_ms"] is not None]),
             "added_ttft_ms": dist([r["added_ttft_ms"] for r in rows if r["added_ttft_ms"] is not None]),
-            "added_chunk_ms": dist(chunks),
+            "added_chunk_ms": None if summary else dist(chunks),
+            **({"added_chunk_ms_missing": NO_CHUNK_TIMES} if summary else {}),
             "added_e2e_ms": dist([r["added_e2e_ms"] for r in rows if r["added_e2e_ms"] is not None]),
             "rechunked": sum(r["rechunked"] for r in rows)}
 
@@ -168,8 +180,8 @@ def analyse(run_dir: str | Path, scenario: dict[str, Any], write: bool = True) -
     for key in sorted({k for k, _ in by_group}):
         gw = _group_dists(by_group.get((key, "gateway"), []))
         bl = _group_dists(by_group.get((key, "baseline"), []))
-        net = {m: (round(gw[m]["p50"] - bl[m]["p50"], 3) if gw[m]["p50"] is not None and bl[m]["p50"] is not None
-                   else None) for m in METRICS}
+        net = {m: (round(gw[m]["p50"] - bl[m]["p50"], 3) if gw[m] is not None and bl[m] is not None
+                   and gw[m]["p50"] is not None and bl[m]["p50"] is not None else None) for m in METRICS}
         groups[key] = {**gw, "baseline": bl, "net_p50": net}
     stages = []
     by_stage: dict[tuple[int, str], list[dict[str, Any]]] = defaultdict(list)

@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 import tempfile
 from operator import itemgetter
@@ -18,6 +17,12 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from ttformats.records import FULL_KEYS, GAP_KEYS, SUMMARY_VERSION, expand, other_ids
+
+from .helper import claim as _claim
+from .helper import cpus
+from .helper import finish as finish_helper
+from .helper import start as start_helper
 from .load import InputError, LoadReport
 
 SCALARS = ("run_id", "worker", "attempt_id", "call_id", "attempt", "final", "idempotency_key", "request_id",
@@ -29,14 +34,17 @@ SCALARS = ("run_id", "worker", "attempt_id", "call_id", "attempt", "final", "ide
 V2_SCALARS = ("ids", "sent", "dry_run_ignored", "framing_mismatch")  # version 2 on (defaults for version 1)
 V3_SCALARS = ("tenant", "refusal")  # version 3 on (null before)
 SCALARS = (*SCALARS, *V2_SCALARS, *V3_SCALARS)
-DERIVED = ("chunks_n", "chunks_us", "u_input", "u_output", "u_cached", "u_write", "u_reasoning", "est_amount")
+#: a summary-timing record's per-call gap figures (ttformats.records.GAP_KEYS; null for a full record's row)
+GAP_COLUMNS = ("chunk_first_us", "gap_sum_us", "gap_p50_us", "gap_p99_us", "gap_max_us", "gap_max_at")
+DERIVED = ("chunks_n", "chunks_us", *GAP_COLUMNS, "u_input", "u_output", "u_cached", "u_write", "u_reasoning", "est_amount")
 COLUMNS = SCALARS + DERIVED
-RECORD_VERSIONS = (1, 2, 3, 4)  # 2 adds ids, request_id_header, sent, dry_run_ignored, ...; 3 tenant, refusal, ratelimit
+RECORD_VERSIONS = (1, 2, 3, 4, 5)  # 2 adds ids, request_id_header, sent, dry_run_ignored, ...; 3 tenant, refusal,
+# ratelimit; 4 traceparent, route, marker; 5 summary timing (keys left out: ttformats.records.expand)
 
 
 NUMERIC = ("t_start", "end_ms", "headers_ms", "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms",
            "first_reasoning_ms", "schedule_lag_ms", "scheduled", "u_input", "u_output", "u_cached", "u_write",
-           "u_reasoning", "images_returned", "images_requested", "stage", "status")
+           "u_reasoning", "images_returned", "images_requested", "stage", "status", *GAP_COLUMNS)
 FLAGS = ("final", "ok", "stream", "dry_run", "replayed", "dry_run_ignored", "framing_mismatch")
 COUNTS = {"attempt": 1, "chunks_n": 0}  # integer columns, and what a missing value becomes
 #: low-cardinality text columns: one string object per distinct value instead of one per record
@@ -81,16 +89,12 @@ def _amount(est: Any) -> Any:
 
 def _extra_ids(ids: Any, request_id: Any) -> dict[str, str] | None:
     """A record's `ids` when they hold a join id besides its request_id (else None: nothing to keep)."""
-    if not isinstance(ids, dict):
-        return None
-    for v in ids.values():
-        if isinstance(v, str) and v != request_id:
-            return ids
-    return None
+    return ids if other_ids(ids, request_id) else None
 
 
 def _columns(ds: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The COLUMNS of parsed records, column by column."""
+    ds = [expand(d) if len(d) < FULL_KEYS and d["v"] >= SUMMARY_VERSION else d for d in ds]
     version = 3
     try:
         rows = list(map(_row_of, ds))  # the harness writes every key
@@ -120,6 +124,8 @@ def _columns(ds: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     cs = [c or _EMPTY for c in chunks]
     cols.append(tuple([c.get("n", 0) for c in cs]))
     cols.append(tuple([c.get("us") for c in cs]))
+    for k in GAP_KEYS:
+        cols.append(tuple([c.get(k) for c in cs]))
     try:
         urows = [_usage_of(u) if u else _NO_USAGE for u in usages]
     except (KeyError, TypeError):
@@ -399,8 +405,7 @@ class _Reader:
 
 def _parts(path: Path, size: int) -> list[tuple[int, int]] | None:
     """Byte ranges (each starting at a line's start) of a big file that two processes should read; else None."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if size < SPLIT_BYTES or cpus < 2 or not sys.executable:
+    if size < SPLIT_BYTES or cpus() < 2 or not sys.executable:
         return None
     count = max(2, size // _PART_BYTES)
     bounds = [0]
@@ -418,15 +423,6 @@ def _parts(path: Path, size: int) -> list[tuple[int, int]] | None:
                 bounds.append(pos)
     bounds.append(size)
     return list(zip(bounds[:-1], bounds[1:], strict=True)) if len(bounds) > 2 else None
-
-
-def _claim(folder: str, part: int) -> bool:
-    """Take a part for this process; False when the other process took it first."""
-    try:
-        os.close(os.open(os.path.join(folder, f"claim-{part}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return False
-    return True
 
 
 def _read_parts(argv: list[str]) -> None:
@@ -458,27 +454,14 @@ def _read(p: Path, report: LoadReport) -> pd.DataFrame:
     # parts in order: the same result as reading them all here. Whatever goes wrong with the helper (no
     # interpreter, killed, unreadable result), the parts it leaves are read here.
     folder = tempfile.mkdtemp(prefix="ttbench-records-")
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH")))))
     helper = None
     try:
-        try:
-            helper = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from analysis.records import _read_parts; _read_parts(sys.argv[1:])",
-                 str(p), folder, json.dumps(parts)],
-                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError:
-            helper = None
+        helper = start_helper("records", "_read_parts", str(p), folder, json.dumps(parts))
         k = 0
         while k < len(parts) and _claim(folder, k):
             reader.read(*parts[k])
             k += 1
-        if helper is not None:
-            try:
-                helper.wait(timeout=_HELPER_WAIT_S)
-            except subprocess.TimeoutExpired:
-                helper.kill()
-                helper.wait()
+        finish_helper(helper, _HELPER_WAIT_S)
         for j in range(k, len(parts)):
             try:  # a part the helper finished (written whole, then renamed), in our own private folder (mkdtemp)
                 with open(os.path.join(folder, f"part-{j}.pickle"), "rb") as f:
@@ -516,5 +499,5 @@ def load_records(path: str | Path, report: LoadReport | None = None, batch: int 
         if gc_on:
             gc.enable()
     if report.bad_lines:
-        report.warnings.append(f"{p}: skipped {report.bad_lines} lines that are not version-1, -2 or -3 records")
+        report.warnings.append(f"{p}: skipped {report.bad_lines} lines that are not version-1 to -5 records")
     return df

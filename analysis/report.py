@@ -14,16 +14,17 @@ import yaml
 
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 
-from . import columnar, overhead, plots, settings, trust
+from . import columnar, jsonfile, overhead, plots, settings, trust
 from .attempt_facts import AttemptFacts, attempt_facts
-from .billing import Policy, audit
+from .billing import Policy
+from .billing_job import AuditJob
+from .billing_stream import AUDIT_COLUMNS, audit_batches, read_ledger_stream
 from .callscan import frame_batches, index_calls
 from .capacity import SETTLE_S, stage_durations
 from .capacity import analyse as capacity_analyse
-from .chunks import decode_chunk_column
 from .conversations import by_turn
 from .gates import check_names, evaluate
-from .limits import Replay, limits_report, read_headers
+from .limits import Replay, limits_report
 from .load import InputError, LoadReport, load_jsonl
 from .metrics import SLO, Options, build_calls, finite
 from .metrics_scan import compute_scan
@@ -32,7 +33,8 @@ from .scrape import scrape_summary, scrape_table
 from .tenants import isolation, tenant_metrics
 
 BATCH_ROWS = 65_536  # records analysed at a time
-SUMMARY_VERSION = 3  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers; 3: tenants, limits, isolation
+SUMMARY_VERSION = 4  # 2: gates[].n/min_samples/insufficient, capacity settle/drain/early stop, harness workers; 3: tenants, limits, isolation;
+# 4: timing, per-call ITL figures, itl_ms / added_chunk_ms null (with why) under summary timing
 UNTRUSTED = "the billing audit cannot be trusted: "
 FINDINGS_SHOWN = 20  # rate-limit findings listed in the report per kind (summary.json has them all)
 BOTTLENECK_CPU_PCT = 90.0
@@ -47,20 +49,35 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _timing_error(att: pd.DataFrame | None, truth: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """First content chunk: client receive time minus the simulator's write time (ms)."""
-    if not truth or att is None:
+TIMING_COLUMNS = ["ok", "stream", "dry_run", "replayed", "chunks_n", "request_id", "t_start", "chunk_first_us",
+                  "chunk_us"]
+
+
+def _timing_error(source: Any, truth: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """First content chunk: client receive time minus the simulator's write time (ms), over batches of records."""
+    if not truth:
         return None
     by_rid = {e["request_id"]: e for e in truth}
-    sel = att[att["ok"] & att["stream"] & ~att["dry_run"] & ~att["replayed"] & (att["chunks_n"] > 0)]
     errs = []
-    for row, times in zip(sel.itertuples(index=False), decode_chunk_column(sel["chunks_us"]), strict=True):
-        e = by_rid.get(row.request_id)
-        if not e or not times.size:
+    for b in source(TIMING_COLUMNS):
+        f = b.frame
+        sel = (f["ok"].to_numpy(dtype=bool) & f["stream"].to_numpy(dtype=bool) & ~f["dry_run"].to_numpy(dtype=bool)
+               & ~f["replayed"].to_numpy(dtype=bool) & (f["chunks_n"].to_numpy() > 0))
+        if b.chunk_offsets is None or b.chunk_values is None or not sel.any():
             continue
-        written = [t for t, n in zip(e.get("chunk_times") or [], e.get("chunk_tokens") or [], strict=False) if n]
-        if written:
-            errs.append((row.t_start + times[0] / 1000.0 - written[0]) * 1000.0)
+        rids = f["request_id"].to_numpy(dtype=object)
+        starts = f["t_start"].to_numpy(dtype=np.float64)
+        firsts = f["chunk_first_us"].to_numpy(dtype=np.float64)  # a summary-timing record's first delta
+        off, vals = b.chunk_offsets, b.chunk_values
+        for i in np.flatnonzero(sel).tolist():
+            e = by_rid.get(rids[i])
+            if not e or (off[i + 1] == off[i] and np.isnan(firsts[i])):
+                continue
+            written = [t for t, n in zip(e.get("chunk_times") or [], e.get("chunk_tokens") or [], strict=False) if n]
+            if written:
+                first = vals[off[i]] if off[i + 1] > off[i] else firsts[i]
+                first_ms = float(np.float64(first) / 1000.0)  # as decode_chunk_column gives it
+                errs.append((starts[i] + first_ms / 1000.0 - written[0]) * 1000.0)
     if not errs:
         return None
     a = np.array(errs)
@@ -81,7 +98,7 @@ def _workers(h: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def harness_health(att: pd.DataFrame | None, facts: AttemptFacts, run_dir: Path, scenario: dict[str, Any],
+def harness_health(source: Any, facts: AttemptFacts, run_dir: Path, scenario: dict[str, Any],
                    metrics: dict[str, Any], truth: list[dict[str, Any]]) -> dict[str, Any]:
     """The load generator's own figures (per worker in a distributed run), and a loud warning when it was the
     bottleneck."""
@@ -107,7 +124,7 @@ def harness_health(att: pd.DataFrame | None, facts: AttemptFacts, run_dir: Path,
         elif scenario.get("trace") and arrivals.get("offered") and duration:
             target_rate = arrivals["offered"] / duration
     achieved = (facts.first_attempt_calls / duration) if duration else None
-    timing = _timing_error(att, truth)
+    timing = _timing_error(source, truth)
     reasons = []
     if cpu_pct is not None and cpu_pct >= BOTTLENECK_CPU_PCT:
         reasons.append(f"{'master' if workers else 'client'} CPU {cpu_pct:.0f}% of a core")
@@ -203,6 +220,36 @@ def _analyze(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, scena
 
     rows = col.rows if col is not None else 0
     harness = _read_json(run_dir / "harness.json")
+    price_path = Path(prices) if prices else run_dir / "prices.yaml"
+    try:
+        sheet: PriceSheet | None = load_price_sheet(price_path) if price_path.exists() else None
+    except PriceError as exc:
+        raise InputError(str(exc)) from None
+    ledger_warnings: list[str] = []
+    stream, ledger_cfg = read_ledger_stream(run_dir, ledger_cfg, ledger_token, ledger_warnings)
+    if stream is not None and sheet is None:
+        stream.close()
+        raise InputError(f"{price_path}: a ledger needs a price sheet (--prices)")
+    job: AuditJob | None = None
+    try:
+        if stream is not None and sheet is not None and col is not None:  # the audit beside the metrics
+            lost = {int(w["worker_index"]) for w in harness.get("lost_workers") or []
+                    if w.get("worker_index") is not None}
+            job = AuditJob(run_dir, stream, sheet, Policy.from_mapping(an.get("billing")), lost, col)
+        return _summarise(run_dir, col, lr, scenario, an, opts, gates_cfg, ledger_cfg, harness, rows, sheet,
+                          price_path, stream, ledger_warnings, job, source, whole)
+    finally:
+        if job is not None:
+            job.close()
+        if stream is not None:
+            stream.close()
+
+
+def _summarise(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, scenario: dict[str, Any],
+               an: dict[str, Any], opts: Options, gates_cfg: dict[str, Any], ledger_cfg: settings.LedgerSettings,
+               harness: dict[str, Any], rows: int, sheet: PriceSheet | None, price_path: Path, stream: Any,
+               ledger_warnings: list[str], job: AuditJob | None, source: Any, whole: Any) -> tuple[dict[str, Any], int]:
+    """The figures, the audit's result, summary.json and the reports."""
     idx = index_calls(source, opts.warmup_s)
     facts = attempt_facts(source, idx)
     figdata: dict[str, Any] = {}
@@ -218,11 +265,6 @@ def _analyze(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, scena
     }
     if m["empty"]:
         summary["warnings"].append("the run has no completed calls: nothing to measure")
-    price_path = Path(prices) if prices else run_dir / "prices.yaml"
-    try:
-        sheet: PriceSheet | None = load_price_sheet(price_path) if price_path.exists() else None
-    except PriceError as exc:
-        raise InputError(str(exc)) from None
     gateway = _read_json(run_dir / "gateway.json") if (run_dir / "gateway.json").exists() else None
     summary["gateway"] = gateway
     overall = m.get("overall") or {}
@@ -230,12 +272,15 @@ def _analyze(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, scena
         summary["warnings"].append(
             f"{overall['dry_runs_ignored']} dry runs were answered with a real completion: the gateway ignored the "
             "dry-run header, made the calls and may bill them (they are audited as ordinary calls)")
-    ledger_df, ledger_cfg = settings.read_ledger(run_dir, ledger_cfg, ledger_token, summary["warnings"])
-    if ledger_df is not None:
-        if sheet is None:
-            raise InputError(f"{price_path}: a ledger needs a price sheet (--prices)")
-        lost = {int(w["worker_index"]) for w in harness.get("lost_workers") or [] if w.get("worker_index") is not None}
-        bill = audit(whole(), ledger_df, sheet, Policy.from_mapping(an.get("billing")), lost)
+    summary["warnings"] += ledger_warnings
+    if stream is not None and sheet is not None:
+        if job is not None:
+            bill = job.result()
+        else:  # no records: the audit of no attempts
+            lost = {int(w["worker_index"]) for w in harness.get("lost_workers") or []
+                    if w.get("worker_index") is not None}
+            bill = audit_batches(lambda: (b.frame for b in source(list(AUDIT_COLUMNS))), stream, sheet,
+                                 Policy.from_mapping(an.get("billing")), lost)
         bill["findings_total"] = len(bill["findings"])
         bill["ledger"] = ledger_cfg.describe()
         problems = trust.issues(facts, bill, summary["run"], gateway, price_path)
@@ -255,7 +300,7 @@ def _analyze(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, scena
     summary["conversations"] = by_turn(calls) if calls is not None and not calls.empty else None
     have_calls = calls is not None and not calls.empty
     summary["tenants"] = tenant_metrics(calls, whole(), m["duration_s"], opts.slo) if have_calls else None
-    headers = read_headers(run_dir / "records.jsonl") if rows else {}
+    headers = col.headers() if col is not None and rows else {}
     lim_cfg = an.get("limits") or {}
     summary["limits"], replays = limits_report(whole(), run_dir / "records.jsonl", lim_cfg, headers) \
         if rows and (any(h[0] for h in headers.values()) or lim_cfg.get("tenants")) else (None, {})
@@ -263,9 +308,14 @@ def _analyze(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, scena
     summary["isolation"], iso_samples = isolation(calls if have_calls else whole().iloc[:0], whole(), iso_cfg) \
         if iso_cfg else (None, {})
     truth = load_jsonl(run_dir / "truth.jsonl")
-    summary["harness"] = harness_health(whole() if truth else None, facts, run_dir, scenario, m, truth) \
-        if rows else None
+    summary["harness"] = harness_health(source, facts, run_dir, scenario, m, truth) if rows else None
     summary["overhead"] = overhead.analyse(run_dir, scenario)
+    summary["timing"] = timing_note(scenario, m, summary["overhead"])
+    if summary["timing"]["missing"]:
+        summary["warnings"].append(
+            f"the run kept summary timing ({summary['timing']['summary_timing_calls']} streamed calls): figures "
+            "that need every chunk's time are not given (" + ", ".join(summary["timing"]["missing"]) + "); "
+            "inter-token latency is given per call only (" + ", ".join(summary["timing"]["per_call"]) + ")")
     for w in (summary["harness"] or {}).get("lost_workers", []):
         summary["warnings"].append(
             f"worker {w.get('worker_index')} was lost mid-run (client {w.get('client_id')}): up to "
@@ -275,7 +325,7 @@ def _analyze(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, scena
     summary["gates"] = evaluate(gates_cfg, summary)
     summary["gates_ok"] = all(g["ok"] for g in summary["gates"])
     summary = finite(summary)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (run_dir / "summary.json").write_text(jsonfile.dumps(summary))
     figs = _figures(calls, figdata, m, summary)
     figs.update(_limit_figures(replays, iso_samples, summary.get("isolation")))
     figs.update(_overhead_figures(run_dir, summary.get("overhead")))
@@ -329,6 +379,10 @@ def _overhead_tables(ov: dict[str, Any] | None) -> list[tuple[str, list[str], li
     for key, g in ov["groups"].items():
         for metric, label in names:
             d, b = g[metric], g["baseline"][metric]
+            if d is None or b is None:  # summary timing: no chunk times to pair
+                rows.append([key, label, "–", "not available: " + (g.get(metric + "_missing") or
+                             g["baseline"].get(metric + "_missing") or ""), "–", "–", "–"])
+                continue
             if not d["n"] and not b["n"]:
                 continue
             rows.append([key, label, _fmt(d["n"]), " / ".join(_fmt(d[k], " ms") for k in ("p50", "p95", "p99", "max")),
@@ -457,6 +511,38 @@ def _finding_detail(f: dict[str, Any]) -> str:
             f"{d.get('early_refusals')} refusals with room, {d.get('late_acceptances')} calls accepted past the limit")
 
 
+def _per_call_itl_rows(o: dict[str, Any]) -> list[list[str]]:
+    """The per-call ITL figures (each call's own mean, p50, p99 and largest gap): p50 / p95 over the calls."""
+    rows = []
+    for key, label in (("itl_per_request_mean_ms", "ITL per call: mean gap, p50 / p95 over calls"),
+                       ("itl_per_request_p50_ms", "ITL per call: median gap, p50 / p95 over calls"),
+                       ("itl_per_request_p99_ms", "ITL per call: p99 gap, p50 / p95 over calls"),
+                       ("itl_per_request_max_ms", "ITL per call: largest gap, p50 / p95 over calls")):
+        d = o.get(key)
+        if d is not None:
+            rows.append([label, " / ".join(_fmt(d[k], " ms") for k in ("p50", "p95"))])
+    return rows
+
+
+def timing_note(scenario: dict[str, Any], metrics: dict[str, Any], ov: dict[str, Any] | None) -> dict[str, Any]:
+    """What the records kept of chunk times, and which figures are per call or missing because of it."""
+    o = metrics.get("overall") or {}
+    summary_calls = int(o.get("summary_timing_calls") or 0)
+    streamed = int((o.get("itl_per_request_mean_ms") or {}).get("n") or 0)
+    cfg = (scenario.get("records") or {}) if isinstance(scenario.get("records"), dict) else {}
+    kept = "summary" if summary_calls and summary_calls == streamed else "mixed" if summary_calls else \
+        str(cfg.get("timing") or "full")
+    missing = []
+    if o.get("itl_ms") is None and summary_calls:
+        missing.append("metrics.*.itl_ms")
+    if ov and any(g.get("added_chunk_ms") is None for g in (ov.get("groups") or {}).values()):
+        missing.append("overhead.groups.*.added_chunk_ms")
+    return {"records": kept, "summary_timing_calls": summary_calls,
+            "per_call": ["itl_per_request_mean_ms", "itl_per_request_p50_ms", "itl_per_request_p99_ms",
+                         "itl_per_request_max_ms"],
+            "missing": missing}
+
+
 def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for every table of the report."""
     out: list[tuple[str, list[str], list[list[str]]]] = []
@@ -471,7 +557,10 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
             ["streams answered in another framing", _fmt(o.get("framing_mismatches", 0))],
             ["dropped arrivals", _fmt(o["dropped_arrivals"])], ["requests/s", _fmt(o["requests_per_s"])],
             ["TTFT p50 / p95 / p99", " / ".join(_fmt(o["ttft_ms"][k], " ms") for k in ("p50", "p95", "p99"))],
-            ["ITL p50 / p95 (pooled)", " / ".join(_fmt(o["itl_ms"][k], " ms") for k in ("p50", "p95"))],
+            ["ITL p50 / p95 (pooled)", " / ".join(_fmt(o["itl_ms"][k], " ms") for k in ("p50", "p95"))
+             if o.get("itl_ms") is not None else "not available (the run kept summary timing: see the per-call "
+                                                 "ITL rows)"],
+            *_per_call_itl_rows(o),
             ["TPOT p50 / p95", " / ".join(_fmt(o["tpot_ms"][k], " ms") for k in ("p50", "p95"))],
             ["E2E p50 / p95 / p99", " / ".join(_fmt(o["e2e_ms"][k], " ms") for k in ("p50", "p95", "p99"))],
             ["output tokens/s (aggregate)", _fmt(o["output_tokens_per_s"])],
@@ -482,7 +571,9 @@ def _tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
         rows = []
         for key, g in m["groups"].items():
             rows.append([key, _fmt(g["calls"]), _fmt(g["error_rate"]), _fmt(g["ttft_ms"]["p50"]),
-                         _fmt(g["ttft_ms"]["p95"]), _fmt(g["itl_ms"]["p50"]), _fmt(g["e2e_ms"]["p50"]),
+                         _fmt(g["ttft_ms"]["p95"]),
+                         _fmt(g["itl_ms"]["p50"]) if g.get("itl_ms") is not None else "n/a (summary timing)",
+                         _fmt(g["e2e_ms"]["p50"]),
                          _fmt(g["e2e_ms"]["p95"]), _fmt(g["output_tokens_per_s_per_request"]["p50"]),
                          ", ".join(f"{k} {v}" for k, v in g["errors"].items()) or "–"])
         out.append(("Per endpoint, model and stream mode",

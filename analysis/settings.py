@@ -350,10 +350,11 @@ def fetch(url: str, headers: dict[str, str]) -> tuple[str, str]:
     return resp.text, resp.headers.get("content-type", "")
 
 
-def read_ledger(run_dir: Path, s: LedgerSettings, token: str | None,
-                warnings: list[str]) -> tuple[pd.DataFrame | None, LedgerSettings]:
-    """The charges and the settings they were read with: from the configured file or URL, else the simulator's
-    ledger.jsonl in the run folder (read with the tt-sim mapping)."""
+def ledger_source(run_dir: Path, s: LedgerSettings,
+                  warnings: list[str]) -> tuple[str | None, LedgerSettings, dict[str, Any]]:
+    """Where the charges come from (a file path or URL; None: no ledger), the settings to read them with, and
+    load_ledger's keyword arguments: the configured file or URL, else the simulator's ledger.jsonl in the run
+    folder (read with the tt-sim mapping)."""
     src = s.source
     if src is not None and not src.startswith(("http://", "https://")):
         path = Path(src)
@@ -368,18 +369,31 @@ def read_ledger(run_dir: Path, s: LedgerSettings, token: str | None,
     if src is None:
         default = run_dir / "ledger.jsonl"
         if not default.exists():
-            return None, s
+            return None, s, {}
         s = LedgerSettings(source=str(default), headers=s.headers)
         _apply(s, load_mapping(DEFAULT_MAPPING), explicit=False)
         s.fmt = "jsonl"
         src = str(default)
-    kw: dict[str, Any] = {"default_columns": s.default_columns, "charge_if_amount": s.charge_if_amount,
-                          "amount_scale": s.amount_scale}
+    return src, s, {"default_columns": s.default_columns, "charge_if_amount": s.charge_if_amount,
+                    "amount_scale": s.amount_scale}
+
+
+def ledger_headers(s: LedgerSettings, token: str | None) -> dict[str, str]:
+    """The headers a ledger URL is fetched with (the admin token unless a header already carries it)."""
+    headers = dict(s.headers)
+    if token and not any(h.lower() == "x-admin-token" for h in headers):
+        headers["X-Admin-Token"] = token
+    return headers
+
+
+def read_ledger(run_dir: Path, s: LedgerSettings, token: str | None,
+                warnings: list[str]) -> tuple[pd.DataFrame | None, LedgerSettings]:
+    """The charges and the settings they were read with (see ledger_source)."""
+    src, s, kw = ledger_source(run_dir, s, warnings)
+    if src is None:
+        return None, s
     if src.startswith(("http://", "https://")):
-        headers = dict(s.headers)
-        if token and not any(h.lower() == "x-admin-token" for h in headers):
-            headers["X-Admin-Token"] = token
-        text, ctype = fetch(src, headers)
+        text, ctype = fetch(src, ledger_headers(s, token))
         fmt = s.fmt or ("csv" if "csv" in ctype else None)
         return load_ledger(redact_url(src), fmt, s.columns, s.charge_type, text=text, **kw), s
     return load_ledger(src, s.fmt, s.columns, s.charge_type, **kw), s

@@ -10,6 +10,8 @@ from typing import Any
 
 import gevent
 
+from ttformats.records import call_name
+
 from .baseline import marker_text, with_marker
 from .calls import CallSpec
 from .dialects import DIALECTS
@@ -21,13 +23,7 @@ from .transport import Outcome, Transports
 
 def stats_name(spec: CallSpec) -> str:
     """The Locust stats name of a call: endpoint, mode, model; never a secret."""
-    if spec.endpoint == "models":
-        return "models list"
-    mode = "stream" if spec.stream else "plain"
-    if spec.endpoint == "gemini" and spec.stream:
-        mode = "stream-array" if spec.stream_format == "json_array" else "stream"
-    name = f"{spec.endpoint} {mode} {spec.model}"
-    return name + " dry-run" if spec.dry_run else name
+    return call_name(spec.endpoint, spec.model, spec.stream, spec.stream_format, spec.dry_run)
 
 
 def _ms(t: float | None, t0: float) -> float | None:

@@ -9,7 +9,9 @@ from array import array
 from collections.abc import Callable
 from typing import IO, Any
 
-RECORD_VERSION = 4
+from ttformats.records import DEFAULTS, DERIVED, DROPPED, gap_figures, other_ids
+
+RECORD_VERSION = 5
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "record.schema.json")
 
 
@@ -40,8 +42,8 @@ def encode_chunks(times: list[float], t0: float) -> dict[str, Any]:
 
 
 def decode_chunks(chunks: dict[str, Any] | None) -> list[float]:
-    """Chunk arrival times in milliseconds from the attempt's start."""
-    if not chunks or not chunks.get("n"):
+    """Chunk arrival times in milliseconds from the attempt's start (none for a summary-timing record's)."""
+    if not chunks or not chunks.get("n") or "us" not in chunks:
         return []
     deltas = array("I")
     deltas.frombytes(base64.b64decode(chunks["us"]))
@@ -52,6 +54,51 @@ def decode_chunks(chunks: dict[str, Any] | None) -> list[float]:
     for d in deltas:
         acc += d
         out.append(acc / 1000.0)
+    return out
+
+
+def _deltas(chunks: dict[str, Any]) -> array:
+    """The whole-microsecond deltas of an encoded chunk cell (as encode_chunks wrote them)."""
+    deltas = array("I")
+    deltas.frombytes(base64.b64decode(chunks["us"]))
+    if os.sys.byteorder != "little":  # pragma: no cover
+        deltas.byteswap()
+    return deltas
+
+
+def _number(x: Any) -> int | float:
+    """A figure as JSON should hold it: a whole number without its `.0`."""
+    x = float(x)
+    return int(x) if x.is_integer() else x
+
+
+def summarise(rec: dict[str, Any]) -> dict[str, Any]:
+    """The summary-timing record of a full one: per-call gap figures instead of every chunk's time, and no key
+    whose value is its default or follows from the others (ttformats.records.expand puts them back)."""
+    out: dict[str, Any] = {}
+    for k, v in rec.items():
+        if k in DROPPED or (k in DEFAULTS and v == DEFAULTS[k] and type(v) is type(DEFAULTS[k])):
+            continue
+        out[k] = v
+    if isinstance(out.get("usage"), dict):
+        out["usage"] = {k: v for k, v in out["usage"].items() if v != 0 or type(v) is not int}
+    chunks = rec.get("chunks")
+    if isinstance(chunks, dict) and "us" in chunks:
+        deltas = _deltas(chunks)
+        summary: dict[str, Any] = {"n": len(deltas)}
+        if len(deltas) >= 2:
+            figs = gap_figures([deltas])
+            summary.update({k: _number(v[0]) for k, v in figs.items()})
+        elif deltas:
+            summary["first_us"] = deltas[0]
+        out["chunks"] = summary
+    for k, derive in DERIVED.items():
+        if k == "ids" and "ids" in out and not other_ids(out["ids"], rec.get("request_id")):
+            del out[k]  # the analysis keeps a record's ids only when they name another join id
+        elif k in out:
+            derived = derive(rec)
+            if derived == out[k] and type(derived) is type(out[k]):
+                del out[k]
     return out
 
 

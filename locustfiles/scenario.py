@@ -164,6 +164,7 @@ class Scenario:
     sim_port: int | None = None          # the embedded simulator's port (as the gateway's upstream: a fixed one)
     overhead: dict[str, Any] = field(default_factory=dict)   # {marker, baseline, baseline_key_env, baseline_gateway}
     scrape: dict[str, Any] = field(default_factory=dict)     # {every_s, targets: [{name, url, headers}]}
+    record_timing: str = "full"          # records.timing: every chunk's time (full) or per-call gap figures (summary)
 
     @property
     def open_loop(self) -> bool:
@@ -249,9 +250,11 @@ MIX_KEYS = ("endpoint", "weight", "models", "stream", "json_array", "dry_run", "
 TOP_KEYS = ("name", "description", "seed", "target", "api_key_env", "sim", "users", "spawn_rate", "duration",
             "stop_timeout", "arrivals", "stages", "think_time", "timeouts", "retry", "defaults", "mix", "spend",
             "tls", "gates", "ledger", "analysis", "trace", "conversations", "gateway", "tenants", "overhead",
-            "scrape")
+            "scrape", "records")
 OVERHEAD_KEYS = ("marker", "baseline", "baseline_key_env", "baseline_gateway")
 SCRAPE_KEYS = ("every_s", "targets")
+RECORDS_KEYS = ("timing",)
+RECORD_TIMINGS = ("full", "summary")  # what a record keeps of its chunks' times (locustfiles.records.summarise)
 SCRAPE_TARGET_KEYS = ("name", "url", "headers")
 TENANT_KEYS = ("label", "api_key_env", "weight", "mix", "arrivals", "spend")
 PROFILE_SECTION_KEYS = tuple(k for k in PROFILE_KEYS if k != "name")
@@ -337,7 +340,7 @@ def _arrivals(v: _V, path: str, raw: Any) -> ArrivalSpec:
 
 def _spend(v: _V, path: str, raw: Any) -> tuple[dict[str, Any], bool]:
     spend = v.mapping(path, raw, ("max", "max_tokens", "max_images"))
-    money_off = spend.get("max") == "off"
+    money_off = spend.get("max") in ("off", False)  # a bare `off` is YAML's false
     if money_off:
         if "max_tokens" not in spend and "max_images" not in spend:
             raise v.fail(f"{path}.max", "off needs a token or image cap (max_tokens or max_images)")
@@ -565,8 +568,17 @@ def parse_scenario(data: Any, file: str, base_dir: Path | None = None) -> Scenar
     scenario.sim_port = sim_port
     scenario.overhead = _overhead(v, d.get("overhead"), stages)
     scenario.scrape = _scrape(v, d.get("scrape"))
+    scenario.record_timing = _record_timing(v, d.get("records"))
     scenario.profile = gateway_profile(scenario)
     return scenario
+
+
+def _record_timing(v: _V, raw: Any) -> str:
+    """records.timing: full (every chunk's time, the default) or summary (per-call gap figures)."""
+    timing = v.mapping("records", raw, RECORDS_KEYS).get("timing", "full")
+    if timing not in RECORD_TIMINGS:
+        raise v.fail("records.timing", f"unknown timing {timing!r} (known: {', '.join(RECORD_TIMINGS)})")
+    return timing
 
 
 def _overhead(v: _V, raw: Any, stages: list[Stage]) -> dict[str, Any]:

@@ -247,7 +247,7 @@ def _harness(tmp_path: Path, peaks: tuple[float, float]) -> dict:
 def test_a_worker_at_90_percent_cpu_makes_the_harness_the_bottleneck(tmp_path):
     summary = _harness(tmp_path, (95.0, 40.0))
     h = summary["harness"]
-    assert summary["version"] == 3
+    assert summary["version"] == 4
     assert h["client_cpu_percent"] == pytest.approx(10.0) and h["peak_worker_cpu_percent"] == 95.0
     assert [(w["worker_index"], w["cpu_percent_peak"]) for w in h["workers"]] == [(0, 95.0), (1, 40.0)]
     assert "worker 0 CPU peaked at 95% of a core" in h["bottleneck_warning"]

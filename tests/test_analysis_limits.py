@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from analysis import columnar, records
 from analysis.limits import limits_report, read_headers
 from analysis.load import InputError
 from analysis.records import load_records
@@ -313,6 +314,25 @@ def test_the_light_pass_reads_only_lines_with_headers_or_a_429(tmp_path):
         f.write('{"v": 3, "attempt_id": "a9", "ratelimit": {"tokens": {"limit": 5')  # torn
     assert read_headers(p) == {"a1": ({"requests": {"limit": 60.0, "remaining": 59.0, "reset_s": 1.0}}, None),
                                "a3": (None, "requests")}
+
+
+def test_the_columnar_copy_finds_the_same_headers_in_every_part(tmp_path, monkeypatch):
+    """The report takes the headers from the columnar copy (found while it is built, part by part, by two
+    processes): the same as the light pass, the later record of an attempt id winning across parts."""
+    filler = [rec3(f"f{k}", T0 + 10 + k) for k in range(300)]
+    lines = [rec3(1, T0, rl=req_headers(60, 59, 1.0)), *filler[:150],
+             rec3(3, T0 + 2, status=429, refusal="rate_limit", error_type="requests"), *filler[150:],
+             rec3(1, T0 + 500, rl=req_headers(60, 10, 2.0)),  # the same attempt id again, parts later
+             rec3(4, T0 + 3, error="the body said \"ratelimit\": {\"requests\": 1}")]
+    p = write(tmp_path / "records.jsonl", lines)
+    monkeypatch.setattr(columnar, "PART_BYTES", 20_000)
+    monkeypatch.setattr(records, "_READ_BYTES", 20_000)
+    monkeypatch.setattr(columnar, "HELPER_BYTES", 0)
+    with columnar.ensure(tmp_path) as col:
+        assert len(col.meta["parts"]) > 3
+        assert col.headers() == {"a1": ({"requests": {"limit": 60.0, "remaining": 10.0, "reset_s": 2.0}}, None),
+                                 "a3": (None, "requests")}
+    assert read_headers(p) == col.headers()
 
 
 @pytest.mark.parametrize(("analysis", "message"), [

@@ -34,7 +34,9 @@ def test_a_sweep_finds_the_maximum_sustainable_throughput_and_another_stops_with
     """Two sweeps at once (the knee is the simulated model's, not this machine's): the whole grid, and one that
     stops early."""
     grid, whole = _sweep(tmp_path, "sweep", 9, {"gates": {"max_sustainable_rps": 1.0}})
-    rule = {"served_share_below": 0.93, "ttft_p95_growth": 5.0, "consecutive": 1}
+    # the served share alone: at the knee the model's queue can also grow TTFT p95 five-fold from one stage to the
+    # next (28 -> 149 ms once), which would stop the sweep on the other rule (unit-tested in test_analysis_figures)
+    rule = {"served_share_below": 0.93, "ttft_p95_growth": None, "consecutive": 1}
     early_grid, early = _sweep(tmp_path, "early", 11, {"analysis": {"early_stop": rule, "settle_s": 1}})
     res, res_early = ttbench_together(whole, early, timeout=200)
     with SimProcess(config=write_config(tmp_path / "m.yaml", MODEL, fast=False)) as sim:

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import columnar, records
+from analysis import columnar, helper, records
 from analysis.chunks import decode_chunk_column
 from analysis.load import LoadReport
 from analysis.records import COLUMNS, load_records
@@ -216,7 +216,7 @@ def test_generated_records_read_back_as_load_records_gives_them(generated, tmp_p
     with assert_same_as_load_records(run) as col:
         assert col.path == run / columnar.COPY and col.rows == 3000
     names = sorted(p.name for p in (run / columnar.COPY).iterdir())
-    assert names == ["_meta.json", "part-00000.parquet"]
+    assert names == ["_limits.json", "_meta.json", "part-00000.parquet"]
     assert sorted(p.name for p in run.iterdir()) == ["records.jsonl", columnar.COPY]  # no temporary folder left
 
 
@@ -240,8 +240,8 @@ def test_parts_built_by_two_processes_read_back_the_same(generated, tmp_path, mo
     with assert_same_as_load_records(run, (columnar.BATCH_ROWS, 1000)) as col:
         assert len(col.meta["parts"]) >= 9 and sum(p["rows"] for p in col.meta["parts"]) == col.rows
         assert 0 < len(ours) < len(col.meta["parts"])  # the helper built the others
-    assert sorted(p.name for p in (run / columnar.COPY).iterdir())[0] == "_meta.json"
-    assert all(p.name.startswith("part-") for p in sorted((run / columnar.COPY).iterdir())[1:])
+    assert sorted(p.name for p in (run / columnar.COPY).iterdir())[:2] == ["_limits.json", "_meta.json"]
+    assert all(p.name.startswith("part-") for p in sorted((run / columnar.COPY).iterdir())[2:])
 
 
 @pytest.mark.timeout(60)
@@ -249,7 +249,7 @@ def test_a_helper_that_cannot_start_leaves_its_parts_to_us(generated, tmp_path, 
     run = copy_run(generated, tmp_path / "run")
     small_parts(monkeypatch, (run / "records.jsonl").stat().st_size // 4)
     monkeypatch.setattr(columnar, "HELPER_BYTES", 0)
-    monkeypatch.setattr(columnar.sys, "executable", str(tmp_path / "no-python"))
+    monkeypatch.setattr(helper.sys, "executable", str(tmp_path / "no-python"))
     assert_same_as_load_records(run, (1000,)).close()
 
 
@@ -290,7 +290,7 @@ def test_values_that_depend_on_the_lines_parsed_together(tmp_path, monkeypatch, 
 def test_a_big_file_load_records_reads_in_parts(tmp_path, monkeypatch):
     """load_records reads a big file in parts (records._parts), each in blocks from its own start: so does the
     copy (records.py's split made small here; its helper process reads with the usual blocks)."""
-    if columnar._cpus() < 2:
+    if helper.cpus() < 2:
         pytest.skip("records._parts splits a file only with two CPUs")
     run = write_lines(tmp_path / "run", grouped_lines(3000))
     size = (run / "records.jsonl").stat().st_size
@@ -348,7 +348,9 @@ def test_only_the_columns_asked_for(generated, tmp_path):
     run = copy_run(generated, tmp_path / "run")
     df = load_records(run / "records.jsonl")
     with columnar.ensure(run) as col:
-        assert col.meta["columns"]["sent"]["mode"] == "raw"  # the generator writes no `sent`: from error_kind
+        # the generator writes version-5 records without `sent`: a version-5 record that leaves a key out means its
+        # default (ttformats.records.expand), so the column is whole flags (version 1 derived it from error_kind)
+        assert col.meta["columns"]["sent"]["mode"] == "bool"
         for names in (["sent"], ["call_id", "t_start", "ok", "endpoint", "u_output"], ["chunk_us"]):
             batches = list(col.batches(names, rows=1000))
             got = pd.concat([b.frame for b in batches], ignore_index=True)

@@ -121,3 +121,45 @@ def test_many_groups_at_once_take_the_sorting_path_and_agree():
         assert d["n"] == mine.size and d["max"] == mine.max()
         assert d["mean"] == pytest.approx(mine.mean(), rel=1e-12)
         assert [d["p50"], d["p95"]] == pytest.approx(list(np.percentile(mine, [50, 95])), rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.one_of(micros, floats), groups=st.lists(st.integers(min_value=1, max_value=4), min_size=1,
+                                                         max_size=300),
+       cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=4))
+def test_a_spooled_first_pass_replays_as_its_second_with_every_value_in_the_overall_group(
+        values, groups, cuts):
+    """The values the first pass keeps (spilled to a temporary file past a few bytes) are the second pass: each
+    group's figures and group 0's (every value) equal numpy's."""
+    from analysis import exact
+
+    g = np.resize(np.array(groups), len(values))
+    v = np.array(values)
+    memory, exact.SPOOL_MEMORY = exact.SPOOL_MEMORY, 64
+    try:
+        gq = exact.GroupedQuantiles(spool=True)
+    finally:
+        exact.SPOOL_MEMORY = memory
+    bounds = [0, *sorted(c for c in cuts if c < len(v)), len(v)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        gq.add(g[lo:hi], v[lo:hi], overall=True)
+    assert gq._spool is not None and (len(v) < 8 or gq._spool._file._rolled)
+    gq.start_second_pass()
+    gq.replay()
+    assert gq.groups() == sorted({0, *g.tolist()})
+    _close(gq.dist(0), dist(v))
+    for k in set(g.tolist()):
+        _close(gq.dist(k), dist(v[g == k]))
+
+
+
+def test_tables_added_batch_by_batch_are_folded_so_memory_follows_distinct_values():
+    """Counted tables (add_counts, what add_ints and the first pass give) pile up no longer than the table."""
+    from analysis import exact
+
+    vc = ValueCounts()
+    values = np.arange(5_000, dtype=np.float64)
+    for _ in range(2_000):  # 10 million entries in all, 5,000 distinct
+        vc.add_counts(values, np.ones(values.size, dtype=np.int64))
+    assert vc.nbytes() < 3 * exact._MERGE_AT * 16
+    assert vc.n == 10_000_000 and vc.values.size == 5_000 and (vc.counts == 2_000).all()

@@ -7,6 +7,7 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analysis.callscan import frame_batches
@@ -54,6 +55,23 @@ def test_batched_metrics_equal_the_whole_frames_on_the_reference_run(reference_a
     assert whole["overall"]["retries"] > 50 and len(whole["groups"]) >= 6  # retried calls, many groups
     scanned = compute_scan(frame_batches(att, rows), opts, dropped=5)
     assert _diff(finite(scanned), finite(whole)) == []
+
+
+def test_lone_calls_whose_id_hashes_collide_with_retried_ones_give_the_same_figures(reference_attempts,
+                                                                                    monkeypatch):
+    """The call index looks retried calls up by 64-bit hashes of their ids: with hashes made to collide (one
+    in four values), lone calls are taken for retried ones, and assembled as the one-attempt calls they are."""
+    from analysis import callscan
+
+    real = callscan._hashes
+    monkeypatch.setattr(callscan, "_hashes", lambda ids: real(ids) % np.uint64(4))
+    att = reference_attempts
+    opts = Options(slo=SLO(ttft_ms=400.0))
+    whole = compute(att, opts)
+    whole.pop("calls_frame")
+    idx = callscan.index_calls(frame_batches(att, 500), 0.0)
+    assert idx.is_multi(att["call_id"]).mean() > 0.9  # nearly every call looked up as a retried one
+    assert _diff(finite(compute_scan(frame_batches(att, 500), opts)), finite(whole)) == []
 
 
 def test_calls_whose_attempts_are_far_apart_duplicated_or_alone(tmp_path):

@@ -291,6 +291,35 @@ def test_numbers_json_does_not_have_are_protocol_errors(shape, number):
     assert out.error_kind == "protocol", (out.error_kind, out.error)
 
 
+TEXTS = ['{"a":1.5,"b":[true,null]}', '"\\ud800"', "1" * 400, "NaN", "-Infinity", "1e400", '"a\tb"', "[1,]",
+         "01", '{"a":1,"a":2}', ' {"x":"\\u00e9"} ', "{}x", "-0", "1.7976931348623157e308", '"\\x41"']
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_readers_json_accepts_and_refuses_what_strict_standard_json_does(text):
+    """The hot path's decoder against Python's json with NaN, Infinity and overflowing numbers refused."""
+    from locustfiles.dialects.base import loads
+
+    def refuse(x: str) -> Any:
+        raise ValueError(x)
+
+    def finite(x: str) -> float:
+        v = float(x)
+        if v in (float("inf"), float("-inf")):
+            raise ValueError(x)
+        return v
+
+    try:
+        expected: Any = ("ok", json.loads(text, parse_constant=refuse, parse_float=finite))
+    except ValueError:
+        expected = ("refused",)
+    try:
+        got: Any = ("ok", loads(text))
+    except ValueError:
+        got = ("refused",)
+    assert got == expected
+
+
 def test_framers_take_a_long_line_in_linear_time():
     """A 32 MB body without a line end (or one JSON element) is read in one pass, not re-copied per block."""
     import time

@@ -95,7 +95,8 @@ def pixel_stats(q: np.ndarray) -> dict[str, float]:
     lo, hi = q.min(axis=2).astype(int), q.max(axis=2).astype(int)
     return {
         "height": q.shape[0], "width": q.shape[1],
-        "colours": len(np.unique(q.reshape(-1, 3), axis=0)),
+        # each pixel's colour as one 24-bit number: np.unique over rows (axis=0) took 23 s on a 1280x6000 page
+        "colours": len(np.unique((q[..., 0].astype(np.uint32) << 16) | (q[..., 1].astype(np.uint32) << 8) | q[..., 2])),
         "non_white": float((lo < 240).mean()),
         "coloured": float((hi - lo > 60).mean()),
         "coloured_px": int((hi - lo > 60).sum()),

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from locustfiles.records import RECORD_VERSION
+
 from .runs import records, ttbench_together, write_scenario
 
 pytestmark = pytest.mark.timeout(150)
@@ -127,7 +129,7 @@ def test_records_carry_tenants_and_headers_never_keys(runs):
     run_dir = runs["planted"]
     recs = records(run_dir)
     assert {r["tenant"] for r in recs} == {"alpha", "beta", "gamma"}
-    assert all(r["v"] == 4 for r in recs)
+    assert all(r["v"] == RECORD_VERSION for r in recs)
     by_endpoint = {}
     for r in recs:
         if r["ratelimit"]:

@@ -106,3 +106,28 @@ def test_stream_timings_are_ordered(smoke):
 def test_the_api_key_is_nowhere_in_the_run_folder(smoke):
     for path in (p for p in smoke.rglob("*") if p.is_file()):
         assert b"tt-sim-local-key" not in path.read_bytes(), path.name
+
+
+def test_the_reported_ttft_timing_error_is_the_first_chunks_receive_minus_write_time(smoke):
+    """harness.ttft_timing_error of summary.json, computed here from the raw records and the simulator's truth:
+    the first content chunk's receive time (start + first delta) minus the time the simulator wrote it."""
+    import base64
+    import struct
+
+    import numpy as np
+
+    truth = {e["request_id"]: e for e in jsonl(smoke / "truth.jsonl")}
+    errs = []
+    for r in records(smoke):
+        if not (r["ok"] and r["stream"] and not r["dry_run"] and not r.get("replayed") and r["chunks"]["n"]):
+            continue
+        e = truth.get(r["request_id"])
+        written = [t for t, n in zip(e["chunk_times"], e["chunk_tokens"], strict=False) if n] if e else []
+        if written:
+            first_us = struct.unpack("<I", base64.b64decode(r["chunks"]["us"])[:4])[0]
+            errs.append((r["t_start"] + first_us / 1e6 - written[0]) * 1000.0)
+    got = json.loads((smoke / "summary.json").read_text())["harness"]["ttft_timing_error"]
+    assert len(errs) >= 10 and got["n"] == len(errs)
+    assert got["p50_ms"] == pytest.approx(float(np.percentile(errs, 50)), abs=1e-6)
+    assert got["max_ms"] == pytest.approx(max(errs), abs=1e-6)
+    assert 0 <= got["p50_ms"] < 50  # received after it was written, and soon after

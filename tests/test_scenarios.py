@@ -80,3 +80,15 @@ def test_ttbench_run_reports_bad_input_in_one_line_exit_2(tmp_path: Path):
     assert res.returncode == 2 and "-u: must be positive" in res.stderr
     res = ttbench("run", "scenarios/smoke.yaml", "-t", "soon")
     assert res.returncode == 2 and "expected a duration" in res.stderr
+
+
+def test_a_bare_off_lifts_the_money_cap(tmp_path: Path):
+    """`spend: {max: off, max_tokens: N}` as the README writes it: YAML reads a bare off as false."""
+    path = tmp_path / "tokens-only.yaml"
+    path.write_text("name: tokens-only\ntarget: http://127.0.0.1:9\nspend: {max: off, max_tokens: 5000}\n"
+                    "mix:\n  - {endpoint: chat, weight: 1}\n")
+    sc = load_scenario(path)
+    assert (sc.spend_money_off, sc.spend_max, sc.spend_max_tokens) == (True, None, 5000)
+    path.write_text(path.read_text().replace(", max_tokens: 5000", ""))
+    with pytest.raises(ScenarioError, match="off needs a token or image cap"):
+        load_scenario(path)
