@@ -34,6 +34,7 @@ class Hopeless:
         self.share = share
         self.first: list[dict[str, Any]] = []
         self.recent: deque[tuple[float, bool]] = deque()
+        self.recent_refused = 0  # how many of `recent` were refused (kept as they come and go)
         self.refused_total = 0
 
     def refused(self, rec: dict[str, Any]) -> bool:
@@ -54,11 +55,13 @@ class Hopeless:
                 if verdict is not None:
                     return verdict
         now = time.time() if now is None else now
-        self.recent.append((now, refused))
-        while self.recent and now - self.recent[0][0] > self.window_s:
-            self.recent.popleft()
-        n = len(self.recent)
-        bad = sum(1 for _, r in self.recent if r)
+        recent = self.recent
+        recent.append((now, refused))
+        self.recent_refused += refused
+        while recent and now - recent[0][0] > self.window_s:
+            self.recent_refused -= recent.popleft()[1]
+        n = len(recent)
+        bad = self.recent_refused
         if n >= self.min_calls and bad / n > self.share:
             return EXIT_REFUSED_MID_RUN, (f"the target refused the API key on {bad} of the last {n} calls "
                                           f"({self.window_s:g} s): {describe(rec)}")

@@ -1,0 +1,33 @@
+"""The mid-run refusal guard: its sliding window, checked against a recount of every step by hand."""
+
+from __future__ import annotations
+
+import random
+
+from locustfiles.guards import EXIT_REFUSED_MID_RUN, Hopeless
+from locustfiles.profile import Profile
+
+
+def test_the_window_counts_refusals_as_they_enter_and_leave():
+    """Refused and fine calls over 60 s at random times: at every call the verdict is the one a recount of the
+    last 10 s gives (at least 10 calls, more than half refused), however long ago refusals came and went."""
+    rng = random.Random(7)
+    guard = Hopeless(Profile(), window_s=10.0, min_calls=10, share=0.5)
+    seen: list[tuple[float, bool]] = []
+    now, verdicts = 1000.0, 0
+    for i in range(3000):
+        now += rng.expovariate(50.0)
+        phase = int((now - 1000.0) // 7) % 3  # runs of mostly refused and mostly fine calls, 7 s each
+        refused = rng.random() < (0.9 if phase == 0 else 0.1 if phase == 1 else 0.5)
+        rec = {"status": 401 if refused else 200, "error_kind": "http_4xx" if refused else None,
+               "model": "m", "final": True}
+        if i < 3:  # the first calls are judged together: keep them fine so the window alone decides
+            rec = {"status": 200, "error_kind": None, "model": "m", "final": True}
+            refused = False
+        seen.append((now, refused))
+        window = [r for t, r in seen if now - t <= 10.0]
+        expected = len(window) >= 10 and sum(window) / len(window) > 0.5
+        got = guard.observe(rec, now=now)
+        assert (got is not None and got[0] == EXIT_REFUSED_MID_RUN) == expected, (i, got, sum(window), len(window))
+        verdicts += expected
+    assert 100 < verdicts < 2900  # both verdicts met many times
