@@ -9,7 +9,7 @@ from typing import Any
 from ttformats.calls import call_ttft_ms, counts_as_attempt
 
 from .dialects import TEXT_ENDPOINTS
-from .records import decode_chunks
+from .records import chunk_gaps_ms
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -41,8 +41,9 @@ class Bucket:
         self.last_end: float | None = None
         self.recent: deque[float] = deque(maxlen=window)
 
-    def add(self, rec: dict[str, Any], first_t_start: float | None = None) -> None:
-        """Fold one attempt record in; `first_t_start`: the start of its call's first attempt (default: its own)."""
+    def add(self, rec: dict[str, Any], first_t_start: float | None = None, gaps: list[float] | None = None) -> None:
+        """Fold one attempt record in; `first_t_start`: the start of its call's first attempt (default: its own);
+        `gaps`: its chunk gaps in ms when already decoded."""
         kind = rec.get("error_kind")
         if rec["attempt"] > 1 and counts_as_attempt(kind, rec.get("sent")):
             self.retries += 1
@@ -71,8 +72,7 @@ class Bucket:
             first = rec["t_start"] if first_t_start is None else first_t_start
             self.ttft.append(call_ttft_ms(first, rec["t_start"], rec["first_content_ms"]))  # replays too
             if not rec.get("replayed"):  # a replay's frames arrive in one burst
-                times = decode_chunks(rec.get("chunks"))
-                self.itl.extend(b - a for a, b in zip(times, times[1:], strict=False))
+                self.itl.extend(chunk_gaps_ms(rec.get("chunks")) if gaps is None else gaps)
         if rec.get("endpoint") in TEXT_ENDPOINTS:
             self.tokens_out += int((rec.get("usage") or {}).get("output") or 0)
 
@@ -112,11 +112,12 @@ class Live:
             first = self.open_calls.setdefault(call, rec["t_start"])
         if counts_as_attempt(rec.get("error_kind"), rec.get("sent")):
             self.attempts += 1
-        self.overall.add(rec, first)
+        gaps = chunk_gaps_ms(rec.get("chunks"))  # decoded once for both buckets
+        self.overall.add(rec, first, gaps)
         bucket = self.by_name.get(rec["name"])
         if bucket is None:
             bucket = self.by_name[rec["name"]] = Bucket(self.window)
-        bucket.add(rec, first)
+        bucket.add(rec, first, gaps)
 
     def reset(self) -> None:
         """Start over (a new run from the web UI)."""

@@ -9,6 +9,8 @@ from array import array
 from collections.abc import Callable
 from typing import IO, Any
 
+from orjson import dumps as _orjson_dumps
+
 from ttformats.records import DEFAULTS, DERIVED, DROPPED, gap_figures, other_ids
 
 RECORD_VERSION = 5
@@ -24,6 +26,14 @@ def record_schema() -> dict[str, Any]:
     schema["properties"]["endpoint"]["enum"] = list(DIALECTS)
     return schema
 FLUSH_INTERVAL_S = 0.5
+
+
+def record_line(rec: dict[str, Any]) -> str:
+    """One record as a compact JSON line (newline included)."""
+    try:
+        return _orjson_dumps(rec).decode() + "\n"
+    except TypeError:  # what orjson will not write (a lone surrogate, an integer past 64 bits, a non-str key)
+        return json.dumps(rec, separators=(",", ":")) + "\n"
 
 
 def encode_chunks(times: list[float], t0: float) -> dict[str, Any]:
@@ -55,6 +65,13 @@ def decode_chunks(chunks: dict[str, Any] | None) -> list[float]:
         acc += d
         out.append(acc / 1000.0)
     return out
+
+
+def chunk_gaps_ms(chunks: dict[str, Any] | None) -> list[float]:
+    """The gaps between an attempt's chunks in milliseconds (none for a summary-timing record's)."""
+    if not chunks or chunks.get("n", 0) < 2 or "us" not in chunks:
+        return []
+    return [d / 1000.0 for d in _deltas(chunks)[1:]]
 
 
 def _deltas(chunks: dict[str, Any]) -> array:
@@ -118,7 +135,7 @@ class RecordSink:
         self._buffer.append(record)
         if self.closed and self.path:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self._buffer))
+                f.write("".join(map(record_line, self._buffer)))
             self.written += len(self._buffer)
             self._buffer = []
 
@@ -126,7 +143,7 @@ class RecordSink:
         """Append records to the file now (the master uses this for shipped batches)."""
         if self._file is None or not records:
             return
-        self._file.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+        self._file.write("".join(map(record_line, records)))
         self._file.flush()
         self.written += len(records)
 

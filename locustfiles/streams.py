@@ -78,11 +78,25 @@ class SSEFramer:
             tail.append(data)
             data = b"".join(tail)
             tail.clear()
+        out: list[tuple[str | None, str]] = []
+        if not self._data and self._event is None and b"\r" not in data:
+            # the usual shape, `data: ...` then a blank line, an event at a time; anything else line by line
+            blocks = data.split(b"\n\n")
+            data = blocks.pop()
+            for block in blocks:
+                if block[:6] == b"data: " and b"\n" not in block:
+                    out.append((None, block[6:].decode("utf-8")))
+                elif block:
+                    self._lines([*block.split(b"\n"), b""], out)
         lines = data.split(b"\n")
         last = lines.pop()
         if last:
             tail.append(last)
-        out: list[tuple[str | None, str]] = []
+        self._lines(lines, out)
+        return out
+
+    def _lines(self, lines: list[bytes], out: list[tuple[str | None, str]]) -> None:
+        """Whole lines (without their line end): the events they complete go to `out`."""
         for raw in lines:
             line = raw[:-1] if raw.endswith(b"\r") else raw
             if not line:
@@ -97,7 +111,6 @@ class SSEFramer:
                 self._event = line[6:].strip().decode("utf-8")
             elif line.startswith(b":"):
                 self.comments += 1
-        return out
 
     def finish(self) -> list[tuple[str | None, str]]:
         """Events left when the body ends without a final blank line."""

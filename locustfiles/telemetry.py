@@ -19,7 +19,7 @@ from typing import Any
 from ttformats.calls import call_e2e_ms, call_ttft_ms, counts_as_attempt
 
 from .dialects import DIALECTS
-from .records import decode_chunks
+from .records import chunk_gaps_ms
 
 
 def _steps(start: float, stop: float, step: float) -> list[float]:
@@ -321,9 +321,8 @@ class Telemetry:
         if ok and rec.get("stream") and not rec.get("dry_run") and rec.get("first_content_ms") is not None:
             self._emit(TTFT, call_ttft_ms(first, rec["t_start"], rec["first_content_ms"]) / 1000.0, attrs)
             if not rec.get("replayed") and self.rec[CHUNK.name]:  # a replay's frames arrive in one burst
-                times = decode_chunks(rec.get("chunks"))
-                for a, b in zip(times, times[1:], strict=False):
-                    self._emit(CHUNK, (b - a) / 1000.0, attrs)
+                for gap in chunk_gaps_ms(rec.get("chunks")):
+                    self._emit(CHUNK, gap / 1000.0, attrs)
         usage = rec.get("usage")
         if usage and not rec.get("dry_run"):
             self._emit(TOKENS, float(usage.get("input") or 0), {**attrs, "gen_ai.token.type": "input"})

@@ -103,8 +103,8 @@ def test_a_master_offered_more_than_it_takes_ends_on_time_and_loses_nothing(tmp_
     # one real record of a streamed chat (from the reference run), copied by users that make no calls
     with gzip.open(ROOT / "tests" / "data" / "reference_run" / "records.jsonl.gz", "rt") as f:
         rec = next(r for r in map(json.loads, f) if r["ok"] and r["endpoint"] == "chat" and r["stream"])
-    # heavy for the master, light for the workers: 2,000 chunk times, which the master's live figures decode
-    rec["chunks"] = encode_chunks([rec["t_start"] + i / 1000 for i in range(1, 2001)], rec["t_start"])
+    # heavy for the master, light for the workers: 6,000 chunk times, which the master's live figures decode
+    rec["chunks"] = encode_chunks([rec["t_start"] + i / 1000 for i in range(1, 6001)], rec["t_start"])
     (tmp_path / "record.json").write_text(json.dumps(rec))
     scenario = write_scenario(tmp_path / "ingest.yaml", {
         "name": "ingest", "seed": 3, "target": "http://127.0.0.1:9", "users": 1, "spawn_rate": 1, "duration": "60s",

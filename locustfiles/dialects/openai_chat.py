@@ -71,9 +71,19 @@ class Reader(BaseReader):
         for choice in obj.get("choices") or ():
             delta = choice.get("delta") or {}
             text = delta.get("content")
-            if text:
-                self.content("text", t, len(text))
-                self.keep(text)
+            if text:  # the most frequent event of all: Reader.content for text, written out
+                if self.first_text is None:
+                    self.first_text = t
+                    if self.first_content is None:
+                        self.first_content = t
+                self.chunks.append(t)
+                self.chars += len(text)
+                if self.text_parts is not None:
+                    self.text_parts.append(text)
+                if len(delta) == 1:  # nothing but text in it
+                    if choice.get("finish_reason"):
+                        self.finish = choice["finish_reason"]
+                    continue
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning:
                 self.content("reasoning", t, len(reasoning))
