@@ -13,7 +13,7 @@ chunk per event, with a fresh X-TT-Request-ID. Against it, one Locust process pi
 
 The CPU time of the Locust process, of the server and of both cores is sampled at every whole wall-clock
 second; requests/s and CPU per request come from a steady window that skips the first --warmup seconds
-after the first request and the last second. The target is ttbench <= 2x the bare user's CPU per request.
+after the first request and the last second. The target is ttbench <= 1.3x the bare user's CPU per request.
 
 Usage:
     python benchmarks/harness_throughput.py [--duration 10] [--users 20] [--warmup 3] [--chunks 32]
@@ -59,7 +59,7 @@ GATEWAY = ROOT / "locustfiles" / "gateway.py"
 BARE = BENCH / "_harness_bare_locustfile.py"
 MODEL = "gpt-4o-mini"
 API_KEY = "canned-bench-key"
-TARGET_RATIO = 2.0
+TARGET_RATIO = 1.3
 VARIANTS = ("bare", "ttbench")
 WORDS = ("load", "testing", "measures", "how", "a", "gateway", "behaves", "under", "pressure", "and", "where",
          "it", "breaks", "first")
@@ -394,6 +394,15 @@ def report(results: list[Result], args: argparse.Namespace, server_check: str) -
     verdict = "MET" if ratio <= TARGET_RATIO else "NOT MET"
     out.append(f"target ttbench CPU/request <= {TARGET_RATIO:g}x bare: {verdict} ({tt_us:,.1f} µs vs "
                f"{bare_us:,.1f} µs = {ratio:.2f}x; ttbench costs {tt_us - bare_us:,.1f} µs more per request)")
+    if args.rounds > 1:  # the machine's speed drifts within a minute: each round's own ratio, and their median
+        pairs = {}
+        for r in results:
+            pairs.setdefault(r.round, {})[r.variant] = r.us_per_request
+        ratios = sorted(p["ttbench"] / p["bare"] for p in pairs.values() if p.get("bare") and p.get("ttbench"))
+        if ratios:
+            mid = len(ratios) // 2
+            median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+            out.append(f"per-round ratios {', '.join(f'{x:.2f}x' for x in ratios)}; median {median:.2f}x")
     for r in results:
         tag = f"[{r.variant}{f' round {r.round}' if args.rounds > 1 else ''}]"
         if args.rounds > 1:

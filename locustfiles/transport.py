@@ -76,6 +76,24 @@ class Outcome:
     framing: str | None = None            # the stream framing that arrived, when not the one asked for
 
 
+def header_getter(resp: Any) -> Any:
+    """A case-insensitive lookup of a response's headers (None when absent), without an exception per miss: a
+    gateway profile asks for dozens of headers an answer mostly does not have."""
+    headers: dict[str, Any] = {}
+    for name, value in resp.items():  # one item per header line: a repeated header reads as the list of its values
+        key = name.lower()
+        if key in headers:
+            prev = headers[key]
+            headers[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            headers[key] = value
+
+    def get(name: str) -> Any:
+        return headers.get(name.lower())
+
+    return get
+
+
 class AttemptCancelled(Exception):
     """The harness ended the attempt itself (the run stopped, a spend cap, a stop from the UI)."""
 
@@ -282,7 +300,7 @@ class Transport:
             out.t_headers = time.perf_counter()
             phase = "body"
             out.status = resp.status_code
-            self._read_headers(resp.get, out)
+            self._read_headers(header_getter(resp), out)
             if resp._sock is not None:
                 resp._sock.settimeout(to.idle_s)
             self._read_body(resp, reader, stream, dry_run, out)

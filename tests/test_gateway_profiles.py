@@ -215,3 +215,27 @@ def test_a_mistyped_model_stops_the_run_at_once(tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("ttbench: error:")]
     assert len(lines) == 1 and "HTTP 404" in lines[0] and "gpt-4o-minni" in lines[0], res.stderr[-2000:]
     assert len(records(out)) < 40  # not thousands of failing calls
+
+
+def test_headers_are_looked_up_in_any_case_and_repeated_ones_as_lists():
+    """A real HTTP/1.1 answer read off a socket: the transport's header lookup finds names in any case, gives a
+    repeated header's values in order, and None for what is absent (hand-written answer, hand-read values)."""
+    import socket
+
+    from geventhttpclient.response import HTTPSocketResponse
+
+    from locustfiles.transport import header_getter
+
+    a, b = socket.socketpair()
+    try:
+        a.sendall(b"HTTP/1.1 429 Too Many Requests\r\nX-TT-Request-ID: req_1\r\nretry-after: 2\r\n"
+                  b"X-RateLimit-Remaining-Requests: 0\r\nSet-Cookie: one\r\nSet-Cookie: two\r\n"
+                  b"Content-Length: 0\r\n\r\n")
+        get = header_getter(HTTPSocketResponse(b))
+    finally:
+        a.close()
+        b.close()
+    assert get("x-tt-request-id") == get("X-TT-Request-ID") == "req_1"
+    assert get("Retry-After") == "2" and get("x-ratelimit-remaining-requests") == "0"
+    assert get("set-cookie") == ["one", "two"]
+    assert get("x-request-id") is None

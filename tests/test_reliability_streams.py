@@ -351,3 +351,61 @@ def test_a_seeded_fuzz_of_all_shapes():
         out, reader, pool = send(cut(mutate(raw, ops), [rng.randrange(5000) for _ in range(4)]),
                                   rng.choice(ENDS), dialect, mode)
         check(out, pool, reader)
+
+
+CHUNK = ('{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":'
+         '[{"index":0,"delta":{"content":%s},"logprobs":null,"finish_reason":null}]}')
+LATER = [CHUNK % '"plain"', CHUNK % '"line\\nbreak \\u00e9 \\"q\\""', CHUNK % '"\\ud800"', CHUNK % '"\\x41"',
+         CHUNK % '"raw\ttab"', CHUNK % '""', CHUNK % "17", CHUNK % "null", CHUNK % '"a","content":"b"',
+         CHUNK.replace('"created":1700000000', '"created":1e400') % '"x"',
+         CHUNK.replace('"logprobs":null', '"logprobs":NaN') % '"x"',
+         CHUNK.replace('"finish_reason":null', '"finish_reason":"stop"') % '"end"',
+         CHUNK.replace('"model":"m"', '"model":"m2"') % '"other model"', CHUNK % '"ok" ']
+
+
+@pytest.mark.parametrize("later", LATER)
+def test_a_chat_chunk_after_a_text_chunk_reads_as_strict_json_says(later):
+    """The chat reader's shortcut for a stream's repeated text chunks: after one plain text chunk, every later
+    chunk reads as Python's strict json says (NaN, Infinity, overflow, bad escapes and control characters
+    refused; a duplicate key's last value wins; any other shape read whole)."""
+    from locustfiles.dialects import openai_chat
+
+    def refuse(x: str) -> Any:
+        raise ValueError(x)
+
+    def finite(x: str) -> float:
+        v = float(x)
+        if v in (float("inf"), float("-inf")):
+            raise ValueError(x)
+        return v
+
+    reader = openai_chat.Reader("sse")
+    reader.text_parts = []
+    reader.event(None, CHUNK % '"first "', 1.0)
+    try:
+        obj = json.loads(later, parse_constant=refuse, parse_float=finite)
+    except ValueError:
+        with pytest.raises((ValueError, TypeError)):
+            reader.event(None, later, 2.0)
+        return
+    content = obj["choices"][0]["delta"]["content"]
+    if isinstance(content, str) or not content:
+        reader.event(None, later, 2.0)
+        assert reader.text == "first " + (content or "")
+        assert len(reader.chunks) == 1 + bool(content)
+        assert reader.finish == obj["choices"][0]["finish_reason"]
+    else:  # a number where the text belongs: the shape is wrong (a `protocol` failure in the transport)
+        with pytest.raises(TypeError):
+            reader.event(None, later, 2.0)
+
+
+def test_a_duplicate_content_key_is_never_taken_for_a_text_chunks_shape():
+    """A first chunk whose content key comes twice (the same text in both): a later one differing in its first
+    copy still reads as its last copy, as JSON readers do."""
+    from locustfiles.dialects import openai_chat
+
+    reader = openai_chat.Reader("sse")
+    reader.text_parts = []
+    reader.event(None, CHUNK % '"a","content":"a"', 1.0)
+    reader.event(None, CHUNK % '"b","content":"a"', 2.0)
+    assert reader.text == "aa"

@@ -97,3 +97,51 @@ def test_chunk_times_round_trip_to_the_microsecond(offsets):
     enc = encode_chunks([10.0 + t for t in times], 10.0)
     assert enc["n"] == len(times)
     assert decode_chunks(enc) == pytest.approx([t * 1000 for t in times], abs=0.001 * len(times) + 0.001)
+
+
+def _reference_sse(text: bytes) -> list[tuple[str | None, str]]:
+    """SSE events of a whole body, line by line as the spec reads them (the framer's independent truth)."""
+    events, name, data = [], None, []
+    for raw in text.split(b"\n")[:-1]:  # whole lines only: an unfinished last line is no line yet
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if not line:
+            if data:
+                events.append((name, "\n".join(data)))
+            name, data = None, []
+        elif line.startswith(b"data:"):
+            data.append(line[6:].decode() if line[5:6] == b" " else line[5:].decode())
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode()
+    return events
+
+
+SSE_LINES = st.sampled_from([b"data: {\"a\":1}", b"data:{\"b\":2}", b"data: x", b"data: [DONE]", b"event: ping",
+                             b": keep-alive", b"", b"", b"", b"data: \xc3\xa9t\xc3\xa9", b"data:", b"id: 7"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(SSE_LINES, st.sampled_from([b"\n", b"\n", b"\r\n"])), max_size=30),
+       st.lists(st.integers(min_value=0, max_value=2_000), max_size=8))
+def test_the_sse_framer_gives_the_events_a_line_by_line_reading_gives(lines, cuts):
+    """Bodies of every SSE line shape (LF and CRLF, named events, comments, multi-line data), cut anywhere: the
+    framer's block-at-a-time path and its line-by-line path give exactly the spec's events."""
+    body = b"".join(line + end for line, end in lines)
+    framer = SSEFramer()
+    got = []
+    for piece in split_at(body, cuts):
+        got += framer.feed(piece)
+    assert got == _reference_sse(body)
+
+
+@pytest.mark.parametrize("rec", [
+    {"a": "héllo", "n": 2 ** 63 - 1, "f": [0.1, 1e-05, -0.0, 1.7976931348623157e308], "x": None, "b": True},
+    {"error": "lone \ud800 surrogate"},  # orjson refuses it: the standard library writes it
+    {"big": 2 ** 70},                    # past 64 bits: the standard library writes it
+    {"nested": {"k": [{"deep": "\n\t\"quoted\""}]}},
+])
+def test_a_record_line_is_one_line_of_the_same_json(rec):
+    from locustfiles.records import record_line
+
+    line = record_line(rec)
+    assert line.endswith("\n") and "\n" not in line[:-1]
+    assert json.loads(line) == rec

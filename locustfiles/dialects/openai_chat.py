@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..calls import CallSpec, WireRequest
@@ -46,10 +47,38 @@ def normalize(u: dict[str, Any]) -> dict[str, int]:
             "reasoning": int(cd.get("reasoning_tokens") or 0)}
 
 
-class Reader(BaseReader):
-    """Reads chat chunks: role chunk, deltas, finish chunk, usage chunk, [DONE]."""
+#: Where a text chunk's content string starts, and a JSON string token (its escapes checked when it is decoded).
+_CONTENT = '"delta":{"content":'
+_STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*"')
 
-    __slots__ = ()
+
+class Reader(BaseReader):
+    """Reads chat chunks: role chunk, deltas, finish chunk, usage chunk, [DONE].
+
+    A stream's text chunks differ only in their content string, so once one parsed (strictly) as nothing but text,
+    a later chunk that is the same text around a different, strictly valid JSON string is that string's text
+    chunk: it is read without parsing the rest again. Anything else is parsed whole.
+    """
+
+    __slots__ = ("_template",)
+
+    def __init__(self, stream_format: str | None = None) -> None:
+        super().__init__(stream_format)
+        self._template: tuple[str, str] | None = None  # (text before, text after) the content of a text chunk
+
+    def _content_at(self, data: str) -> tuple[int, int]:
+        """The span of the content string token of a chunk shaped like a text chunk, or (-1, -1)."""
+        i = data.find(_CONTENT)
+        if i < 0:
+            return -1, -1
+        i += len(_CONTENT)
+        j = data.find('"', i + 1) if data.startswith('"', i) else -1
+        if j < 0:
+            return -1, -1
+        if data.find("\\", i, j) < 0:  # no escape: the next quote ends it (what lies between is checked on decoding)
+            return i, j + 1
+        m = _STRING.match(data, i)
+        return (i, m.end()) if m else (-1, -1)
 
     def event(self, name: str | None, data: str, t: float) -> None:
         """One `data:` line."""
@@ -58,6 +87,17 @@ class Reader(BaseReader):
         if data.startswith("[DONE]"):
             self.done = True
             return
+        template = self._template
+        if template is not None:
+            i, j = self._content_at(data)
+            if i >= 0 and data[:i] == template[0] and data[j:] == template[1]:
+                try:
+                    text = loads(data[i:j])
+                except ValueError:
+                    text = None  # an escape strict JSON refuses: the whole chunk is parsed, and refused
+                if text:
+                    self._text(text, t)
+                    return
         obj = loads(data)
         if obj.get("error"):
             err = obj["error"]
@@ -71,19 +111,20 @@ class Reader(BaseReader):
         for choice in obj.get("choices") or ():
             delta = choice.get("delta") or {}
             text = delta.get("content")
-            if text:  # the most frequent event of all: Reader.content for text, written out
-                if self.first_text is None:
-                    self.first_text = t
-                    if self.first_content is None:
-                        self.first_content = t
-                self.chunks.append(t)
-                self.chars += len(text)
-                if self.text_parts is not None:
-                    self.text_parts.append(text)
+            if text and isinstance(text, str):
+                self._text(text, t)
                 if len(delta) == 1:  # nothing but text in it
                     if choice.get("finish_reason"):
                         self.finish = choice["finish_reason"]
+                    elif template is None and len(obj["choices"]) == 1 and not usage:
+                        i, j = self._content_at(data)
+                        # the content string is the one read, and no second "content" key after it could be
+                        if i >= 0 and loads(data[i:j]) == text and '"content"' not in data[j:]:
+                            self._template = (data[:i], data[j:])
                     continue
+            elif text:
+                self.content("text", t, len(text))
+                self.keep(text)
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning:
                 self.content("reasoning", t, len(reasoning))
@@ -91,6 +132,17 @@ class Reader(BaseReader):
                 self.content("tool", t)
             if choice.get("finish_reason"):
                 self.finish = choice["finish_reason"]
+
+    def _text(self, text: str, t: float) -> None:
+        """A text chunk (Reader.content and Reader.keep for text, written out: the most frequent event)."""
+        if self.first_text is None:
+            self.first_text = t
+            if self.first_content is None:
+                self.first_content = t
+        self.chunks.append(t)
+        self.chars += len(text)
+        if self.text_parts is not None:
+            self.text_parts.append(text)
 
     def body(self, obj: Any) -> None:
         """A chat.completion object."""
