@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+from ttformats.jsonline import json_line
 from ttformats.prices import Usage
 
 COLUMNS = (
@@ -153,7 +153,7 @@ class Ledger:
 
 def jsonl(rows: list[dict[str, Any]]) -> str:
     """Ledger rows as JSON Lines."""
-    return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows)
+    return "".join(map(json_line, rows))
 
 
 def csv_header() -> str:

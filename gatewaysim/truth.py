@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -10,6 +9,8 @@ from typing import IO, Any
 from urllib.parse import unquote_plus
 
 from multidict import CIMultiDictProxy
+
+from ttformats.jsonline import json_line
 
 #: Request headers the truth never records: credentials, then hop-by-hop and transport ones.
 DROPPED_HEADERS = frozenset((
@@ -110,14 +111,14 @@ class Truth:
         """Mark an entry finished: append it to the file and forget it."""
         if self.open_entries.pop(entry["request_id"], None) is None:
             return  # closed before
-        self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._file.write(json_line(entry))
         self._file.flush()
 
     def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
         """Every entry as JSON Lines: the finished ones in the order they finished, then those still in flight."""
         self._file.flush()
         left = os.path.getsize(self.path) - self._start
-        in_flight = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in self.open_entries.values())
+        in_flight = "".join(map(json_line, self.open_entries.values()))
         with open(self.path, "rb") as f:
             f.seek(self._start)
             while left > 0:

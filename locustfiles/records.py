@@ -9,8 +9,7 @@ from array import array
 from collections.abc import Callable
 from typing import IO, Any
 
-from orjson import dumps as _orjson_dumps
-
+from ttformats.jsonline import json_line
 from ttformats.records import DEFAULTS, DERIVED, DROPPED, gap_figures, other_ids
 
 RECORD_VERSION = 5
@@ -27,13 +26,6 @@ def record_schema() -> dict[str, Any]:
     return schema
 FLUSH_INTERVAL_S = 0.5
 
-
-def record_line(rec: dict[str, Any]) -> str:
-    """One record as a compact JSON line (newline included)."""
-    try:
-        return _orjson_dumps(rec).decode() + "\n"
-    except TypeError:  # what orjson will not write (a lone surrogate, an integer past 64 bits, a non-str key)
-        return json.dumps(rec, separators=(",", ":")) + "\n"
 
 
 def encode_chunks(times: list[float], t0: float) -> dict[str, Any]:
@@ -135,7 +127,7 @@ class RecordSink:
         self._buffer.append(record)
         if self.closed and self.path:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write("".join(map(record_line, self._buffer)))
+                f.write("".join(map(json_line, self._buffer)))
             self.written += len(self._buffer)
             self._buffer = []
 
@@ -143,7 +135,7 @@ class RecordSink:
         """Append records to the file now (the master uses this for shipped batches)."""
         if self._file is None or not records:
             return
-        self._file.write("".join(map(record_line, records)))
+        self._file.write("".join(map(json_line, records)))
         self._file.flush()
         self.written += len(records)
 

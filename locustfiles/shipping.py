@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from .records import record_line
+from ttformats.jsonline import json_line
 
 #: Records in one message: the master's work per message stays a small part of a second.
 MAX_BATCH = 200
@@ -67,7 +67,7 @@ class Shipper:
         """Queue one record (after close: straight to the file of records left behind)."""
         if self.closed and self.left_behind is not None:
             with open(self.left_behind, "a", encoding="utf-8") as f:
-                f.write(record_line(record))
+                f.write(json_line(record))
             return
         self._buffer.append(record)
         if self.closed:
@@ -125,7 +125,7 @@ class Shipper:
     def _spill(self) -> None:
         out = self._open_spill()
         n = len(self._buffer)
-        out.write("".join(map(record_line, self._buffer)))
+        out.write("".join(map(json_line, self._buffer)))
         out.flush()
         self._buffer.clear()
         self._spill_unread += n

@@ -140,8 +140,8 @@ def test_the_sse_framer_gives_the_events_a_line_by_line_reading_gives(lines, cut
     {"nested": {"k": [{"deep": "\n\t\"quoted\""}]}},
 ])
 def test_a_record_line_is_one_line_of_the_same_json(rec):
-    from locustfiles.records import record_line
+    from ttformats.jsonline import json_line
 
-    line = record_line(rec)
+    line = json_line(rec)
     assert line.endswith("\n") and "\n" not in line[:-1]
     assert json.loads(line) == rec

@@ -15,6 +15,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from ttformats.jsonline import compact
+
 from ..calls import BadRequest, Call, Frame, Plan
 from ..exchange import Exchange
 
@@ -94,7 +96,7 @@ def want_bool(body: dict[str, Any], key: str) -> bool:
 
 def sse(data: Any, event: str | None = None) -> bytes:
     """One SSE event: optional `event:` line and one `data:` line."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    payload = data if isinstance(data, str) else compact(data)
     if event is not None:
         return f"event: {event}\ndata: {payload}\n\n".encode()
     return f"data: {payload}\n\n".encode()
