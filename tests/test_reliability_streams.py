@@ -291,14 +291,8 @@ def test_numbers_json_does_not_have_are_protocol_errors(shape, number):
     assert out.error_kind == "protocol", (out.error_kind, out.error)
 
 
-TEXTS = ['{"a":1.5,"b":[true,null]}', '"\\ud800"', "1" * 400, "NaN", "-Infinity", "1e400", '"a\tb"', "[1,]",
-         "01", '{"a":1,"a":2}', ' {"x":"\\u00e9"} ', "{}x", "-0", "1.7976931348623157e308", '"\\x41"']
-
-
-@pytest.mark.parametrize("text", TEXTS)
-def test_the_readers_json_accepts_and_refuses_what_strict_standard_json_does(text):
-    """The hot path's decoder against Python's json with NaN, Infinity and overflowing numbers refused."""
-    from locustfiles.dialects.base import loads
+def _strict_json(text: str) -> Any:
+    """Python's json with NaN, Infinity and numbers that overflow a double refused (ValueError)."""
 
     def refuse(x: str) -> Any:
         raise ValueError(x)
@@ -309,8 +303,20 @@ def test_the_readers_json_accepts_and_refuses_what_strict_standard_json_does(tex
             raise ValueError(x)
         return v
 
+    return json.loads(text, parse_constant=refuse, parse_float=finite)
+
+
+TEXTS = ['{"a":1.5,"b":[true,null]}', '"\\ud800"', "1" * 400, "NaN", "-Infinity", "1e400", '"a\tb"', "[1,]",
+         "01", '{"a":1,"a":2}', ' {"x":"\\u00e9"} ', "{}x", "-0", "1.7976931348623157e308", '"\\x41"']
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_readers_json_accepts_and_refuses_what_strict_standard_json_does(text):
+    """The hot path's decoder against Python's json with NaN, Infinity and overflowing numbers refused."""
+    from locustfiles.dialects.base import loads
+
     try:
-        expected: Any = ("ok", json.loads(text, parse_constant=refuse, parse_float=finite))
+        expected: Any = ("ok", _strict_json(text))
     except ValueError:
         expected = ("refused",)
     try:
@@ -370,20 +376,11 @@ def test_a_chat_chunk_after_a_text_chunk_reads_as_strict_json_says(later):
     refused; a duplicate key's last value wins; any other shape read whole)."""
     from locustfiles.dialects import openai_chat
 
-    def refuse(x: str) -> Any:
-        raise ValueError(x)
-
-    def finite(x: str) -> float:
-        v = float(x)
-        if v in (float("inf"), float("-inf")):
-            raise ValueError(x)
-        return v
-
     reader = openai_chat.Reader("sse")
     reader.text_parts = []
     reader.event(None, CHUNK % '"first "', 1.0)
     try:
-        obj = json.loads(later, parse_constant=refuse, parse_float=finite)
+        obj = _strict_json(later)
     except ValueError:
         with pytest.raises((ValueError, TypeError)):
             reader.event(None, later, 2.0)
