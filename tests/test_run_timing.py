@@ -31,8 +31,7 @@ def test_chunk_receive_times_match_write_times(tmp_path):
     res = ttbench("run", str(scenario), "--out", str(out))
     assert res.returncode == 0, res.stderr[-2000:]
     truth = {e["request_id"]: e for e in jsonl(out / "truth.jsonl")}
-    errors_ms: list[float] = []
-    formats = set()
+    errors_ms: dict[tuple[str, str], list[float]] = {}
     for rec in records(out):
         if not rec["ok"]:
             continue
@@ -40,16 +39,20 @@ def test_chunk_receive_times_match_write_times(tmp_path):
         written = [t for t, n in zip(entry["chunk_times"], entry["chunk_tokens"], strict=True) if n > 0]
         received = [rec["t_start"] + ms / 1000.0 for ms in decode_chunks(rec["chunks"])]
         assert len(received) == len(written) == 20, rec["name"]
-        errors_ms += [(r - w) * 1000.0 for r, w in zip(received, written, strict=True)]
+        errors = errors_ms.setdefault((rec["endpoint"], rec["stream_format"]), [])
+        errors += [(r - w) * 1000.0 for r, w in zip(received, written, strict=True)]
         gaps = sorted(b - a for a, b in zip(written, written[1:], strict=False))
         assert gaps[len(gaps) // 2] >= 0.045  # the model's 50 ms gaps, so any buffering would show
-        formats.add((rec["endpoint"], rec["stream_format"]))
-    assert formats == {("chat", "sse"), ("messages", "sse"), ("gemini", "sse"), ("gemini", "json_array")}
-    assert len(errors_ms) >= 1000
-    errors_ms.sort()
-    p99 = errors_ms[int(0.99 * (len(errors_ms) - 1))]
-    assert min(errors_ms) > -1.0  # never received before it was written (same clock)
-    # one buffered event would be late by a whole 50 ms gap; alone on this 2-core machine p99 is 0.8-1.8 ms, and
-    # up to 4 ms late in a full suite on a loaded box, so 5 ms keeps the test about buffering, not about load
-    assert p99 <= 5.0, f"p99 {p99:.2f} ms"
-    assert errors_ms[-1] <= 50.0, f"max {errors_ms[-1]:.2f} ms"
+    assert set(errors_ms) == {("chat", "sse"), ("messages", "sse"), ("gemini", "sse"), ("gemini", "json_array")}
+    for fmt, errors in errors_ms.items():
+        assert len(errors) >= 200, fmt
+        errors.sort()
+        median = errors[len(errors) // 2]
+        late = sum(e > 20.0 for e in errors) / len(errors)
+        assert errors[0] > -1.0, fmt  # never received before it was written (same clock)
+        # an event held back until the next one arrives is late by a whole 50 ms gap, so holding back even one
+        # event in twenty makes 5% of this format's events that late; alone on this 2-core machine p99 is
+        # 0.8-1.8 ms and a loaded box in a full suite adds a few ms (p99 5.03 ms once), far from 20 ms
+        assert late < 0.02, f"{fmt}: {late:.1%} of events more than 20 ms late"
+        assert median <= 5.0, f"{fmt}: median {median:.2f} ms"
+        assert errors[-1] <= 50.0, f"{fmt}: max {errors[-1]:.2f} ms"
