@@ -190,7 +190,11 @@ def main() -> int:
         print(f"the run achieved {achieved:.1f} calls/s, short of the {args.rate:g} offered")
         ok = False
     print(f"\n{'met' if ok else 'NOT met'}: every process within {args.tolerance:.0%} of its memory at "
-          f"{args.settle_s:g} s, at {args.rate:g} streamed calls/s")
+          f"{args.settle_s:g} s, at {args.rate:g} streamed calls/s offered")
+    if achieved is not None:
+        short = 1 - achieved / args.rate
+        print(f"rate: {achieved:.1f} calls/s served of {args.rate:g} offered"
+              + (f" ({short:.1%} short: see the dropped arrivals in harness.json)" if short > 0.001 else ""))
     if args.keep:
         print(f"kept {work}")
     else:
