@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import random
@@ -79,6 +80,30 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--ttbench-duration", type=float, default=None,
                        help="run length in seconds (default: the scenario's); ends with a graceful drain")
     group.add_argument("--ttbench-progress", type=float, default=None, help="seconds between progress lines")
+
+
+def stop_csv_writer() -> int:
+    """Ends Locust's periodic CSV writer greenlets and flushes their files; returns how many it ended.
+
+    Locust's shutdown closes the CSV files without ending the greenlet that rewrites them every second, so a
+    greenlet woken during the process's exit fails on a closed file (a traceback in the run's output); ended
+    here, at quitting, it also cannot rewrite the final stats CSV written after it.
+    """
+    ended = 0
+    for obj in gc.get_objects():
+        if not isinstance(obj, gevent.Greenlet) or obj.dead:
+            continue
+        run = getattr(obj, "_run", None)
+        if getattr(run, "__name__", "") != "stats_writer":
+            continue
+        obj.kill(block=True)
+        writer = getattr(run, "__self__", None)
+        for name in ("requests_flush", "stats_history_flush", "failures_flush", "exceptions_flush"):
+            flush = getattr(writer, name, None)
+            if flush is not None:
+                flush()
+        ended += 1
+    return ended
 
 
 class Runtime:
@@ -616,6 +641,8 @@ class Runtime:
         if getattr(opts, "csv_prefix", None):
             from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
+            stop_csv_writer()
+
             with open(f"{opts.csv_prefix}_stats.csv", "w", newline="") as f:
                 StatsCSV(self.environment, PERCENTILES_TO_REPORT).requests_csv(csv.writer(f))
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -748,4 +775,4 @@ def install() -> None:
             Runtime._instance.finish()
 
 
-__all__ = ["LocalRunner", "Runtime", "install"]
+__all__ = ["LocalRunner", "Runtime", "install", "stop_csv_writer"]
