@@ -7,11 +7,12 @@ import io
 import json
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .load import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LEDGER_COLUMNS = ("time", "type", "request_id", "idempotency_key", "attempt_id", "upstream_request_id", "endpoint",
                   "model", "input_tokens", "output_tokens", "cached_input_tokens", "cache_write_tokens", "images",
@@ -168,4 +169,6 @@ def load_ledger(source: str | Path, fmt: str | None = None, columns: dict[str, s
         for c in ("request_id", "idempotency_key", "attempt_id", "upstream_request_id"):
             row[c] = None if row[c] in (None, "") else str(row[c])
         rows.append(row)
+    import pandas as pd  # here: checking a scenario's ledger settings needs no pandas
+
     return pd.DataFrame(rows, columns=LEDGER_COLUMNS)

@@ -6,16 +6,18 @@ import os
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pandas as pd
 import yaml
 
 from ttformats.buckets import ACCOUNTING
 
 from .ledger import LEDGER_ALIASES, LEDGER_COLUMNS, load_ledger
 from .load import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAPPINGS_DIR = Path(__file__).resolve().parent / "ledgers"
 DEFAULT_MAPPING = "tt-sim"
