@@ -52,7 +52,8 @@ def test_chunk_receive_times_match_write_times(tmp_path):
         assert errors[0] > -1.0, fmt  # never received before it was written (same clock)
         # an event held back until the next one arrives is late by a whole 50 ms gap, so holding back even one
         # event in twenty makes 5% of this format's events that late; alone on this 2-core machine p99 is
-        # 0.8-1.8 ms and a loaded box in a full suite adds a few ms (p99 5.03 ms once), far from 20 ms
+        # 0.8-1.8 ms and a loaded box in a full suite adds a few ms (p99 5.03 ms once), far from 20 ms. No bound
+        # on the single latest event: a loaded box stalls a process now and then (every stream late by 10-14 ms
+        # at one moment alone, one event 52 ms late once in a full suite), which says nothing of buffering
         assert late < 0.02, f"{fmt}: {late:.1%} of events more than 20 ms late"
         assert median <= 5.0, f"{fmt}: median {median:.2f} ms"
-        assert errors[-1] <= 50.0, f"{fmt}: max {errors[-1]:.2f} ms"
