@@ -119,6 +119,7 @@ async def stats(request: web.Request) -> web.Response:
         "faults_planted": gw.faults.planted,
         "billing_errors_planted": gw.biller.planter.planted,
         "idempotency_keys": len(gw.idempotency),
+        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop or asyncio
     })
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
 from typing import Any
 
@@ -43,7 +44,7 @@ class ModelPool:
         fut: asyncio.Future[None] = loop.create_future()
         self.waiting.append(fut)
         self.peak_queue = max(self.peak_queue, len(self.waiting))
-        start = loop.time()
+        start = time.monotonic()  # not loop.time(): uvloop's is in whole milliseconds
         try:
             await fut
         except asyncio.CancelledError:
@@ -55,7 +56,7 @@ class ModelPool:
                 except ValueError:
                     pass
             raise
-        return loop.time() - start
+        return time.monotonic() - start
 
     def _take(self) -> None:
         self.active += 1

@@ -388,8 +388,7 @@ class Exchange:
         entry["headers_sent"] = time.time()
         token_frames = [i for i, f in enumerate(frames) if f.tokens]
         cut_at = token_frames[len(token_frames) // 2] if token_frames else len(frames) - 1
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        t0 = time.monotonic()  # not loop.time(): uvloop's is cached once a loop pass, in whole milliseconds
         deadline = t0
         started = False
         times = entry["chunk_times"]
@@ -404,7 +403,7 @@ class Exchange:
                     started = True
                 else:
                     deadline += frame.tokens / pool.decode_tokens_per_s()
-                delay = deadline - loop.time()
+                delay = deadline - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
             if i == cut_at and fault in ("disconnect_midstream", "stream_error", "malformed_chunk"):

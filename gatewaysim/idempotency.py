@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_KEY_LENGTH = 255
-SWEEP_EVERY_S = 1.0  # expired responses are deleted at most this often
+SWEEP_EVERY_S = 1.0  # expired responses are deleted (and recent ones written) at most this often
+FLUSH_AT = 256  # recent responses held in memory before they are written in one transaction
 
 
 @dataclass
@@ -48,7 +49,8 @@ def _scope_id(scope: tuple[str, ...]) -> bytes:
 
 class IdempotencyStore:
     """Keys scoped by (API key, method, path, Idempotency-Key): marks of requests in flight in memory, completed
-    responses in an SQLite file (or ":memory:"), deleted `ttl_s` after they were stored."""
+    responses in an SQLite file (or ":memory:"), deleted `ttl_s` after they were stored. Completed responses are
+    written a batch at a time (at most FLUSH_AT of them, or a second's, wait in memory)."""
 
     def __init__(self, ttl_s: float, path: str = ":memory:") -> None:
         self.ttl_s = ttl_s
@@ -59,15 +61,23 @@ class IdempotencyStore:
                         " response BLOB)")
         self.db.execute("CREATE INDEX IF NOT EXISTS done_at ON done (stored_at)")
         self._in_flight: dict[tuple[str, ...], str] = {}
+        #: responses completed since the last flush, by scope id: (fingerprint, stored_at, response)
+        self._recent: dict[bytes, tuple[str, float, StoredResponse]] = {}
         self._swept = 0.0
 
     def begin(self, scope: tuple[str, ...], fp: str) -> tuple[str, StoredResponse | None]:
         """Classify a request: 'new', 'replay', 'mismatch' (422) or 'in_flight' (409)."""
         now = time.time()
         self._sweep(now)
-        row = self.db.execute("SELECT fp, stored_at, response FROM done WHERE scope = ?", (_scope_id(scope),)).fetchone()
-        if row is not None and now - row[1] <= self.ttl_s:
-            return ("replay", pickle.loads(row[2])) if row[0] == fp else ("mismatch", None)
+        sid = _scope_id(scope)
+        recent = self._recent.get(sid)
+        if recent is not None:
+            if now - recent[1] <= self.ttl_s:
+                return ("replay", recent[2]) if recent[0] == fp else ("mismatch", None)
+        else:
+            row = self.db.execute("SELECT fp, stored_at, response FROM done WHERE scope = ?", (sid,)).fetchone()
+            if row is not None and now - row[1] <= self.ttl_s:
+                return ("replay", pickle.loads(row[2])) if row[0] == fp else ("mismatch", None)
         running = self._in_flight.get(scope)
         if running is not None:
             return ("in_flight", None) if running == fp else ("mismatch", None)
@@ -78,9 +88,22 @@ class IdempotencyStore:
         """Store a completed 2xx response under the scope."""
         fp = self._in_flight.pop(scope, None)
         if fp is not None:
-            self.db.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)",
-                            (_scope_id(scope), fp, stored.stored_at,
-                             pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL)))
+            self._recent[_scope_id(scope)] = (fp, stored.stored_at, stored)
+            if len(self._recent) >= FLUSH_AT:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Write the responses completed since the last flush to the database, in one transaction."""
+        if not self._recent:
+            return
+        rows = [(sid, fp, at, pickle.dumps(stored, protocol=pickle.HIGHEST_PROTOCOL))
+                for sid, (fp, at, stored) in self._recent.items()]
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?)", rows)
+        finally:
+            self.db.execute("COMMIT")
+        self._recent.clear()
 
     def abandon(self, scope: tuple[str, ...]) -> None:
         """Forget an in-flight mark without storing anything (the attempt failed)."""
@@ -90,10 +113,12 @@ class IdempotencyStore:
         """Delete the responses stored longer than the TTL ago."""
         if now - self._swept >= SWEEP_EVERY_S:
             self._swept = now
+            self._flush()
             self.db.execute("DELETE FROM done WHERE stored_at < ?", (now - self.ttl_s,))
 
     def __len__(self) -> int:
         """Completed responses held for replay (expired ones included until the next sweep)."""
+        self._flush()
         return self.db.execute("SELECT COUNT(*) FROM done").fetchone()[0]
 
     def close(self) -> None:

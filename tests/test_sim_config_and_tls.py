@@ -86,3 +86,20 @@ def test_tls_needs_a_trusted_ca(tmp_path):
 def test_tls_flags_go_together():
     res = run_sim("--tls-cert", "x.pem")
     assert res.returncode == 2 and "--tls-cert and --tls-key go together" in res.stderr
+
+
+def test_the_event_loop_is_uvloop_unless_asked_otherwise(monkeypatch):
+    """uvloop by default (a dependency here); `--loop asyncio` or TTBENCH_SIM_LOOP picks the standard loop, and
+    an unknown name is one line, exit 2."""
+    with SimProcess() as sim:
+        assert sim.admin("/_sim/stats").json()["event_loop"] == "uvloop"
+        assert httpx.post(sim.url + "/v1/chat/completions", headers=auth(sim), json=CHAT).status_code == 200
+    with SimProcess(extra_args=["--loop", "asyncio"]) as sim:
+        assert sim.admin("/_sim/stats").json()["event_loop"] == "asyncio"
+    monkeypatch.setenv("TTBENCH_SIM_LOOP", "asyncio")
+    with SimProcess() as sim:
+        assert sim.admin("/_sim/stats").json()["event_loop"] == "asyncio"
+    monkeypatch.setenv("TTBENCH_SIM_LOOP", "trio")
+    res = run_sim()
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "TTBENCH_SIM_LOOP): expected one of auto, uvloop, asyncio, got 'trio'" in res.stderr

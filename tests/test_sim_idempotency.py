@@ -118,3 +118,27 @@ def test_expired_answers_are_deleted_though_their_keys_never_come_back(make_sim)
     time.sleep(2.1)  # past the TTL and the once-a-second sweep
     assert chat(sim, key="idem-d").status_code == 200
     assert sim.admin("/_sim/stats").json()["idempotency_keys"] == 1
+
+
+def test_the_store_replays_answers_before_and_after_they_are_written_to_its_file(tmp_path):
+    """Completed answers wait in memory and are written a batch at a time: replay, mismatch and expiry are the
+    same on either side of the write."""
+    from gatewaysim.idempotency import FLUSH_AT, IdempotencyStore, StoredResponse
+
+    store = IdempotencyStore(ttl_s=1.5, path=str(tmp_path / "idem.sqlite"))
+    n = FLUSH_AT + 44  # one batch written at FLUSH_AT, the rest still in memory
+    scopes = [("key", "POST", "/v1/chat/completions", f"k{i}") for i in range(n)]
+    for i, scope in enumerate(scopes):
+        assert store.begin(scope, f"fp{i}") == ("new", None)
+        store.complete(scope, StoredResponse(200, {"X": str(i)}, None, [b"data: %d\n\n" % i], f"req_{i}"))
+    for i, scope in enumerate(scopes):
+        kind, stored = store.begin(scope, f"fp{i}")
+        assert kind == "replay" and stored is not None, i
+        assert (stored.request_id, stored.headers, stored.frames) == (f"req_{i}", {"X": str(i)}, [b"data: %d\n\n" % i])
+        assert store.begin(scope, "other") == ("mismatch", None)
+    assert len(store) == n
+    time.sleep(1.6)  # past the TTL: every answer expires, written or not
+    assert store.begin(scopes[0], "fp0") == ("new", None)
+    assert store.begin(scopes[-1], f"fp{n - 1}") == ("new", None)
+    assert len(store) == 0
+    store.close()

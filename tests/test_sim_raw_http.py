@@ -68,6 +68,30 @@ def test_chat_stream_without_include_usage_has_no_usage(sim):
     assert all("usage" not in c for c in chunks)
 
 
+@pytest.mark.parametrize("usage", [True, False])
+def test_chat_stream_events_are_compact_json_as_the_api_writes_them(sim, usage):
+    """Every event is one `data:` line of compact JSON, byte for byte what a serialiser writes for its own
+    parse (the text deltas are spliced into a template: a slip there is a stray byte here)."""
+    body = dict(CHAT, max_tokens=30, ignore_eos=True, stream=True, **({"stream_options": {"include_usage": True}}
+                                                                      if usage else {}))
+    r = httpx.post(sim.url + "/v1/chat/completions", headers=bearer(sim), json=body)
+    blocks = r.content.split(b"\n\n")
+    assert blocks[-1] == b"" and blocks[-2] == b"data: [DONE]"
+    deltas = 0
+    for block in blocks[:-2]:
+        assert block.startswith(b"data: ") and b"\n" not in block, block
+        parsed = json.loads(block[6:])
+        assert block[6:] == json.dumps(parsed, separators=(",", ":"), ensure_ascii=False).encode(), block
+        assert list(parsed)[:6] == ["id", "object", "created", "model", "system_fingerprint", "choices"]
+        assert ("usage" in parsed) == usage
+        choices = parsed["choices"]
+        if choices and set(choices[0]["delta"]) == {"content"}:
+            deltas += 1
+            assert list(choices[0]) == ["index", "delta", "logprobs", "finish_reason"]
+            assert choices[0]["finish_reason"] is None and parsed.get("usage") is None
+    assert deltas == 30
+
+
 def test_messages_stream_full_event_sequence(sim):
     body = {"model": "claude-3-5-sonnet", "max_tokens": 10, "stream": True,
             "messages": [{"role": "user", "content": "Hi"}]}

@@ -6,11 +6,29 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 
 class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
+
+
+LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def run_loop(main: Coroutine[Any, Any, None], loop: str) -> None:
+    """Run a coroutine to completion on the event loop named ("auto": uvloop when it is installed)."""
+    if loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if loop != "asyncio":
+                raise UsageError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -19,6 +37,8 @@ def _sim(args: argparse.Namespace) -> int:
     from gatewaysim.server import require_client_certs, serve_forever, tls_context
     from gatewaysim.state import DEFAULT_ADMIN_TOKEN, DEFAULT_API_KEY, Gateway
 
+    if args.loop not in LOOPS:  # argparse checks --loop, not the default from $TTBENCH_SIM_LOOP
+        raise UsageError(f"--loop (or TTBENCH_SIM_LOOP): expected one of {', '.join(LOOPS)}, got {args.loop!r}")
     try:
         config = load_config(args.config, seed=args.seed)
     except ConfigError as exc:
@@ -48,7 +68,7 @@ def _sim(args: argparse.Namespace) -> int:
     except OSError as exc:  # the truth file (or the temporary folder) cannot be written
         raise UsageError(f"{exc.filename}: cannot open for writing: {exc.strerror or exc}") from None
     try:
-        asyncio.run(serve_forever(gw, args.host, args.port, ssl_ctx))
+        run_loop(serve_forever(gw, args.host, args.port, ssl_ctx), args.loop)
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0
@@ -139,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls-key", default=None)
     sim.add_argument("--tls-client-ca", default=None,
                      help="mutual TLS: require a client certificate signed by a CA in this PEM file")
+    sim.add_argument("--loop", choices=LOOPS, default=os.environ.get("TTBENCH_SIM_LOOP", "auto"),
+                     help="event loop: uvloop (faster; 1 ms timer resolution), asyncio, or auto (uvloop when "
+                          "installed; default: $TTBENCH_SIM_LOOP, else auto)")
     sim.set_defaults(func=_sim)
 
     run = sub.add_parser("run", help="run a scenario (against the embedded simulator by default)")

@@ -19,3 +19,11 @@ def compact(obj: Any) -> str:
 def json_line(obj: Any) -> str:
     """One compact JSON line, newline included."""
     return compact(obj) + "\n"
+
+
+def compact_bytes(obj: Any) -> bytes:
+    """compact(obj) as UTF-8 bytes."""
+    try:
+        return _orjson_dumps(obj)
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":")).encode()

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ttformats.jsonline import compact_bytes as _dumps
+
 from ..cache import segment
 from ..calls import BadRequest, Call, Frame, Plan
 from ..textgen import count_texts
@@ -194,10 +196,15 @@ class OpenAIChat(OpenAIBase):
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
             return sse({**head, "choices": [choice], **extra})
 
+        # a text delta is the same bytes as chunk({"content": text}) with the text spliced in: one dumps of the
+        # text instead of the whole chunk (most of a stream's frames are text deltas)
+        around = chunk({"content": ""})
+        cut = around.index(b'"content":""') + len(b'"content":')
+        before, after = around[:cut], around[cut + 2:]
         out = [Frame(chunk({"role": "assistant", "content": "", "refusal": None}))]
         for p in plan.pieces:
             if p.kind == "text":
-                out.append(Frame(chunk({"content": p.text}), 1))
+                out.append(Frame(before + _dumps(p.text) + after, 1))
             elif p.kind == "reasoning":
                 out.append(Frame(chunk({"reasoning_content": p.text}), 1))
             elif p.kind == "tool_name":
