@@ -31,9 +31,15 @@ $(LITELLM_STAMP):
 run: setup
 	$(VENV)/bin/ttbench run scenarios/smoke.yaml
 
+# The tests run in TEST_WORKERS processes (a test file stays in one), except those marked `serial` (timing and
+# capacity measured under load), which run alone afterwards; both parts always run, and either failing fails.
+TEST_WORKERS ?= 2
+
 test: setup $(LITELLM_STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not serial" -n $(TEST_WORKERS) --dist loadfile; parallel=$$?; \
+	$(PY) -m pytest -m serial; serial=$$?; \
+	test $$parallel -eq 0 && test $$serial -eq 0
 
 lint: setup
 	$(VENV)/bin/ruff check .

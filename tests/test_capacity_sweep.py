@@ -11,7 +11,7 @@ from ttbench.simproc import SimProcess
 from .conftest import write_config
 from .runs import records, ttbench_together, write_scenario
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.serial]  # timing under load: runs alone (make test)
 
 MODEL = {"defaults": {"chat": {"slots": 4, "queue": 8, "base_ms": 20, "prefill_ms_per_token": 0, "ttft_jitter_ms": 0,
                                "decode_tokens_per_s": 200, "slowdown_at_full": 0.2,

@@ -22,7 +22,7 @@ from ttformats.calls import call_ttft_ms
 from .otlp_receiver import OtlpReceiver
 from .runs import ROOT, free_port, records, ttbench, write_scenario
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]  # timing under load: runs alone (make test)
 
 SIM = {"defaults": {"chat": {"base_ms": 20, "ttft_jitter_ms": 40, "prefill_ms_per_token": 0,
                              "decode_tokens_per_s": 400, "slots": 64, "queue": 64,

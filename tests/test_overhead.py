@@ -23,7 +23,7 @@ from .conftest import FAST, deep_merge
 from .gateway_litellm import LiteLLMProxy, free_port, model_list
 from .runs import ROOT, jsonl, records, ttbench, write_scenario
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.serial]  # timing under load: runs alone (make test)
 
 DELAY_MS = 25.0
 DELAYED = "gpt-4o-mini-delayed"

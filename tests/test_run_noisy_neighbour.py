@@ -11,7 +11,7 @@ import yaml
 
 from .runs import ROOT, records, ttbench_together
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.serial]  # timing under load: runs alone (make test)
 
 SCENARIO = ROOT / "scenarios" / "noisy-neighbour.yaml"
 

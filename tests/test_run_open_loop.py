@@ -9,7 +9,7 @@ import pytest
 
 from .runs import records, ttbench, write_scenario
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]  # timing under load: runs alone (make test)
 
 FAST = {"defaults": {"chat": {"base_ms": 5, "ttft_jitter_ms": 1, "decode_tokens_per_s": 1000,
                               "output_tokens": {"min": 8, "max": 8}}}}

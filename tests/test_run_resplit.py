@@ -19,7 +19,7 @@ from ttbench.simproc import SimProcess
 from .conftest import FAST, write_config
 from .runs import GATEWAY, ROOT, records, start_master_and_workers, ttbench, write_scenario
 
-pytestmark = pytest.mark.timeout(200)
+pytestmark = [pytest.mark.timeout(200), pytest.mark.serial]  # timing under load: runs alone (make test)
 
 RATE = 30.0
 

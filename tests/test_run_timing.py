@@ -8,7 +8,7 @@ from locustfiles.records import decode_chunks
 
 from .runs import jsonl, records, ttbench, write_scenario
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]  # timing under load: runs alone (make test)
 
 SIM = {"defaults": {"chat": {"base_ms": 60, "ttft_jitter_ms": 0, "prefill_ms_per_token": 0,
                              "decode_tokens_per_s": 20, "slowdown_at_full": 0, "slots": 64, "queue": 64,

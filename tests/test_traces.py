@@ -29,7 +29,7 @@ from locustfiles.traces import (
 
 from .runs import ROOT, jsonl, records, ttbench, write_scenario
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]  # timing under load: runs alone (make test)
 
 DATA = ROOT / "tests" / "data" / "traces"
 GENERIC = {"columns": {"time": "arrival_ms", "input_tokens": "prompt", "output_tokens": "completion",
