@@ -14,20 +14,19 @@ class UsageError(Exception):
     """Bad command-line input: printed as one line, exit code 2."""
 
 
-LOOPS = ("auto", "uvloop", "asyncio")
+LOOPS = ("asyncio", "uvloop")
 
 
 def run_loop(main: Coroutine[Any, Any, None], loop: str) -> None:
-    """Run a coroutine to completion on the event loop named ("auto": uvloop when it is installed)."""
-    if loop != "asyncio":
+    """Run a coroutine to completion on the event loop named (asyncio's own, or uvloop)."""
+    if loop == "uvloop":
         try:
             import uvloop
         except ImportError:
-            if loop != "asyncio":
-                raise UsageError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
-        else:
-            uvloop.run(main)
-            return
+            main.close()
+            raise UsageError("--loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        uvloop.run(main)
+        return
     asyncio.run(main)
 
 
@@ -159,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--tls-key", default=None)
     sim.add_argument("--tls-client-ca", default=None,
                      help="mutual TLS: require a client certificate signed by a CA in this PEM file")
-    sim.add_argument("--loop", choices=LOOPS, default=os.environ.get("TTBENCH_SIM_LOOP", "auto"),
-                     help="event loop: uvloop (faster; 1 ms timer resolution), asyncio, or auto (uvloop when "
-                          "installed; default: $TTBENCH_SIM_LOOP, else auto)")
+    sim.add_argument("--loop", choices=LOOPS, default=os.environ.get("TTBENCH_SIM_LOOP", "asyncio"),
+                     help="event loop: asyncio (default: $TTBENCH_SIM_LOOP, else asyncio) or uvloop (less CPU a "
+                          "paced stream, timers in whole milliseconds)")
     sim.set_defaults(func=_sim)
 
     run = sub.add_parser("run", help="run a scenario (against the embedded simulator by default)")
