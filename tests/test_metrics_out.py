@@ -22,7 +22,7 @@ from ttformats.calls import call_ttft_ms
 from .otlp_receiver import OtlpReceiver
 from .runs import ROOT, free_port, records, ttbench, write_scenario
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.serial]  # timing under load: runs alone (make test)
+pytestmark = pytest.mark.timeout(180)
 
 SIM = {"defaults": {"chat": {"base_ms": 20, "ttft_jitter_ms": 40, "prefill_ms_per_token": 0,
                              "decode_tokens_per_s": 400, "slots": 64, "queue": 64,
@@ -111,6 +111,7 @@ def _scalar(url: str, promql: str, at: float) -> float:
     return float(result[0]["value"][1])
 
 
+@pytest.mark.serial  # TTFT percentiles against bucket widths: runs alone (make test)
 def test_prometheus_scrapes_the_run_and_agrees_with_the_report(prometheus, tmp_path):
     url, metrics_port = prometheus
     scenario = write_scenario(tmp_path / "metrics-out.yaml", SCENARIO)

@@ -23,7 +23,7 @@ from .conftest import FAST, deep_merge
 from .gateway_litellm import LiteLLMProxy, free_port, model_list
 from .runs import ROOT, jsonl, records, ttbench, write_scenario
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.serial]  # timing under load: runs alone (make test)
+pytestmark = pytest.mark.timeout(300)
 
 DELAY_MS = 25.0
 DELAYED = "gpt-4o-mini-delayed"
@@ -231,6 +231,7 @@ def delay_run(work) -> Path:
                                   "think_time": {"min_s": 0.01, "max_s": 0.015}})
 
 
+@pytest.mark.serial  # the delay run measures an injected delay: runs alone (make test)
 def test_injected_delay_is_measured_back(delay_run, work):
     rows = [r for r in jsonl(delay_run / "overhead.jsonl")
             if r["route"] == "gateway" and r["endpoint"] == "chat" and r["ok"] and r["upstream_requests"] == 1]
@@ -294,6 +295,7 @@ def test_cache_answers_and_unjoined_attempts(tmp_path):
     assert row["added_e2e_ms"] == pytest.approx(9.0 - 3.0, abs=1e-6)
 
 
+@pytest.mark.serial  # the delay run measures an injected delay: runs alone (make test)
 def test_cache_answers_of_a_real_gateway_are_counted_exactly(delay_run):
     by_attempt, _ = truth_by(delay_run)
     recs = [r for r in records(delay_run) if r["route"] == "gateway"]
