@@ -25,6 +25,7 @@ def scenario(tmp_path, name: str, extra_sim: dict | None = None) -> object:
                 {"endpoint": "gemini", "stream": 1.0}]})
 
 
+@pytest.mark.serial  # every first token within 25 ms of its write: runs alone (make test)
 def test_cached_tokens_rise_by_turn_and_ttft_follows_the_truth(tmp_path):
     out = tmp_path / "run"
     res = ttbench("run", str(scenario(tmp_path, "conv")), "--out", str(out))

@@ -119,6 +119,7 @@ def test_summary_records_follow_the_schema_and_keep_no_chunk_times(runs):
     assert any(not r.get("stream") for r in recs)  # plain calls too
 
 
+@pytest.mark.serial  # receive times against write times: runs alone (make test)
 def test_summary_figures_match_the_simulators_writes(runs):
     """Each streamed call's kept figures against when the simulator wrote its chunks (the same clock): the
     receive times lag the writes by a few ms (more on a loaded machine, hence medians over the calls)."""
