@@ -88,6 +88,7 @@ def one_call(base: str, case: str, endpoint: str, mode: str) -> tuple[Any, Any]:
         transport.close()
 
 
+@pytest.mark.serial  # every case at once against timeouts: runs alone (make test)
 def test_each_bad_answer_is_classified_by_the_transport(bad):
     """Every case against every dialect and mode it applies to, all at once (gevent), straight through Transport."""
     cases = combos()

@@ -81,6 +81,7 @@ def _summary(run_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", ["planted", "clean"])
+@pytest.mark.serial  # replayed overshoot on the client's clock, within a token: runs alone (make test)
 def test_accepted_requests_tokens_and_overshoot_per_tenant_equal_the_truth(runs, name):
     run_dir = runs[name]
     truth = _truth(run_dir)
