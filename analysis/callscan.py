@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .metrics import _call_columns, _labels, _plan
 
@@ -33,8 +34,60 @@ INDEX_COLUMNS = ["call_id", "attempt", "final", "t_start"]
 _BITS = 1 << 23  # is_multi's first look: hashes by their low 23 bits
 
 
+_FNV_BASIS, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+_MIX = np.uint64(0xFF51AFD7ED558CCD)
+_WIDE = 256  # ids longer than this (bytes) are hashed by pandas instead of padded into rows
+
+
 def _hashes(ids: pd.Series) -> np.ndarray:
-    return pd.util.hash_array(ids.to_numpy(dtype=object), categorize=False)
+    """A 64-bit hash of each id (equal ids, equal hashes, however they are held), from the text's bytes: Arrow-held
+    text without a Python string per id."""
+    chunked = getattr(ids.array, "_pa_array", None)
+    if chunked is not None and chunked.type in (pa.string(), pa.large_string()):
+        chunks = chunked.chunks
+    else:
+        vals = ids.to_numpy(dtype=object)
+        try:
+            chunks = [pa.array(vals, type=pa.large_string(), from_pandas=True)]
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all text: each by its str()
+            chunks = [pa.array([v if v is None or isinstance(v, str) else str(v) for v in vals],
+                               type=pa.large_string(), from_pandas=True)]
+    out = [_text_hashes(ch) for ch in chunks]
+    return np.concatenate(out) if len(out) != 1 else out[0]
+
+
+def _text_hashes(ch: pa.Array) -> np.ndarray:
+    """_hashes of one Arrow string array: each id's bytes, zero-padded to whole 64-bit words, folded word by word
+    (FNV-style, with its length), then mixed; an id longer than _WIDE bytes by pandas' hash of it."""
+    n = len(ch)
+    if not n:
+        return np.empty(0, dtype=np.uint64)
+    odt = np.dtype(np.int64 if pa.types.is_large_string(ch.type) else np.int32)
+    bufs = ch.buffers()
+    off = np.frombuffer(bufs[1], dtype=odt, count=n + 1, offset=ch.offset * odt.itemsize).astype(np.int64)
+    lens = off[1:] - off[:-1]
+    long = lens > _WIDE
+    short = np.where(long, 0, lens)
+    words = max((int(short.max()) + 7) // 8, 1)
+    pad = np.zeros((n, words * 8), dtype=np.uint8)
+    if bufs[2] is not None and off[-1] > off[0]:
+        data = np.frombuffer(bufs[2], dtype=np.uint8, count=int(off[-1]))
+        take = np.repeat(~long, lens)
+        pad[np.arange(words * 8) < short[:, None]] = data[off[0]:off[-1]][take]
+    cols = pad.view(np.uint64)
+    h = _FNV_BASIS ^ lens.astype(np.uint64)
+    own = (short + 7) // 8  # each id folds its own words only: the hash does not depend on the batch's widest id
+    for j in range(words):
+        step = (h ^ cols[:, j]) * _FNV_PRIME
+        step ^= step >> np.uint64(29)
+        h = np.where(own > j, step, h)
+    h ^= h >> np.uint64(33)
+    h *= _MIX
+    h ^= h >> np.uint64(33)
+    if long.any():
+        at = np.flatnonzero(long)
+        h[at] = pd.util.hash_array(np.asarray(ch.take(pa.array(at)).to_pylist(), dtype=object), categorize=False)
+    return h
 
 
 @dataclass

@@ -33,6 +33,9 @@ CALL_COLUMNS = ["run_id", "call_id", "attempt", "final", "t_start", "endpoint", 
 #: the levels (%) at which each endpoint's TTFT CDF is drawn: exact quantiles, never every call
 CDF_LEVELS = tuple(float(x) for x in np.linspace(0.0, 100.0, 201))
 TPS_BINS = 40
+#: runs of up to this many records keep every distribution's values in memory (about 200 bytes a record) and select
+#: the order statistics from them; larger runs take the two passes of bounded memory
+DIRECT_ROWS = 2_000_000
 _COUNTS = ("attempts", "calls", "cancelled_calls", "successes", "retries", "replays", "dry_runs_ignored",
            "framing_mismatches", "good", "summary_timing_calls")
 
@@ -51,17 +54,18 @@ class _Group:
 class _Scan:
     """One group per label (0: the whole run), and the per-second series."""
 
-    def __init__(self, start: float, slo: SLO) -> None:
+    def __init__(self, start: float, slo: SLO, direct: bool = False) -> None:
+        """`direct`: every distribution keeps its values in memory (a run of at most DIRECT_ROWS records)."""
         self.start = start
         self.slo = slo
         self.ids: dict[str, int] = {}
         self.groups: dict[int, _Group] = {0: _Group()}
-        self.dists = {name: GroupedQuantiles(spool=True) for name in DISTS}
-        self.itl_mean = GroupedQuantiles(spool=True)
-        self.itl_call = {name: GroupedQuantiles(spool=True) for name in CALL_GAPS}
-        self.ts_ttft = GroupedQuantiles(pcts=(50, 95), spool=True)
-        self.ts_e2e = GroupedQuantiles(pcts=(50,), spool=True)
-        self.ttft_cdf = GroupedQuantiles(pcts=CDF_LEVELS, spool=True)  # by endpoint
+        self.dists = {name: GroupedQuantiles(spool=True, direct=direct) for name in DISTS}
+        self.itl_mean = GroupedQuantiles(spool=True, direct=direct)
+        self.itl_call = {name: GroupedQuantiles(spool=True, direct=direct) for name in CALL_GAPS}
+        self.ts_ttft = GroupedQuantiles(pcts=(50, 95), spool=True, direct=direct)
+        self.ts_e2e = GroupedQuantiles(pcts=(50,), spool=True, direct=direct)
+        self.ttft_cdf = GroupedQuantiles(pcts=CDF_LEVELS, spool=True, direct=direct)  # by endpoint
         self.endpoints: dict[str, int] = {}
         self.tps_lo, self.tps_hi = math.inf, -math.inf
         self.tps = Spool()
@@ -294,7 +298,7 @@ def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[
     idx = idx or index_calls(source, opts.warmup_s)
     if not np.isfinite(idx.first_start):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
-    scan = _Scan(idx.first_start, opts.slo)
+    scan = _Scan(idx.first_start, opts.slo, direct=idx.rows <= DIRECT_ROWS)
     for cb in call_batches(source, idx, CALL_COLUMNS):
         if len(cb.calls):
             scan.batch(cb)

@@ -163,3 +163,73 @@ def test_tables_added_batch_by_batch_are_folded_so_memory_follows_distinct_value
         vc.add_counts(values, np.ones(values.size, dtype=np.int64))
     assert vc.nbytes() < 3 * exact._MERGE_AT * 16
     assert vc.n == 10_000_000 and vc.values.size == 5_000 and (vc.counts == 2_000).all()
+
+
+@settings(max_examples=120, deadline=None)
+@given(values=st.one_of(micros, floats), groups=st.lists(st.integers(min_value=-2, max_value=70_000), min_size=1,
+                                                         max_size=300),
+       cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=4), overall=st.booleans())
+def test_direct_mode_gives_numpys_figures_bit_for_bit(values, groups, cuts, overall):
+    """Every value kept in memory (a small run): each group's percentiles and max are numpy's own, to the bit, and
+    group 0 holds every value when the adds are `overall`; the two passes are not needed (replay has no spool)."""
+    from analysis import exact
+
+    g = np.resize(np.array(groups), len(values))
+    v = np.array(values)
+    gq = exact.GroupedQuantiles(spool=True, direct=True)
+    bounds = [0, *sorted(c for c in cuts if c < len(v)), len(v)]
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        gq.add(g[lo:hi], v[lo:hi], overall=overall)
+    gq.add(1, np.array([np.nan]))  # NaN is skipped
+    gq.start_second_pass()
+    gq.replay()
+    want = {int(k): v[g == k] for k in set(g.tolist())}
+    if overall:
+        want[0] = np.r_[v, v[g == 0]]
+    assert gq.groups() == sorted(want)
+    for k, mine in want.items():
+        d = gq.dist(k)
+        assert d["n"] == mine.size and d["max"] == mine.max()
+        assert d["mean"] == pytest.approx(mine.mean(), rel=1e-12, abs=1e-9)
+        assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(mine, PCTS).tolist()
+
+
+def test_direct_mode_many_groups_and_many_levels_equal_the_two_passes():
+    """A per-second series (thousands of groups) and a 201-level CDF: direct and two-pass figures are the same."""
+    from analysis import exact
+
+    rng = np.random.default_rng(12)
+    g = rng.integers(0, 3_600, 200_000)
+    v = np.round(rng.lognormal(3, 1, 200_000), 3)
+    levels = tuple(float(x) for x in np.linspace(0.0, 100.0, 201))
+    for pcts, groups in (((50, 95), g), (levels, g % 7)):
+        direct = exact.GroupedQuantiles(pcts=pcts, direct=True)
+        two = exact.GroupedQuantiles(pcts=pcts)
+        for _ in range(2):
+            for lo in range(0, v.size, 65_536):
+                two.add(groups[lo:lo + 65_536], v[lo:lo + 65_536])
+            if not two.second:
+                two.start_second_pass()
+        for lo in range(0, v.size, 65_536):
+            direct.add(groups[lo:lo + 65_536], v[lo:lo + 65_536])
+        assert direct.groups() == two.groups() == sorted(set(groups.tolist()))
+        for k in direct.groups():
+            a, b = direct.dist(k), two.dist(k)
+            assert a["mean"] == pytest.approx(b["mean"], rel=1e-12)
+            assert {x: y for x, y in a.items() if x != "mean"} == {x: y for x, y in b.items() if x != "mean"}
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.integers(min_value=1, max_value=6), width=st.integers(min_value=2, max_value=130),
+       top=st.sampled_from([3, 1000, 1 << 20, 1 << 32]), seed=st.integers(min_value=0, max_value=1 << 30))
+def test_gap_figures_are_numpys_percentiles_bit_for_bit(rows, width, top, seed):
+    """A call's gap figures (what a summary-timing record keeps) equal numpy.percentile's over its gaps, exactly."""
+    from ttformats.records import gap_figures
+
+    d = np.random.default_rng(seed).integers(0, top, size=(rows, width))
+    figs = gap_figures(d)
+    gaps = d[:, 1:]
+    assert figs["p50_us"].tolist() == np.percentile(gaps, 50, axis=1).tolist()
+    assert figs["p99_us"].tolist() == np.percentile(gaps, 99, axis=1).tolist()
+    assert figs["max_us"].tolist() == gaps.max(axis=1).tolist() and figs["sum_us"].tolist() == gaps.sum(axis=1).tolist()
+    assert figs["max_at"].tolist() == gaps.argmax(axis=1).tolist() and figs["first_us"].tolist() == d[:, 0].tolist()

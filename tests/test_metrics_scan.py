@@ -46,8 +46,15 @@ def reference_attempts(tmp_path_factory):
     return load_records(folder / "records.jsonl", LoadReport())
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["values-in-memory", "two-passes"])
 @pytest.mark.parametrize("rows,warmup", [(1000, 0.0), (97, 0.0), (4096, 30.0), (333, 120.0)])
-def test_batched_metrics_equal_the_whole_frames_on_the_reference_run(reference_attempts, rows, warmup):
+def test_batched_metrics_equal_the_whole_frames_on_the_reference_run(reference_attempts, rows, warmup, direct,
+                                                                    monkeypatch):
+    """Both ways to exact distributions: every value in memory (a run of up to DIRECT_ROWS records) and the two
+    passes of bounded memory (a larger run)."""
+    from analysis import metrics_scan
+
+    monkeypatch.setattr(metrics_scan, "DIRECT_ROWS", 10**9 if direct else 0)
     att = reference_attempts
     opts = Options(warmup_s=warmup, slo=SLO(ttft_ms=400.0, e2e_ms=2500.0, tpot_ms=30.0))
     whole = compute(att, opts, dropped=5)
@@ -138,3 +145,25 @@ def test_attempt_facts_in_batches_equal_pandas_over_the_whole_frame(reference_at
     maybe = att["error_kind"].isin(kinds) & ~(att["error_kind"].eq("http_5xx") & att["status"].isin((503, 529)))
     last = att.groupby("call_id")["attempt"].transform("max")
     assert whole.maybe_billed_retried_calls == att.loc[maybe & (att["attempt"] < last), "call_id"].nunique() > 0
+
+
+def test_call_id_hashes_are_the_same_however_the_ids_are_held():
+    """The index and each pass hash call ids: Arrow-held text (whole, sliced, in chunks), Python strings and
+    non-text values give one hash per id, and distinct ids (of one length or a byte apart) distinct hashes."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from analysis.callscan import _WIDE, _hashes
+
+    ids = [f"run-w{i % 3}-{i}" for i in range(100_000)] + ["", "a", "a\x00", "é", "x" * (_WIDE + 1),
+                                                           "x" * (_WIDE + 2), "y" * _WIDE]
+    held = pd.Series(ids, dtype=object)
+    want = _hashes(held)
+    assert len(set(want.tolist())) == len(ids)  # no two of these ids share a hash
+    arrow = pd.Series(ids, dtype="string[pyarrow]")
+    assert (_hashes(arrow) == want).all()
+    assert (_hashes(arrow.iloc[7:]) == want[7:]).all()  # an Arrow slice: offsets from the slice's start
+    chunked = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array(
+        [pa.array(ids[:5], pa.large_string()), pa.array(ids[5:], pa.large_string())], type=pa.large_string())))
+    assert (_hashes(chunked) == want).all()
+    assert _hashes(pd.Series([7, "7", None], dtype=object)).tolist()[:2] == _hashes(pd.Series(["7", "7"])).tolist()
