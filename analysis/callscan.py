@@ -196,8 +196,10 @@ def _deltas(b: Batch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return _take(b.chunk_values, b.chunk_offsets[rows], b.chunk_offsets[rows + 1])
 
 
-def call_batches(source: Source, idx: CallIndex, columns: list[str]) -> Iterator[CallBatch]:
-    """One pass: the lone records as calls, batch by batch, then the multi-attempt calls assembled at the end."""
+def call_batches(source: Source, idx: CallIndex, columns: list[str],
+                 each: Callable[[pd.DataFrame, np.ndarray], None] | None = None) -> Iterator[CallBatch]:
+    """One pass: the lone records as calls, batch by batch, then the multi-attempt calls assembled at the end;
+    `each` is given every batch of attempt records as read (warm-up included) and which are multi-attempt calls'."""
     want = list(dict.fromkeys([*columns, *INDEX_COLUMNS, "endpoint", "model", "stream", "error_kind", "sent",
                                "replayed", "chunk_us"]))
     kept_frames: list[pd.DataFrame] = []
@@ -208,6 +210,8 @@ def call_batches(source: Source, idx: CallIndex, columns: list[str]) -> Iterator
         has_id = f["call_id"].notna().to_numpy()
         multi = np.zeros(len(f), dtype=bool)
         multi[has_id] = idx.is_multi(f.loc[has_id, "call_id"])
+        if each is not None:
+            each(f, multi)
         if multi.any():
             rows = np.flatnonzero(multi)
             kept_frames.append(f.iloc[rows].reset_index(drop=True))

@@ -18,6 +18,9 @@ PCTS = (50, 90, 95, 99, 99.9)
 _MERGE_AT = 1 << 20  # pending values merged into the table once this many wait
 DENSE_INTS = 1 << 20  # whole numbers below this are counted in place (chunk gaps under a second, in µs)
 SPOOL_MEMORY = 4 << 20  # bytes a spool holds in memory before it moves to a temporary file
+#: runs of up to this many records keep every distribution's values in memory (GroupedQuantiles' `direct`: about
+#: 200 bytes a record over all the report's distributions) and sort them; larger runs take the two passes
+DIRECT_ROWS = 2_000_000
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -15,6 +15,8 @@ import pandas as pd
 from ttformats.calls import counts_as_attempt
 from ttformats.records import gap_figures
 
+from . import exact
+from .attempt_facts import COLUMNS as FACT_COLUMNS
 from .callscan import CallBatch, CallIndex, Source, call_batches, index_calls
 from .exact import GroupedQuantiles, Spool, ValueCounts
 from .metrics import CALL_GAPS, NO_POOLED_GAPS, SLO, Options, good_mask, text_calls
@@ -33,9 +35,6 @@ CALL_COLUMNS = ["run_id", "call_id", "attempt", "final", "t_start", "endpoint", 
 #: the levels (%) at which each endpoint's TTFT CDF is drawn: exact quantiles, never every call
 CDF_LEVELS = tuple(float(x) for x in np.linspace(0.0, 100.0, 201))
 TPS_BINS = 40
-#: runs of up to this many records keep every distribution's values in memory (about 200 bytes a record) and select
-#: the order statistics from them; larger runs take the two passes of bounded memory
-DIRECT_ROWS = 2_000_000
 _COUNTS = ("attempts", "calls", "cancelled_calls", "successes", "retries", "replays", "dry_runs_ignored",
            "framing_mismatches", "good", "summary_timing_calls")
 
@@ -292,14 +291,16 @@ class _Scan:
 
 
 def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[str, Any] | None = None,
-                 idx: CallIndex | None = None) -> dict[str, Any]:
+                 idx: CallIndex | None = None, also: Any = None) -> dict[str, Any]:
     """What analysis.metrics.compute gives (without the calls frame), from batches of records, in two passes (the index's, then one);
-    `figures`, when given, gets what the report's TTFT CDF and tokens/s histogram draw."""
+    `figures`, when given, gets what the report's TTFT CDF and tokens/s histogram draw; `also` (an
+    attempt_facts.FactsScan) gets every batch of the same pass."""
     idx = idx or index_calls(source, opts.warmup_s)
     if not np.isfinite(idx.first_start):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
-    scan = _Scan(idx.first_start, opts.slo, direct=idx.rows <= DIRECT_ROWS)
-    for cb in call_batches(source, idx, CALL_COLUMNS):
+    scan = _Scan(idx.first_start, opts.slo, direct=idx.rows <= exact.DIRECT_ROWS)
+    columns = CALL_COLUMNS if also is None else list(dict.fromkeys([*CALL_COLUMNS, *FACT_COLUMNS]))
+    for cb in call_batches(source, idx, columns, each=None if also is None else also.batch):
         if len(cb.calls):
             scan.batch(cb)
     scan.finish()

@@ -15,7 +15,7 @@ import yaml
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 
 from . import columnar, jsonfile, overhead, plots, settings, trust
-from .attempt_facts import AttemptFacts, attempt_facts
+from .attempt_facts import AttemptFacts, FactsScan
 from .billing import Policy
 from .billing_job import AuditJob
 from .billing_stream import AUDIT_COLUMNS, audit_batches, read_ledger_stream
@@ -251,10 +251,13 @@ def _summarise(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, sce
                ledger_warnings: list[str], job: AuditJob | None, source: Any, whole: Any) -> tuple[dict[str, Any], int]:
     """The figures, the audit's result, summary.json and the reports."""
     idx = index_calls(source, opts.warmup_s)
-    facts = attempt_facts(source, idx)
+    fscan = FactsScan(idx)  # gathered in the metrics' pass
     figdata: dict[str, Any] = {}
     m = compute_scan(source, opts, dropped=(harness.get("arrivals") or {}).get("dropped", 0), figures=figdata,
-                     idx=idx)
+                     idx=idx, also=fscan)
+    if not fscan.fed:  # the metrics found no calls to read
+        fscan.read(source)
+    facts = fscan.finish(source)
     # the per-call frame, only for what needs every call: stages, conversations, tenants, isolation
     need_calls = bool(stage_durations(scenario)) or bool(an.get("isolation")) or facts.turns or facts.tenants
     calls = build_calls(whole(), opts.warmup_s) if need_calls and not m["empty"] else None

@@ -52,9 +52,9 @@ def test_batched_metrics_equal_the_whole_frames_on_the_reference_run(reference_a
                                                                     monkeypatch):
     """Both ways to exact distributions: every value in memory (a run of up to DIRECT_ROWS records) and the two
     passes of bounded memory (a larger run)."""
-    from analysis import metrics_scan
+    from analysis import exact
 
-    monkeypatch.setattr(metrics_scan, "DIRECT_ROWS", 10**9 if direct else 0)
+    monkeypatch.setattr(exact, "DIRECT_ROWS", 10**9 if direct else 0)
     att = reference_attempts
     opts = Options(warmup_s=warmup, slo=SLO(ttft_ms=400.0, e2e_ms=2500.0, tpot_ms=30.0))
     whole = compute(att, opts, dropped=5)
@@ -126,15 +126,26 @@ def test_a_run_without_calls_is_empty(tmp_path):
     assert compute(att, Options(warmup_s=3600))["empty"] is True
 
 
-def test_attempt_facts_in_batches_equal_pandas_over_the_whole_frame(reference_attempts, tmp_path):
+@pytest.mark.parametrize("direct", [True, False], ids=["values-in-memory", "two-passes"])
+def test_attempt_facts_in_batches_equal_pandas_over_the_whole_frame(reference_attempts, direct, monkeypatch):
+    """In a pass of their own, and gathered in the metrics' pass (as the report does), with the schedule lag's
+    values in memory or in two passes."""
     import numpy as np
 
-    from analysis.attempt_facts import attempt_facts, facts_of
+    from analysis import exact
+    from analysis.attempt_facts import FactsScan, attempt_facts, facts_of
+    from analysis.callscan import index_calls
 
+    monkeypatch.setattr(exact, "DIRECT_ROWS", 10**9 if direct else 0)
     att = reference_attempts.copy()
     att["schedule_lag_ms"] = np.where(np.arange(len(att)) % 3 == 0, np.nan, np.arange(len(att)) % 997 / 7.0)
     whole = facts_of(att)
     assert attempt_facts(frame_batches(att, 97, chunks=False)) == whole
+    source = frame_batches(att, 97)
+    for warmup in (0.0, 60.0):  # the metrics' pass cuts the warm-up's calls; the facts are of every record
+        fscan = FactsScan(index_calls(source, warmup))
+        compute_scan(source, Options(warmup_s=warmup), idx=fscan.idx, also=fscan)
+        assert fscan.fed and fscan.finish(source) == whole
     answered = att["status"].notna() & att["endpoint"].ne("models")
     assert (whole.answered, whole.answered_with_id) == (int(answered.sum()),
                                                         int((answered & att["request_id"].notna()).sum()))
