@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ttformats.calls import counts_as_attempt
-from ttformats.records import gap_figures
+from ttformats.records import sorted_gap_figures
 
 from . import exact
 from .attempt_facts import COLUMNS as FACT_COLUMNS
@@ -95,7 +95,7 @@ class _Scan:
         for name, (col, first_only) in DISTS.items():
             sel = first_ok if first_only else okl
             self.dists[name].add(g[sel], calls[col].to_numpy(dtype=np.float64)[sel], overall=True)
-        means, pooled, pooled_g, per_call, summary_g = self._itl(cb, g, live)
+        means, pooled, per_call, summary_g = self._itl(cb, g, live)
         self.itl_mean.add(means[0], means[1], overall=True)
         for name, key in CALL_GAPS.items():
             self.itl_call[name].add(means[0], per_call[key] / 1000.0, overall=True)
@@ -109,9 +109,10 @@ class _Scan:
         self.ts_ttft.add(sec[k], tt[k])
         self.ts_e2e.add(sec[k], ee[k])
         self._figures(calls, ok)
-        if pooled is not None:  # the groups of the calls (few), not of each gap; the whole run's: finish()
-            for x in np.unique(means[0]).tolist():
-                self.groups[x].gaps.add_ints(pooled[pooled_g == x])
+        for calls_g, gaps in pooled or ():  # by the groups of the calls (few), not of each gap; the whole run's: finish()
+            for x in np.unique(calls_g).tolist():
+                self.groups[x].gaps.add_ints((gaps[calls_g == x] if len(calls_g) and calls_g.min() != calls_g.max()
+                                              else gaps).ravel())
         self._counts(cb, g, live, ok)
         self._seconds(calls, live, ok, sec)
         fs = calls["first_start"].to_numpy(dtype=np.float64)
@@ -163,15 +164,16 @@ class _Scan:
         return {"ttft_cdf": cdfs, "tps_hist": (self.tps_edges, self.tps_counts) if self.tps_edges is not None
                 else None}
 
-    def _itl(self, cb: CallBatch, g: np.ndarray, live: np.ndarray) -> tuple[Any, Any, Any, Any, np.ndarray]:
-        """Per-call mean gaps (overall and per group), the pooled gaps in µs with their groups, the per-call gap
-        figures (p50_us, p99_us, max_us: in the order of the means) and the groups of the summary-timing calls."""
+    def _itl(self, cb: CallBatch, g: np.ndarray, live: np.ndarray) -> tuple[Any, Any, Any, np.ndarray]:
+        """Per-call mean gaps (overall and per group), the pooled gaps in µs (blocks of calls of as many gaps: their
+        groups, and their gaps as rows), the per-call gap figures (p50_us, p99_us, max_us: in the order of the
+        means) and the groups of the summary-timing calls."""
         calls = cb.calls
         sel = (live & calls["ok"].to_numpy(dtype=bool) & calls["stream"].to_numpy(dtype=bool)
                & ~calls["dry_run"].to_numpy(dtype=bool) & (calls["chunks_n"].to_numpy() >= 2)
                & ~calls["replayed"].to_numpy(dtype=bool))
         none = np.empty(0, dtype=np.int64)
-        empty = ((none, np.empty(0)), None, None, {k: np.empty(0) for k in CALL_GAPS.values()}, none)
+        empty = ((none, np.empty(0)), None, {k: np.empty(0) for k in CALL_GAPS.values()}, none)
         if not sel.any():
             return empty
         # a summary-timing call: its figures as the worker computed them from the same deltas
@@ -191,26 +193,26 @@ class _Scan:
             sums[in_summ] = calls["gap_sum_us"].to_numpy(dtype=np.float64)[rows[in_summ]].astype(np.int64)
             for k in figs:
                 figs[k][in_summ] = calls["gap_" + k].to_numpy(dtype=np.float64)[rows[in_summ]]
-        pooled = pooled_g = None
+        pooled: list[tuple[np.ndarray, np.ndarray]] | None = None
         fr = rows[~in_summ]
         if fr.size:
-            off = cb.gaps_offsets
-            assert off is not None and cb.gaps_values is not None
+            off, values = cb.gaps_offsets, cb.gaps_values
+            assert off is not None and values is not None
             n = lens[fr] - 1
-            # the gaps of a call are its deltas after the first (which is from the attempt's start)
-            idx = np.repeat(off[fr] + 1 - np.r_[0, np.cumsum(n)[:-1]], n) + np.arange(int(n.sum()))
-            pooled = cb.gaps_values[idx].astype(np.int64)
-            pooled_g = np.repeat(g[fr], n)
             at = np.flatnonzero(~in_summ)
-            sums[at] = np.add.reduceat(pooled, np.r_[0, np.cumsum(n)[:-1]])
-            for m in np.unique(n).tolist():  # calls of as many chunks together: gap_figures as the worker calls it
+            pooled = []
+            # calls of as many chunks together, each block's deltas gathered once: the gaps of a call are its
+            # deltas after the first (which is from the attempt's start); its figures as the worker computes them
+            for m in np.unique(n).tolist():
                 same = n == m
-                d = cb.gaps_values[off[fr[same]][:, None] + np.arange(m + 1)]
-                for k, v in gap_figures(d).items():
-                    if k in figs:
-                        figs[k][at[same]] = v
+                gaps = values[off[fr[same]][:, None] + np.arange(1, m + 1)]
+                sums[at[same]] = gaps.sum(axis=1, dtype=np.int64)
+                ordered = np.sort(gaps, axis=1)
+                for k, v in sorted_gap_figures(ordered).items():
+                    figs[k][at[same]] = v
+                pooled.append((g[fr[same]], ordered))
         means = sums / 1000.0 / n_gaps
-        return (g[rows], means), pooled, pooled_g, figs, g[rows[in_summ]]
+        return (g[rows], means), pooled, figs, g[rows[in_summ]]
 
     def _counts(self, cb: CallBatch, g: np.ndarray, live: np.ndarray, ok: np.ndarray) -> None:
         calls = cb.calls
@@ -267,27 +269,26 @@ class _Scan:
     def _seconds(self, calls: pd.DataFrame, live: np.ndarray, ok: np.ndarray, sec: np.ndarray) -> None:
         if not sec.size:
             return
-        sub = calls.loc[live, ["u_output", "stage"]]
         k = ok[live]
-        tokens = np.where(k, np.nan_to_num(sub["u_output"].to_numpy(dtype=np.float64), nan=0.0), 0.0)
-        stage = sub["stage"].to_numpy(dtype=np.float64)
-        ids = np.asarray(sub.index, dtype=object)
-        order = np.argsort(sec, kind="stable")
-        s_sorted = sec[order]
-        bounds = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1], True])
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-            rows = order[a:b]
-            second = int(s_sorted[a])
-            slot = self.seconds.setdefault(second, [0, 0, 0.0, None])
-            slot[0] += b - a
-            slot[1] += int(k[rows].sum())
-            slot[2] += float(tokens[rows].sum())
-            staged = rows[~np.isnan(stage[rows])]
-            if staged.size:
-                first_id = min(ids[staged].tolist())
-                if slot[3] is None or first_id < slot[3][0]:
-                    at = staged[[i for i, x in enumerate(ids[staged].tolist()) if x == first_id][0]]
-                    slot[3] = (first_id, int(stage[at]))
+        tokens = np.where(k, np.nan_to_num(calls["u_output"].to_numpy(dtype=np.float64)[live], nan=0.0), 0.0)
+        lo = int(sec.min())
+        at = sec - lo
+        n = np.bincount(at)
+        nk = np.bincount(at, weights=k)
+        tok = np.bincount(at, weights=tokens)  # in the calls' order within each second, as a loop adds them
+        stage = calls["stage"].to_numpy(dtype=np.float64)[live]
+        staged = np.flatnonzero(~np.isnan(stage))
+        for i in np.flatnonzero(n).tolist():
+            slot = self.seconds.setdefault(lo + i, [0, 0, 0.0, None])
+            slot[0] += int(n[i])
+            slot[1] += int(nk[i])
+            slot[2] += float(tok[i])
+        if staged.size:  # each second's first call id with a stage, and that stage
+            ids = np.asarray(calls.index, dtype=object)[live][staged]
+            for second, cid, st in zip((lo + at[staged]).tolist(), ids.tolist(), stage[staged].tolist(), strict=True):
+                slot = self.seconds[second]
+                if slot[3] is None or cid < slot[3][0]:
+                    slot[3] = (cid, int(st))
 
 
 def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[str, Any] | None = None,

@@ -14,7 +14,7 @@ import yaml
 
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 
-from . import columnar, jsonfile, overhead, plots, settings, trust
+from . import columnar, jsonfile, overhead, settings, trust
 from .attempt_facts import AttemptFacts, FactsScan
 from .billing import Policy
 from .billing_job import AuditJob
@@ -258,6 +258,7 @@ def _summarise(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, sce
     if not fscan.fed:  # the metrics found no calls to read
         fscan.read(source)
     facts = fscan.finish(source)
+    figs = _metric_figures(figdata, m)  # drawn while the audit may still run in its helper
     # the per-call frame, only for what needs every call: stages, conversations, tenants, isolation
     need_calls = bool(stage_durations(scenario)) or bool(an.get("isolation")) or facts.turns or facts.tenants
     calls = build_calls(whole(), opts.warmup_s) if need_calls and not m["empty"] else None
@@ -329,7 +330,7 @@ def _summarise(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, sce
     summary["gates_ok"] = all(g["ok"] for g in summary["gates"])
     summary = finite(summary)
     (run_dir / "summary.json").write_text(jsonfile.dumps(summary))
-    figs = _figures(calls, figdata, m, summary)
+    figs.update(_figures(calls, summary))
     figs.update(_limit_figures(replays, iso_samples, summary.get("isolation")))
     figs.update(_overhead_figures(run_dir, summary.get("overhead")))
     (run_dir / "report.md").write_text(render_md(summary, figs))
@@ -337,14 +338,32 @@ def _summarise(run_dir: Path, col: columnar.Columnar | None, lr: LoadReport, sce
     return summary, (0 if summary["gates_ok"] else 1)
 
 
-def _figures(calls: pd.DataFrame | None, figdata: dict[str, Any], m: dict[str, Any],
-             summary: dict[str, Any]) -> dict[str, bytes]:
+def _plots() -> Any:
+    """analysis.plots, imported when the first figure is drawn (matplotlib takes a while to import: the audit's
+    helper starts sooner without it)."""
+    from . import plots
+
+    return plots
+
+
+def _metric_figures(figdata: dict[str, Any], m: dict[str, Any]) -> dict[str, bytes]:
+    """The figures of the metrics alone: TTFT CDF, latency and throughput over time, tokens/s per request."""
+    plots = _plots()
     out = {}
     hist = figdata.get("tps_hist")
     for name, png in (("ttft_cdf", plots.ttft_cdf(figdata.get("ttft_cdf") or {})),
                       ("over_time", plots.over_time(m.get("timeseries", []))),
-                      ("tokens_per_s", plots.tps_hist(*hist) if hist else None),
-                      ("capacity", plots.capacity_curve(summary["capacity"])),
+                      ("tokens_per_s", plots.tps_hist(*hist) if hist else None)):
+        if png:
+            out[name] = png
+    return out
+
+
+def _figures(calls: pd.DataFrame | None, summary: dict[str, Any]) -> dict[str, bytes]:
+    """The figures that need the summary: capacity curve, billing findings, TTFT against input tokens."""
+    plots = _plots()
+    out = {}
+    for name, png in (("capacity", plots.capacity_curve(summary["capacity"])),
                       ("billing", plots.billing_findings((summary["billing"] or {}).get("counts"))),
                       ("ttft_vs_input", plots.ttft_vs_input(calls) if summary.get("conversations") and calls is not None
                        else None)):
@@ -357,6 +376,7 @@ def _overhead_figures(run_dir: Path, ov: dict[str, Any] | None) -> dict[str, byt
     if not ov:
         return {}
     out = {}
+    plots = _plots()
     for name, png in (("overhead_ttft", plots.overhead_ttft_cdf(overhead.samples(run_dir))),
                       ("overhead_load", plots.overhead_vs_load(ov.get("stages") or []))):
         if png:
@@ -405,6 +425,7 @@ def _overhead_tables(ov: dict[str, Any] | None) -> list[tuple[str, list[str], li
 def _limit_figures(replays: dict[str, Replay], samples: dict[str, Any],
                    iso: dict[str, Any] | None) -> dict[str, bytes]:
     out = {}
+    plots = _plots()
     for name, png in (("ratelimit_remaining", plots.ratelimit_remaining(replays)),
                       ("ratelimit_tokens", plots.ratelimit_tokens(replays)),
                       ("isolation_ttft", plots.isolation_ttft(samples, (iso or {}).get("steady", ""),

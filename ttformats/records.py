@@ -110,17 +110,26 @@ def gap_figures(deltas: Any) -> dict[str, Any]:
 
     d = np.asarray(deltas, dtype=np.int64)
     gaps = d[:, 1:]
-    ordered = np.sort(gaps, axis=1)  # np.percentile's order statistics, sorted with SIMD rather than selected
-    m = gaps.shape[1]
+    return {"first_us": d[:, 0], "sum_us": gaps.sum(axis=1), **sorted_gap_figures(np.sort(gaps, axis=1)),
+            "max_at": gaps.argmax(axis=1)}
+
+
+def sorted_gap_figures(ordered: Any) -> dict[str, Any]:
+    """p50_us, p99_us (numpy.percentile's linear method, its own arithmetic) and max_us of rows of gaps, each row
+    sorted (np.sort(gaps, axis=1): the order statistics, sorted with SIMD rather than selected)."""
+    import numpy as np
+
+    m = ordered.shape[1]
     out = {}
-    for name, q in (("p50_us", 0.5), ("p99_us", 0.99)):  # numpy's linear method, its own arithmetic
+    for name, q in (("p50_us", 0.5), ("p99_us", 0.99)):
         virtual = np.float64((m - 1) * q)
         lo = int(np.floor(virtual))
-        t = np.full(len(d), virtual - lo)
-        a, b = ordered[:, lo], ordered[:, min(lo + 1, m - 1)]
+        t = np.full(len(ordered), virtual - lo)
+        a = ordered[:, lo].astype(np.int64)
+        b = ordered[:, min(lo + 1, m - 1)].astype(np.int64)
         diff = b - a
         value = np.asarray(a + diff * t)
         np.subtract(b, diff * (1 - t), out=value, where=t >= 0.5)
         out[name] = value
-    return {"first_us": d[:, 0], "sum_us": gaps.sum(axis=1), "p50_us": out["p50_us"], "p99_us": out["p99_us"],
-            "max_us": ordered[:, -1], "max_at": gaps.argmax(axis=1)}
+    out["max_us"] = ordered[:, -1].astype(np.int64)
+    return out
