@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .metrics import _call_columns, _labels, _plan
+from .metrics import _labels, _plan, indexed_calls
 
 
 class Batch(Protocol):
@@ -138,8 +138,11 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
         ts = f["t_start"].to_numpy(dtype=np.float64)
         if (~np.isnan(ts)).any():
             gmin = min(gmin, float(np.nanmin(ts)))
-        final = f["final"].to_numpy(dtype=object)
-        lone = (f["attempt"].to_numpy() == 1) & np.array([v is True or v is np.True_ for v in final], dtype=bool)
+        if f["final"].dtype == bool:
+            is_final = f["final"].to_numpy()
+        else:  # only a true boolean counts
+            is_final = np.array([v is True or v is np.True_ for v in f["final"].to_numpy(dtype=object)], dtype=bool)
+        lone = (f["attempt"].to_numpy() == 1) & is_final
         if (~lone).any():
             multi.update(f.loc[~lone, "call_id"].tolist())
         singles.append(_hashes(f.loc[lone, "call_id"]))
@@ -229,8 +232,7 @@ def call_batches(source: Source, idx: CallIndex, columns: list[str],
             lone, calls = lone[keep], calls[keep]
         if not len(calls):
             continue
-        frame = _call_columns(calls.reset_index(drop=True).set_index("call_id"), calls["t_start"].to_numpy(),
-                              calls["attempt"].to_numpy())
+        frame = indexed_calls(calls, calls["t_start"].to_numpy(), calls["attempt"].to_numpy())
         labels = np.asarray(_labels(frame), dtype=object)
         d = _deltas(b, lone)
         yield CallBatch(frame, labels, calls.reset_index(drop=True), labels, *(d if d else (None, None)))
@@ -248,7 +250,7 @@ def _multi_calls(att: pd.DataFrame, deltas: list[tuple[np.ndarray, np.ndarray]] 
     row_of_call = np.full(len(plan.final), -1, dtype=np.int64)
     row_of_call[np.flatnonzero(keep)] = np.arange(int(keep.sum()))
     att_call = row_of_call[plan.rows]
-    calls = _call_columns(att.take(final).set_index("call_id"), first_start, n_att)
+    calls = indexed_calls(att.take(final), first_start, n_att)
     labels = np.asarray(_labels(calls), dtype=object)
     mine = att_call >= 0
     attempts = att[mine].reset_index(drop=True)

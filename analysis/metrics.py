@@ -124,7 +124,13 @@ def _plan(att: pd.DataFrame, warmup_s: float) -> _Plan | None:
 
 
 def _plan_frame(att: pd.DataFrame, plan: _Plan) -> pd.DataFrame:
-    return _call_columns(att.take(plan.final).set_index("call_id"), plan.first_start, plan.n_att)
+    return indexed_calls(att.take(plan.final), plan.first_start, plan.n_att)
+
+
+def indexed_calls(final: pd.DataFrame, first_start: Any, n_att: Any) -> pd.DataFrame:
+    """_call_columns of the calls' final attempts (arrays in their order), then indexed by call id (computed before
+    the index is set: pandas looks each numpy call's probes up in a string index, at a cost that grows with it)."""
+    return _call_columns(final.reset_index(drop=True), first_start, n_att).set_index("call_id")
 
 
 def _sorted_codes(values: pd.Series) -> np.ndarray:

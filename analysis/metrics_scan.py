@@ -27,7 +27,7 @@ DISTS = {"ttft_ms": ("ttft_ms", False), "ttft_text_ms": ("ttft_text_ms", False),
          "first_event_ms": ("first_event_ms", False), "headers_ms": ("headers_ms", False),
          "ttft_first_attempt_ms": ("ttft_ms", True), "tpot_ms": ("tpot_ms", False), "e2e_ms": ("e2e_ms", False),
          "e2e_first_attempt_ms": ("e2e_ms", True), "output_tokens_per_s_per_request": ("out_tps", False)}
-CALL_COLUMNS = ["run_id", "call_id", "attempt", "final", "t_start", "endpoint", "model", "stream", "ok", "dry_run",
+CALL_COLUMNS = ["call_id", "attempt", "final", "t_start", "endpoint", "model", "stream", "ok", "dry_run",
                 "replayed", "error_kind", "sent", "max_tokens", "u_output", "u_input", "stage", "end_ms",
                 "headers_ms", "first_event_ms", "first_content_ms", "first_text_ms", "first_tool_ms",
                 "first_reasoning_ms", "dry_run_ignored", "framing_mismatch", "chunks_n", "chunk_us", "gap_sum_us",
@@ -217,7 +217,8 @@ class _Scan:
     def _counts(self, cb: CallBatch, g: np.ndarray, live: np.ndarray, ok: np.ndarray) -> None:
         calls = cb.calls
         att = cb.attempts
-        ag = self.gid(cb.attempt_labels) if len(att) else np.empty(0, dtype=np.int64)
+        ag = (g if cb.attempt_labels is cb.labels else self.gid(cb.attempt_labels)) if len(att) \
+            else np.empty(0, dtype=np.int64)  # a batch of lone calls: its attempts are its calls
         counted = counts_as_attempt(att["error_kind"], att["sent"]) if len(att) else np.empty(0, dtype=bool)
         good = good_mask(calls[live], self.slo).to_numpy(dtype=bool) if live.any() else np.empty(0, dtype=bool)
         real = ok & live & ~calls["dry_run"].to_numpy(dtype=bool)
