@@ -217,6 +217,7 @@ class GroupedQuantiles:
         self._held: list[tuple[np.ndarray, np.ndarray, bool]] = []  # direct: (groups, values, overall) per add
         self._spool = Spool() if spool and not direct else None
         self._bins = ValueCounts()  # pass 1: keys (group << _BIN_BITS | bin) as floats (exact below 2**53)
+        self._dense_bins: dict[int, tuple[int, np.ndarray]] = {}  # pass 1, a few groups: group -> (first bin, counts)
         self._sum: dict[int, float] = {}
         self._wanted: dict[int, dict[int, tuple[int, int]]] = {}  # group -> {rank: (key, offset in its bin)}
         self._keep: np.ndarray = np.empty(0, dtype=np.int64)
@@ -265,16 +266,19 @@ class GroupedQuantiles:
             width = int(bins.max()) - lo + 1
             if len(ug) * width <= _DENSE_BINS:  # every group's bins counted at once, without sorting
                 counts = np.bincount(inv * width + (bins - lo), minlength=len(ug) * width)
-                nz = np.flatnonzero(counts)
-                self._bins.add_counts(((ug[nz // width] << _BIN_BITS) | (nz % width + lo)).astype(np.float64),
-                                      counts[nz])
+                if len(ug) <= _FEW_GROUPS:  # into each group's running counts
+                    rows = counts.reshape(len(ug), width)
+                    for i, grp in enumerate(ug.tolist()):
+                        self._count_bins(grp, lo, rows[i])
+                else:
+                    nz = np.flatnonzero(counts)
+                    self._bins.add_counts(((ug[nz // width] << _BIN_BITS) | (nz % width + lo)).astype(np.float64),
+                                          counts[nz])
             elif len(ug) <= _FEW_GROUPS:  # each group's bins counted without sorting
                 for i, grp in enumerate(ug.tolist()):
                     b = bins[inv == i] if len(ug) > 1 else bins
                     lo = int(b.min())
-                    counts = np.bincount(b - lo)
-                    nz = np.flatnonzero(counts)
-                    self._bins.add_counts(((grp << _BIN_BITS) | (nz + lo)).astype(np.float64), counts[nz])
+                    self._count_bins(grp, lo, np.bincount(b - lo))
             else:
                 self._bins.add(keys.astype(np.float64))
             sums = np.bincount(inv, weights=v)
@@ -288,6 +292,28 @@ class GroupedQuantiles:
         if hit.any():
             self._kept_keys.append(keys[hit])
             self._kept_vals.append(v[hit])
+
+    def _count_bins(self, grp: int, lo: int, counts: np.ndarray) -> None:
+        """Add the counts of bins lo, lo + 1, ... of a group to its running counts (a dense array over the bins it
+        has seen, up to _SPAN_BINS wide; a wider group's counts go to the sparse table)."""
+        have = self._dense_bins.get(grp)
+        hi = lo + counts.size
+        if have is not None:
+            glo, arr = have
+            nlo, nhi = min(glo, lo), max(glo + arr.size, hi)
+            if nhi - nlo <= _SPAN_BINS:
+                if (nlo, nhi) != (glo, glo + arr.size):
+                    grown = np.zeros(nhi - nlo, dtype=np.int64)
+                    grown[glo - nlo:glo - nlo + arr.size] = arr
+                    arr = grown
+                    self._dense_bins[grp] = (nlo, arr)
+                arr[lo - nlo:hi - nlo] += counts
+                return
+        elif counts.size <= _SPAN_BINS:
+            self._dense_bins[grp] = (lo, counts.astype(np.int64, copy=True))
+            return
+        nz = np.flatnonzero(counts)
+        self._bins.add_counts(((grp << _BIN_BITS) | (nz + lo)).astype(np.float64), counts[nz])
 
     def _hold(self, groups: Any, values: Any, overall: bool) -> None:
         v = np.asarray(values, dtype=np.float64)
@@ -304,6 +330,10 @@ class GroupedQuantiles:
         if self.direct:
             self.second = True
             return
+        for grp, (lo, arr) in sorted(self._dense_bins.items()):  # the running counts join the sparse table
+            nz = np.flatnonzero(arr)
+            self._bins.add_counts(((grp << _BIN_BITS) | (nz + lo)).astype(np.float64), arr[nz])
+        self._dense_bins = {}
         keys = self._bins.values.astype(np.int64) if self._bins.n else np.empty(0, dtype=np.int64)
         counts = self._bins.counts
         groups = keys >> _BIN_BITS
@@ -418,6 +448,7 @@ def _groups_of(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 _DENSE_GROUPS = 1 << 22  # group numbers below this are counted, not sorted
 _DENSE_BINS = 1 << 20  # groups times bins in one add() counted in one table
+_SPAN_BINS = 1 << 16  # the widest range of bins a group's running counts cover (512 KiB)
 
 
 def _ranks(n: int, pcts: tuple[float, ...]) -> set[int]:
