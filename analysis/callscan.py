@@ -200,21 +200,26 @@ def _deltas(b: Batch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def call_batches(source: Source, idx: CallIndex, columns: list[str],
-                 each: Callable[[pd.DataFrame, np.ndarray], None] | None = None) -> Iterator[CallBatch]:
+                 each: Callable[[pd.DataFrame, np.ndarray], None] | None = None,
+                 each_columns: list[str] | None = None) -> Iterator[CallBatch]:
     """One pass: the lone records as calls, batch by batch, then the multi-attempt calls assembled at the end;
-    `each` is given every batch of attempt records as read (warm-up included) and which are multi-attempt calls'."""
+    `each` is given every batch of attempt records as read (warm-up included, with `each_columns` too) and which
+    are multi-attempt calls'."""
     want = list(dict.fromkeys([*columns, *INDEX_COLUMNS, "endpoint", "model", "stream", "error_kind", "sent",
                                "replayed", "chunk_us"]))
+    read = list(dict.fromkeys([*want, *(each_columns or [])]))
     kept_frames: list[pd.DataFrame] = []
     kept_deltas: list[tuple[np.ndarray, np.ndarray]] = []
     with_chunks = True
-    for b in source(want):
+    for b in source(read):
         f = b.frame
         has_id = f["call_id"].notna().to_numpy()
         multi = np.zeros(len(f), dtype=bool)
         multi[has_id] = idx.is_multi(f.loc[has_id, "call_id"])
         if each is not None:
             each(f, multi)
+        if len(read) > len(want):  # the calls (and the attempts kept for the end) without `each`'s columns
+            f = f[[c for c in want if c in f.columns]]
         if multi.any():
             rows = np.flatnonzero(multi)
             kept_frames.append(f.iloc[rows].reset_index(drop=True))

@@ -301,8 +301,8 @@ def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[
     if not np.isfinite(idx.first_start):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
     scan = _Scan(idx.first_start, opts.slo, direct=idx.rows <= exact.DIRECT_ROWS)
-    columns = CALL_COLUMNS if also is None else list(dict.fromkeys([*CALL_COLUMNS, *FACT_COLUMNS]))
-    for cb in call_batches(source, idx, columns, each=None if also is None else also.batch):
+    for cb in call_batches(source, idx, CALL_COLUMNS, each=None if also is None else also.batch,
+                           each_columns=None if also is None else FACT_COLUMNS):
         if len(cb.calls):
             scan.batch(cb)
     scan.finish()
