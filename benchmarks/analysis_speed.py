@@ -42,9 +42,10 @@ must reproduce (counts exact, floats within 1e-9 relative: benchmarks/summary_co
 (the records are not committed: the seed makes them, and <reference>.inputs.json keeps their sha256, so a check
 tells a changed generator from a changed analysis):
 
-    # 300,000 records with a ledger -> benchmarks/reference/summary-300k.json (+ summary-300k.inputs.json)
+    # 300,000 records with a ledger -> benchmarks/reference/summary-300k.json (+ summary-300k.inputs.json, which
+    # names the analysis that wrote it: today's was written by 1456a0d's, before a rewrite of the passes)
     .venv/bin/python benchmarks/analysis_speed.py --records 300000 --seed 15 --duration-s 3600 \
-        --write-reference benchmarks/reference/summary-300k.json
+        --baseline 1456a0d --write-reference benchmarks/reference/summary-300k.json
     # the small fixed run folder of tests/test_analysis_reference.py (the records and ledger gzipped)
     .venv/bin/python benchmarks/analysis_speed.py --records 3000 --seed 151 --duration-s 300 \
         --plant-share 0.01 --write-fixture tests/data/reference_run
@@ -878,7 +879,10 @@ def write_reference(run_dir: Path, reference: Path, meta: dict[str, Any]) -> Non
     """The run folder's summary.json as the reference, and its inputs described next to it."""
     reference.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "summary.json", reference)
-    meta = {"summary": reference.name, **meta, "regenerate": f"{meta['command']} --write-reference {reference}",
+    base = meta.get("analysis", "").removeprefix("the baseline, ")
+    again = f" --baseline {base}" if base and base != meta.get("analysis") else " --no-baseline"
+    meta = {"summary": reference.name, **meta,
+            "regenerate": f"{meta['command']}{again} --write-reference {reference}",
             "check": f"{meta['command']} --check-reference {reference}"}
     inputs_path(reference).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -1090,6 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
                     if use_base is not None:  # the reference is the baseline's analysis
                         shutil.copyfile(run_dir / "summary.baseline.json", run_dir / "summary.json")
                     meta = generated_by(args, counts, input_hashes(run_dir))
+                    meta["analysis"] = f"the baseline, {args.baseline}" if use_base is not None else "today's code"
                     if args.write_reference:
                         write_reference(run_dir, args.write_reference, meta)
                         lines.append(f"wrote              {args.write_reference} and "
