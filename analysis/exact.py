@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ttformats.records import numpy_lerp
+
 PCTS = (50, 90, 95, 99, 99.9)
 _MERGE_AT = 1 << 20  # pending values merged into the table once this many wait
 DENSE_INTS = 1 << 20  # whole numbers below this are counted in place (chunk gaps under a second, in µs)
@@ -23,12 +25,6 @@ SPOOL_MEMORY = 4 << 20  # bytes a spool holds in memory before it moves to a tem
 DIRECT_ROWS = 2_000_000
 
 
-def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """numpy's own interpolation between neighbouring order statistics (numpy.lib._function_base_impl._lerp)."""
-    diff = b - a
-    out = np.asarray(a + diff * t)
-    np.subtract(b, diff * (1 - t), out=out, where=t >= 0.5)
-    return out
 
 
 class ValueCounts:
@@ -138,7 +134,7 @@ class ValueCounts:
         cum = np.cumsum(self.counts)
         a = self.values[np.searchsorted(cum, lo_i, side="right")]
         b = self.values[np.searchsorted(cum, hi_i, side="right")]
-        return _lerp(a, b, t)
+        return numpy_lerp(a, b, t)
 
     def dist(self) -> dict[str, Any]:
         """n, mean, p50, p90, p95, p99, p99.9 and max: the figures analysis.metrics.dist gives."""
@@ -385,14 +381,8 @@ class GroupedQuantiles:
         for g, wanted in self._wanted.items():
             n = self._n[g]
             at = {r: found[g, r] for r in wanted}
-            out: dict[str, Any] = {"n": n, "mean": self._sum[g] / n}
-            for p in self.pcts:
-                virtual = (n - 1) * (p / 100)
-                r = int(np.floor(virtual))
-                t = np.array([virtual - r])
-                out[f"p{p:g}"] = float(_lerp(np.array([at[r]]), np.array([at[min(r + 1, n - 1)]]), t)[0])
-            out["max"] = at[n - 1]
-            self._result[g] = out
+            self._result[g] = self._figures(n, self._sum[g] / n,
+                                            lambda ranks, at=at: np.array([at[r] for r in ranks.tolist()]))
         self._kept_keys, self._kept_vals = [], []
 
     def _finish_direct(self) -> None:
@@ -417,21 +407,21 @@ class GroupedQuantiles:
         if zero:  # group 0: every value of an `overall` add, and any given as group 0 itself
             parts[0] = np.concatenate([*zero, *((parts[0],) if 0 in parts else ())])
         for grp, vals in parts.items():
-            self._result[grp] = self._figures(vals)
+            ordered = np.sort(vals)  # faster than selecting a dozen ranks (numpy sorts with SIMD)
+            self._result[grp] = self._figures(vals.size, float(np.sum(vals)) / vals.size, ordered.__getitem__)
             self._n[grp] = vals.size
 
-    def _figures(self, vals: np.ndarray) -> dict[str, Any]:
-        """n, mean, the percentiles and max of one group's values, as _finish gives them."""
-        n = vals.size
-        picked = np.sort(vals)  # faster than selecting a dozen ranks (numpy sorts with SIMD)
-        out: dict[str, Any] = {"n": n, "mean": float(np.sum(vals)) / n}
+    def _figures(self, n: int, mean: float, at: Any) -> dict[str, Any]:
+        """n, mean, the percentiles (numpy's linear method) and max of a group of n values, `at(ranks)` giving
+        the order statistics of those ranks (0-based)."""
+        out: dict[str, Any] = {"n": n, "mean": mean}
         virtual = (n - 1) * (np.asarray(self.pcts, dtype=np.float64) / 100)
         r = np.floor(virtual)
         lo = r.astype(np.int64)
-        pv = _lerp(picked[lo], picked[np.minimum(lo + 1, n - 1)], virtual - r)
-        for p, x in zip(self.pcts, pv.tolist(), strict=True):
+        values = numpy_lerp(at(lo), at(np.minimum(lo + 1, n - 1)), virtual - r)
+        for p, x in zip(self.pcts, values.tolist(), strict=True):
             out[f"p{p:g}"] = x
-        out["max"] = float(picked[n - 1])
+        out["max"] = float(at(np.array([n - 1]))[0])
         return out
 
 

@@ -110,9 +110,9 @@ class _Scan:
         self.ts_e2e.add(sec[k], ee[k])
         self._figures(calls, ok)
         for calls_g, gaps in pooled or ():  # by the groups of the calls (few), not of each gap; the whole run's: finish()
-            for x in np.unique(calls_g).tolist():
-                self.groups[x].gaps.add_ints((gaps[calls_g == x] if len(calls_g) and calls_g.min() != calls_g.max()
-                                              else gaps).ravel())
+            groups = np.unique(calls_g).tolist()
+            for x in groups:
+                self.groups[x].gaps.add_ints((gaps[calls_g == x] if len(groups) > 1 else gaps).ravel())
         self._counts(cb, g, live, ok)
         self._seconds(calls, live, ok, sec)
         fs = calls["first_start"].to_numpy(dtype=np.float64)

@@ -114,6 +114,17 @@ def gap_figures(deltas: Any) -> dict[str, Any]:
             "max_at": gaps.argmax(axis=1)}
 
 
+def numpy_lerp(a: Any, b: Any, t: Any) -> Any:
+    """numpy's own interpolation between neighbouring order statistics (numpy.lib._function_base_impl._lerp), so
+    percentiles computed from selected or sorted values are numpy.percentile's to the bit."""
+    import numpy as np
+
+    diff = b - a
+    out = np.asarray(a + diff * t)
+    np.subtract(b, diff * (1 - t), out=out, where=t >= 0.5)
+    return out
+
+
 def sorted_gap_figures(ordered: Any) -> dict[str, Any]:
     """p50_us, p99_us (numpy.percentile's linear method, its own arithmetic) and max_us of rows of gaps, each row
     sorted (np.sort(gaps, axis=1): the order statistics, sorted with SIMD rather than selected)."""
@@ -125,11 +136,6 @@ def sorted_gap_figures(ordered: Any) -> dict[str, Any]:
         virtual = np.float64((m - 1) * q)
         lo = int(np.floor(virtual))
         t = np.full(len(ordered), virtual - lo)
-        a = ordered[:, lo].astype(np.int64)
-        b = ordered[:, min(lo + 1, m - 1)].astype(np.int64)
-        diff = b - a
-        value = np.asarray(a + diff * t)
-        np.subtract(b, diff * (1 - t), out=value, where=t >= 0.5)
-        out[name] = value
+        out[name] = numpy_lerp(ordered[:, lo].astype(np.int64), ordered[:, min(lo + 1, m - 1)].astype(np.int64), t)
     out["max_us"] = ordered[:, -1].astype(np.int64)
     return out
