@@ -327,8 +327,11 @@ class LiteLLMProxy:
         self.workdir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(COST_LOG_SOURCE, self.workdir / f"{COST_LOG_MODULE}.py")
         self.config_path.write_text(yaml.safe_dump(self.config(), sort_keys=False))
-        self.port = free_port()
-        if not port_is_free(self.port):
+        for _ in range(20):  # another process may take an ephemeral port between the two looks
+            self.port = free_port()
+            if port_is_free(self.port):
+                break
+        else:
             raise LiteLLMProxyError(f"port {self.port} is busy")
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(self.port)]
