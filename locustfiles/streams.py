@@ -80,20 +80,35 @@ class SSEFramer:
             tail.clear()
         out: list[tuple[str | None, str]] = []
         if not self._data and self._event is None and b"\r" not in data:
-            # the usual shape, `data: ...` then a blank line, an event at a time; anything else line by line
-            blocks = data.split(b"\n\n")
-            data = blocks.pop()
-            for block in blocks:
-                if block[:6] == b"data: " and b"\n" not in block:
-                    out.append((None, block[6:].decode("utf-8")))
-                elif block:
-                    self._lines([*block.split(b"\n"), b""], out)
+            # the usual shape, `data: ...` then a blank line: whole events at once, if each is that shape
+            end = data.rfind(b"\n\n")
+            payloads = self._payloads(data, end) if end > 0 and data[:6] == b"data: " else None
+            if payloads is not None:
+                out = [(None, payload) for payload in payloads]
+                data = data[end + 2:]
+            else:  # an event at a time; anything else line by line
+                blocks = data.split(b"\n\n")
+                data = blocks.pop()
+                for block in blocks:
+                    if block[:6] == b"data: " and b"\n" not in block:
+                        out.append((None, block[6:].decode("utf-8")))
+                    elif block:
+                        self._lines([*block.split(b"\n"), b""], out)
         lines = data.split(b"\n")
         last = lines.pop()
         if last:
             tail.append(last)
         self._lines(lines, out)
         return out
+
+    @staticmethod
+    def _payloads(data: bytes, end: int) -> list[str] | None:
+        """The data of the events before `end` if each is one `data: ` line (then a blank line), else None."""
+        try:
+            payloads = data[6:end].decode("utf-8").split("\n\ndata: ")
+        except UnicodeDecodeError:
+            return None  # read line by line: only data lines must be UTF-8
+        return None if "\n" in "".join(payloads) else payloads
 
     def _lines(self, lines: list[bytes], out: list[tuple[str | None, str]]) -> None:
         """Whole lines (without their line end): the events they complete go to `out`."""

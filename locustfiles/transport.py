@@ -497,7 +497,7 @@ class Transport:
             out.framing = reader.stream_format = other
             array = other == "json_array"
         body = BodyReader(resp, limit=MAX_BODY_BYTES)
-        event = reader.event
+        event, events = reader.event, reader.events
         try:
             if array:
                 framer = JsonArrayFramer()
@@ -510,8 +510,7 @@ class Transport:
             else:
                 sse = SSEFramer()
                 for data, t in body:
-                    for name, payload in sse.feed(data):
-                        event(name, payload, t)
+                    events(sse.feed(data), t)
                 cut = sse.partial_line  # the body ended inside a line
                 for name, payload in sse.finish():
                     try:

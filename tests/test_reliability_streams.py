@@ -366,34 +366,50 @@ LATER = [CHUNK % '"plain"', CHUNK % '"line\\nbreak \\u00e9 \\"q\\""', CHUNK % '"
          CHUNK.replace('"created":1700000000', '"created":1e400') % '"x"',
          CHUNK.replace('"logprobs":null', '"logprobs":NaN') % '"x"',
          CHUNK.replace('"finish_reason":null', '"finish_reason":"stop"') % '"end"',
-         CHUNK.replace('"model":"m"', '"model":"m2"') % '"other model"', CHUNK % '"ok" ']
+         CHUNK.replace('"model":"m"', '"model":"m2"') % '"other model"', CHUNK % '"ok" ',
+         # as long as the text chunk's, but not the same around the content
+         CHUNK.replace('"finish_reason":null', '"finish_reason":"ab"') % '"x"',
+         CHUNK.replace('"model":"m"', '"model":"n"') % '"x"', CHUNK.replace('1700000000', '1e40000000') % '"x"']
 
 
+def _read(reader: Any, events: list[str], together: bool) -> None:
+    """Events read one call each, or all in one call (as a block of a stream that arrived at once)."""
+    if together:
+        reader.events([(None, e) for e in events], 2.0)
+    else:
+        for e in events:
+            reader.event(None, e, 2.0)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "together"])
 @pytest.mark.parametrize("later", LATER)
-def test_a_chat_chunk_after_a_text_chunk_reads_as_strict_json_says(later):
+def test_a_chat_chunk_after_a_text_chunk_reads_as_strict_json_says(later, together):
     """The chat reader's shortcut for a stream's repeated text chunks: after one plain text chunk, every later
     chunk reads as Python's strict json says (NaN, Infinity, overflow, bad escapes and control characters
-    refused; a duplicate key's last value wins; any other shape read whole)."""
+    refused; a duplicate key's last value wins; any other shape read whole), event by event or in one block."""
     from locustfiles.dialects import openai_chat
 
     reader = openai_chat.Reader("sse")
     reader.text_parts = []
-    reader.event(None, CHUNK % '"first "', 1.0)
+    first, plain = CHUNK % '"first "', CHUNK % '" next"'
+    _read(reader, [first, plain] if together else [first], together)
+    before = "first " + (" next" if together else "")
     try:
         obj = _strict_json(later)
     except ValueError:
         with pytest.raises((ValueError, TypeError)):
-            reader.event(None, later, 2.0)
+            _read(reader, [later, plain], together)
         return
     content = obj["choices"][0]["delta"]["content"]
     if isinstance(content, str) or not content:
-        reader.event(None, later, 2.0)
-        assert reader.text == "first " + (content or "")
-        assert len(reader.chunks) == 1 + bool(content)
+        _read(reader, [later, plain], together)
+        assert reader.text == before + (content or "") + " next"
+        assert len(reader.chunks) == len(before.split()) + bool(content) + 1
+        assert reader.chars == len(reader.text)
         assert reader.finish == obj["choices"][0]["finish_reason"]
     else:  # a number where the text belongs: the shape is wrong (a `protocol` failure in the transport)
         with pytest.raises(TypeError):
-            reader.event(None, later, 2.0)
+            _read(reader, [later, plain], together)
 
 
 def test_a_duplicate_content_key_is_never_taken_for_a_text_chunks_shape():

@@ -133,6 +133,27 @@ def test_the_sse_framer_gives_the_events_a_line_by_line_reading_gives(lines, cut
     assert got == _reference_sse(body)
 
 
+DATA_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(DATA_TEXT.map(lambda t: b"data: " + t.encode() + b"\n\n"),
+                          st.sampled_from([b"data:x\n\n", b": \xff ping\n\n", b"\n\n", b"data: a\ndata: b\n\n",
+                                           b"event: e\ndata: n\n\n", b"data: \xc3\xa9\n\n", b"data: data: \n\n"])),
+                max_size=40),
+       st.lists(st.integers(min_value=0, max_value=4_000), max_size=6))
+def test_bodies_of_one_line_data_events_frame_as_a_line_by_line_reading(events, cuts):
+    """Bodies made mostly of one-line `data: ` events (read whole blocks at a time), with a few of every other
+    shape among them (a comment that is not UTF-8, a blank event, two data lines, a named event), cut anywhere:
+    exactly the spec's events."""
+    body = b"".join(events)
+    framer = SSEFramer()
+    got = []
+    for piece in split_at(body, cuts):
+        got += framer.feed(piece)
+    assert got == _reference_sse(body)
+
+
 @pytest.mark.parametrize("rec", [
     {"a": "héllo", "n": 2 ** 63 - 1, "f": [0.1, 1e-05, -0.0, 1.7976931348623157e308], "x": None, "b": True},
     {"error": "lone \ud800 surrogate"},  # orjson refuses it: the standard library writes it

@@ -124,6 +124,11 @@ class Reader:
         """One stream event (SSE data, or a JSON-array element)."""
         raise NotImplementedError
 
+    def events(self, items: list[tuple[str | None, str]], t: float) -> None:
+        """Stream events that arrived together: (event name or None, data) each."""
+        for name, data in items:
+            self.event(name, data, t)
+
     def body(self, obj: Any) -> None:
         """A whole non-streamed JSON answer."""
         raise NotImplementedError

@@ -47,9 +47,10 @@ def normalize(u: dict[str, Any]) -> dict[str, int]:
             "reasoning": int(cd.get("reasoning_tokens") or 0)}
 
 
-#: Where a text chunk's content string starts, and a JSON string token (its escapes checked when it is decoded).
+#: Where a text chunk's content string starts, and a JSON string token: its text when it has no escape (group 1),
+#: else the whole token (group 2, its escapes checked when it is decoded).
 _CONTENT = '"delta":{"content":'
-_STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*"')
+_TOKEN = re.compile(r'"([^"\\\x00-\x1f]*)"|("(?:[^"\\\x00-\x1f]|\\.)*")')
 
 
 class Reader(BaseReader):
@@ -77,27 +78,45 @@ class Reader(BaseReader):
             return -1, -1
         if data.find("\\", i, j) < 0:  # no escape: the next quote ends it (what lies between is checked on decoding)
             return i, j + 1
-        m = _STRING.match(data, i)
+        m = _TOKEN.match(data, i)
         return (i, m.end()) if m else (-1, -1)
+
+    def events(self, items: list[tuple[str | None, str]], t: float) -> None:
+        """Events that arrived together: the text chunks that match the stream's template are counted here."""
+        chunks, parts, token = self.chunks, self.text_parts, _TOKEN.fullmatch
+        before, after = self._template or ("", "")
+        for _name, data in items:  # nearly every event of a stream: kept to C calls where it can be
+            if before and data.startswith(before) and data.endswith(after):
+                m = token(data, len(before), len(data) - len(after))
+                if m is not None:
+                    text = m.group(1)
+                    if text is None:
+                        try:
+                            text = loads(m.group(2))
+                        except ValueError:
+                            text = None  # an escape strict JSON refuses: the whole chunk is parsed, and refused
+                    if text:
+                        chunks.append(t)
+                        self.chars += len(text)
+                        if parts is not None:
+                            parts.append(text)
+                        continue
+            self._whole(data, t)
+            if not before and self._template is not None:
+                before, after = self._template
 
     def event(self, name: str | None, data: str, t: float) -> None:
         """One `data:` line."""
+        self.events([(name, data)], t)
+
+    def _whole(self, data: str, t: float) -> None:
+        """A `data:` line that is not a text chunk of the stream's template: parsed whole."""
         if self.first_event is None:
             self.first_event = t
         if data.startswith("[DONE]"):
             self.done = True
             return
         template = self._template
-        if template is not None:
-            i, j = self._content_at(data)
-            if i >= 0 and data[:i] == template[0] and data[j:] == template[1]:
-                try:
-                    text = loads(data[i:j])
-                except ValueError:
-                    text = None  # an escape strict JSON refuses: the whole chunk is parsed, and refused
-                if text:
-                    self._text(text, t)
-                    return
         obj = loads(data)
         if obj.get("error"):
             err = obj["error"]
