@@ -46,7 +46,7 @@ class Hopeless:
         """Fold in a call's final record; (exit code, reason) when the run must stop."""
         if rec.get("error_kind") == "cancelled" or rec.get("refusal") == "quota":
             return None  # a quota refusal ends its key's calls (the runtime's tenants), not the run by itself
-        refused = self.refused(rec)
+        refused = not rec.get("ok") and self.refused(rec)  # an answer is no refusal
         self.refused_total += refused
         if len(self.first) < FIRST_CALLS:
             self.first.append(rec)

@@ -9,7 +9,7 @@ from typing import Any
 from ttformats.calls import call_ttft_ms, counts_as_attempt
 
 from .dialects import TEXT_ENDPOINTS
-from .records import chunk_gaps_ms
+from .records import chunk_gaps_us
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -23,6 +23,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
+def _ms(us: float | None) -> float | None:
+    return None if us is None else us / 1000.0
+
+
 class Bucket:
     """Aggregates for one stats name (or for all of them)."""
 
@@ -34,16 +38,16 @@ class Bucket:
         self.cancelled = 0
         self.errors: Counter[str] = Counter()
         self.ttft: deque[float] = deque(maxlen=window)
-        self.itl: deque[float] = deque(maxlen=window * 4)
+        self.itl: deque[int] = deque(maxlen=window * 4)  # chunk gaps, whole µs
         self.tokens_out = 0
         self.estimate_total = 0.0
         self.first_start: float | None = None
         self.last_end: float | None = None
         self.recent: deque[float] = deque(maxlen=window)
 
-    def add(self, rec: dict[str, Any], first_t_start: float | None = None, gaps: list[float] | None = None) -> None:
+    def add(self, rec: dict[str, Any], first_t_start: float | None = None, gaps: Any = None) -> None:
         """Fold one attempt record in; `first_t_start`: the start of its call's first attempt (default: its own);
-        `gaps`: its chunk gaps in ms when already decoded."""
+        `gaps`: its chunk gaps in whole µs when already decoded."""
         kind = rec.get("error_kind")
         if rec["attempt"] > 1 and counts_as_attempt(kind, rec.get("sent")):
             self.retries += 1
@@ -72,7 +76,7 @@ class Bucket:
             first = rec["t_start"] if first_t_start is None else first_t_start
             self.ttft.append(call_ttft_ms(first, rec["t_start"], rec["first_content_ms"]))  # replays too
             if not rec.get("replayed"):  # a replay's frames arrive in one burst
-                self.itl.extend(chunk_gaps_ms(rec.get("chunks")) if gaps is None else gaps)
+                self.itl.extend(chunk_gaps_us(rec.get("chunks")) if gaps is None else gaps)
         if rec.get("endpoint") in TEXT_ENDPOINTS:
             self.tokens_out += int((rec.get("usage") or {}).get("output") or 0)
 
@@ -84,7 +88,7 @@ class Bucket:
         return {
             "calls": self.calls, "ok": self.ok, "failed": self.failed, "retries": self.retries,
             "cancelled": self.cancelled, "rps": recent, "ttft_p50": percentile(ttft, 50),
-            "ttft_p95": percentile(ttft, 95), "itl_p50": percentile(list(self.itl), 50),
+            "ttft_p95": percentile(ttft, 95), "itl_p50": _ms(percentile(list(self.itl), 50)),
             "tokens_out": self.tokens_out, "tokens_per_s": self.tokens_out / span,
             "errors": dict(sorted(self.errors.items())), "estimate_total": self.estimate_total,
         }
@@ -112,7 +116,7 @@ class Live:
             first = self.open_calls.setdefault(call, rec["t_start"])
         if counts_as_attempt(rec.get("error_kind"), rec.get("sent")):
             self.attempts += 1
-        gaps = chunk_gaps_ms(rec.get("chunks"))  # decoded once for both buckets
+        gaps = chunk_gaps_us(rec.get("chunks"))  # decoded once for both buckets
         self.overall.add(rec, first, gaps)
         bucket = self.by_name.get(rec["name"])
         if bucket is None:

@@ -38,5 +38,16 @@ class Calibrator:
 
 
 def make_prompt(rng: random.Random, words: int) -> str:
-    """A prompt of `words` seeded words."""
-    return " ".join(rng.choice(WORDS) for _ in range(words))
+    """A prompt of `words` seeded words: the words `rng.choice(WORDS)` draws, one call each, drawn faster."""
+    if type(rng)._randbelow is not random.Random._randbelow_with_getrandbits:  # type: ignore[attr-defined]
+        return " ".join(rng.choice(WORDS) for _ in range(words))
+    n = len(WORDS)
+    k = n.bit_length()
+    bits = rng.getrandbits
+    out = []
+    for _ in range(words):  # random.Random._randbelow_with_getrandbits, written out
+        r = bits(k)
+        while r >= n:
+            r = bits(k)
+        out.append(WORDS[r])
+    return " ".join(out)

@@ -326,6 +326,32 @@ def test_the_readers_json_accepts_and_refuses_what_strict_standard_json_does(tex
     assert got == expected
 
 
+@pytest.mark.parametrize("body", [
+    {"model": "m", "messages": [{"role": "user", "content": "héllo \u2028 \"q\" \\ \n"}], "max_tokens": 32},
+    {"text": "lone \ud800 surrogate"},  # orjson refuses it: the standard library writes it
+    {"n": 2 ** 70, "m": -(2 ** 63), "ok": True, "none": None, "list": [1, "2", [3]]},  # past 64 bits: likewise
+])
+def test_a_request_body_is_the_json_the_standard_library_reads_back(body):
+    """Request bodies: compact JSON bytes that Python's json reads back as the same object."""
+    from locustfiles.dialects.base import dumps
+
+    wire = dumps(body)
+    assert isinstance(wire, bytes) and b"\n" not in wire and b", " not in wire and b'": ' not in wire
+    assert json.loads(wire) == body
+
+
+def test_prompts_are_the_words_random_choice_draws():
+    """Seeded prompts are the words `rng.choice` draws one call at a time, and leave the generator where it
+    leaves it (a scenario's seed gives the same workload as before)."""
+    from locustfiles.prompts import WORDS, make_prompt
+
+    for seed in range(40):
+        ours, stdlib = random.Random(seed), random.Random(seed)
+        for words in (1, 3, 24, 257):
+            assert make_prompt(ours, words) == " ".join(stdlib.choice(WORDS) for _ in range(words))
+        assert ours.random() == stdlib.random()
+
+
 def test_framers_take_a_long_line_in_linear_time():
     """A 32 MB body without a line end (or one JSON element) is read in one pass, not re-copied per block."""
     import time

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from orjson import dumps as _orjson_dumps
 from orjson import loads as _orjson_loads
 
 USAGE_KEYS = ("input", "output", "cached_input", "cache_write", "reasoning")
@@ -32,8 +33,12 @@ def history_as_messages(history: list[tuple[str, str]]) -> list[dict[str, Any]]:
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact JSON bytes."""
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON bytes (text as UTF-8; what orjson cannot write, such as a lone surrogate or an integer past 64
+    bits, as the standard library writes it)."""
+    try:
+        return _orjson_dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _no_constant(name: str) -> Any:
