@@ -40,6 +40,8 @@ RATELIMIT_HEADERS = {
     ) for pre in ("", "llm_provider-"))
     for dim in ("requests", "tokens")
 }
+#: Every rate-limit header read_ratelimit looks for (an answer with none of them has no limits to read).
+RATELIMIT_NAMES = frozenset(name for spellings in RATELIMIT_HEADERS.values() for trio in spellings for name in trio)
 #: How error answers are classified when the profile says nothing: a spend budget or credit refusal is final
 #: (`quota`), any other 429 is a rate limit that waits as its headers say.
 DEFAULT_REFUSALS: list[dict[str, Any]] = [

@@ -18,6 +18,7 @@ from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTP
 from .calls import WireRequest
 from .dialects.base import Reader, loads
 from .profile import (
+    RATELIMIT_NAMES,
     Profile,
     error_details,
     parse_wait,
@@ -76,9 +77,9 @@ class Outcome:
     framing: str | None = None            # the stream framing that arrived, when not the one asked for
 
 
-def header_getter(resp: Any) -> Any:
-    """A case-insensitive lookup of a response's headers (None when absent), without an exception per miss: a
-    gateway profile asks for dozens of headers an answer mostly does not have."""
+def header_map(resp: Any) -> dict[str, Any]:
+    """A response's headers by lower-case name, looked up without an exception per miss: a gateway profile asks
+    for dozens of headers an answer mostly does not have."""
     headers: dict[str, Any] = {}
     for name, value in resp.items():  # one item per header line: a repeated header reads as the list of its values
         key = name.lower()
@@ -87,11 +88,7 @@ def header_getter(resp: Any) -> Any:
             headers[key] = [*prev, value] if isinstance(prev, list) else [prev, value]
         else:
             headers[key] = value
-
-    def get(name: str) -> Any:
-        return headers.get(name.lower())
-
-    return get
+    return headers
 
 
 class AttemptCancelled(Exception):
@@ -300,7 +297,7 @@ class Transport:
             out.t_headers = time.perf_counter()
             phase = "body"
             out.status = resp.status_code
-            self._read_headers(header_getter(resp), out)
+            self._read_headers(header_map(resp), out)
             if resp._sock is not None:
                 resp._sock.settimeout(to.idle_s)
             self._read_body(resp, reader, stream, dry_run, out)
@@ -354,9 +351,13 @@ class Transport:
             out.content_began = reader.first_content is not None
         return out
 
-    def _read_headers(self, get: Any, out: Outcome) -> None:
+    def _read_headers(self, headers: dict[str, Any], out: Outcome) -> None:
         """Request ids (every known header, the profile's first), replay marks, retry waits, rate-limit resets."""
         p = self.profile
+
+        def get(name: str) -> Any:
+            return headers.get(name.lower())
+
         ids = None
         for name in p.id_headers:
             v = get(name)
@@ -379,11 +380,11 @@ class Transport:
                 if wait is not None:
                     out.retry_after_s, out.retry_after_header = wait, name
                     break
-        out.ratelimit = rl = read_ratelimit(get)
+        out.ratelimit = rl = None if RATELIMIT_NAMES.isdisjoint(headers) else read_ratelimit(get)
         # when each limit is full again: read once with the rest of the rate-limit headers
         out.ratelimit_reset_s = {d: v["reset_s"] for d, v in rl.items() if v["reset_s"] is not None} or None \
             if rl else None
-        should = (get("x-should-retry") or "").strip().lower()
+        should = (headers.get("x-should-retry") or "").strip().lower()
         out.should_retry = True if should == "true" else False if should == "false" else None
 
     def _settle_socket(self, sock: Any, resp: Any, phase: str, failed: bool) -> None:
