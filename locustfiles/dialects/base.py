@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from orjson import dumps as _orjson_dumps
 from orjson import loads as _orjson_loads
+
+from ttformats.jsonline import compact_bytes
 
 USAGE_KEYS = ("input", "output", "cached_input", "cache_write", "reasoning")
 
@@ -32,13 +33,8 @@ def history_as_messages(history: list[tuple[str, str]]) -> list[dict[str, Any]]:
     return [{"role": role, "content": text} for role, text in history]
 
 
-def dumps(obj: Any) -> bytes:
-    """Compact JSON bytes (text as UTF-8; what orjson cannot write, such as a lone surrogate or an integer past 64
-    bits, as the standard library writes it)."""
-    try:
-        return _orjson_dumps(obj)
-    except TypeError:  # orjson.JSONEncodeError is one
-        return json.dumps(obj, separators=(",", ":")).encode()
+#: A request body's bytes: compact JSON.
+dumps = compact_bytes
 
 
 def _no_constant(name: str) -> Any:
