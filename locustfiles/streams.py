@@ -94,6 +94,8 @@ class SSEFramer:
                         out.append((None, block[6:].decode("utf-8")))
                     elif block:
                         self._lines([*block.split(b"\n"), b""], out)
+            if not data:  # it ended with its last event's blank line (the usual case)
+                return out
         lines = data.split(b"\n")
         last = lines.pop()
         if last:
