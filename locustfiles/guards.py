@@ -38,15 +38,15 @@ class Hopeless:
         self.refused_total = 0
 
     def refused(self, rec: dict[str, Any]) -> bool:
-        """Whether the gateway refused the key (401/403, or an error body the profile names)."""
-        return self.profile.is_auth_error(rec.get("status"), rec.get("error_type"), rec.get("error_code"),
-                                          rec.get("error_reason"))
+        """Whether the gateway refused the key (401/403, or an error body the profile names; an answer never)."""
+        return not rec.get("ok") and self.profile.is_auth_error(rec.get("status"), rec.get("error_type"),
+                                                                rec.get("error_code"), rec.get("error_reason"))
 
     def observe(self, rec: dict[str, Any], now: float | None = None) -> tuple[int, str] | None:
         """Fold in a call's final record; (exit code, reason) when the run must stop."""
         if rec.get("error_kind") == "cancelled" or rec.get("refusal") == "quota":
             return None  # a quota refusal ends its key's calls (the runtime's tenants), not the run by itself
-        refused = not rec.get("ok") and self.refused(rec)  # an answer is no refusal
+        refused = self.refused(rec)
         self.refused_total += refused
         if len(self.first) < FIRST_CALLS:
             self.first.append(rec)

@@ -39,7 +39,7 @@ class Calibrator:
 
 def make_prompt(rng: random.Random, words: int) -> str:
     """A prompt of `words` seeded words: the words `rng.choice(WORDS)` draws, one call each, drawn faster."""
-    if type(rng)._randbelow is not random.Random._randbelow_with_getrandbits:  # type: ignore[attr-defined]
+    if not WORDS or type(rng)._randbelow is not random.Random._randbelow_with_getrandbits:  # type: ignore[attr-defined]
         return " ".join(rng.choice(WORDS) for _ in range(words))
     n = len(WORDS)
     k = n.bit_length()

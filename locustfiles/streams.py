@@ -105,7 +105,8 @@ class SSEFramer:
 
     @staticmethod
     def _payloads(data: bytes, end: int) -> list[str] | None:
-        """The data of the events before `end` if each is one `data: ` line (then a blank line), else None."""
+        """The data of the events before `end` if each is one `data: ` line (then a blank line) and all of it is
+        UTF-8, else None (the caller reads them line by line)."""
         try:
             payloads = data[6:end].decode("utf-8").split("\n\ndata: ")
         except UnicodeDecodeError:

@@ -31,3 +31,18 @@ def test_the_window_counts_refusals_as_they_enter_and_leave():
         assert (got is not None and got[0] == EXIT_REFUSED_MID_RUN) == expected, (i, got, sum(window), len(window))
         verdicts += expected
     assert 100 < verdicts < 2900  # both verdicts met many times
+
+
+def test_an_answered_call_is_never_a_refusal_whatever_the_rules_say():
+    """A profile rule that a success would match (status 200) never makes an answered call a refusal, in the
+    first calls' verdict or in the window; a failed call that a rule names still is one."""
+    profile = Profile(auth_errors=[{"status": 200}, {"status": 401}])
+    guard = Hopeless(profile, window_s=10.0, min_calls=3, share=0.5)
+    ok = {"status": 200, "ok": True, "error_kind": None, "model": "m", "final": True}
+    for i in range(20):
+        assert guard.observe(dict(ok), now=1000.0 + i) is None
+    assert guard.refused_total == 0 and not guard.refused(ok)
+    refused = {"status": 401, "ok": False, "error_kind": "http_4xx", "model": "m", "final": True}
+    assert guard.refused(refused)
+    verdicts = [guard.observe(dict(refused), now=1020.0 + i / 10) for i in range(30)]
+    assert guard.refused_total == 30 and verdicts[-1] is not None and verdicts[-1][0] == EXIT_REFUSED_MID_RUN

@@ -398,44 +398,52 @@ LATER = [CHUNK % '"plain"', CHUNK % '"line\\nbreak \\u00e9 \\"q\\""', CHUNK % '"
          CHUNK.replace('"model":"m"', '"model":"n"') % '"x"', CHUNK.replace('1700000000', '1e40000000') % '"x"']
 
 
-def _read(reader: Any, events: list[str], together: bool) -> None:
-    """Events read one call each, or all in one call (as a block of a stream that arrived at once)."""
+def _read(reader: Any, events: list[str], together: bool, t: float) -> None:
+    """Events read one call each at t, t + 1, ... or all in one call at t (a block of a stream that arrived at
+    once shares its time)."""
     if together:
-        reader.events([(None, e) for e in events], 2.0)
+        reader.events([(None, e) for e in events], t)
     else:
-        for e in events:
-            reader.event(None, e, 2.0)
+        for i, e in enumerate(events):
+            reader.event(None, e, t + i)
 
 
+@pytest.mark.parametrize("keep", [True, False], ids=["text-kept", "text-not-kept"])
 @pytest.mark.parametrize("together", [False, True], ids=["one-by-one", "together"])
 @pytest.mark.parametrize("later", LATER)
-def test_a_chat_chunk_after_a_text_chunk_reads_as_strict_json_says(later, together):
+def test_a_chat_chunk_after_a_text_chunk_reads_as_strict_json_says(later, together, keep):
     """The chat reader's shortcut for a stream's repeated text chunks: after one plain text chunk, every later
     chunk reads as Python's strict json says (NaN, Infinity, overflow, bad escapes and control characters
-    refused; a duplicate key's last value wins; any other shape read whole), event by event or in one block."""
+    refused; a duplicate key's last value wins; any other shape read whole), event by event or in one block,
+    each text chunk at its own time."""
     from locustfiles.dialects import openai_chat
 
     reader = openai_chat.Reader("sse")
-    reader.text_parts = []
+    reader.text_parts = [] if keep else None
     first, plain = CHUNK % '"first "', CHUNK % '" next"'
-    _read(reader, [first, plain] if together else [first], together)
+    _read(reader, [first, plain] if together else [first], together, 1.0)
     before = "first " + (" next" if together else "")
+    times = [1.0, 1.0] if together else [1.0]
+    assert reader.first_event == reader.first_content == reader.first_text == 1.0
     try:
         obj = _strict_json(later)
     except ValueError:
         with pytest.raises((ValueError, TypeError)):
-            _read(reader, [later, plain], together)
+            _read(reader, [later, plain], together, 5.0)
         return
     content = obj["choices"][0]["delta"]["content"]
     if isinstance(content, str) or not content:
-        _read(reader, [later, plain], together)
-        assert reader.text == before + (content or "") + " next"
-        assert len(reader.chunks) == len(before.split()) + bool(content) + 1
-        assert reader.chars == len(reader.text)
+        _read(reader, [later, plain], together, 5.0)
+        text = before + (content or "") + " next"
+        times += ([5.0] if content else []) + ([5.0] if together else [6.0])
+        assert reader.text == (text if keep else None)
+        assert reader.chunks == times
+        assert reader.chars == len(text)
         assert reader.finish == obj["choices"][0]["finish_reason"]
+        assert reader.first_event == reader.first_content == reader.first_text == 1.0
     else:  # a number where the text belongs: the shape is wrong (a `protocol` failure in the transport)
         with pytest.raises(TypeError):
-            _read(reader, [later, plain], together)
+            _read(reader, [later, plain], together, 5.0)
 
 
 def test_a_duplicate_content_key_is_never_taken_for_a_text_chunks_shape():

@@ -33,7 +33,7 @@ def history_as_messages(history: list[tuple[str, str]]) -> list[dict[str, Any]]:
     return [{"role": role, "content": text} for role, text in history]
 
 
-#: A request body's bytes: compact JSON.
+#: A request body's bytes: compact JSON, its text as UTF-8 (not \u escapes).
 dumps = compact_bytes
 
 

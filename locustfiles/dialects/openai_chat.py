@@ -95,7 +95,7 @@ class Reader(BaseReader):
                             text = loads(m.group(2))
                         except ValueError:
                             text = None  # an escape strict JSON refuses: the whole chunk is parsed, and refused
-                    if text:
+                    if text:  # what _text does for a later text chunk
                         chunks.append(t)
                         self.chars += len(text)
                         if parts is not None:
@@ -110,7 +110,8 @@ class Reader(BaseReader):
         self.events([(name, data)], t)
 
     def _whole(self, data: str, t: float) -> None:
-        """A `data:` line that is not a text chunk of the stream's template: parsed whole."""
+        """A `data:` event parsed whole: a text chunk before the stream's template is learnt (the first one sets
+        it), and everything that is not a text chunk of the template (role, finish, usage, errors, [DONE])."""
         if self.first_event is None:
             self.first_event = t
         if data.startswith("[DONE]"):
