@@ -25,8 +25,6 @@ SPOOL_MEMORY = 4 << 20  # bytes a spool holds in memory before it moves to a tem
 DIRECT_ROWS = 2_000_000
 
 
-
-
 class ValueCounts:
     """A multiset of floats (NaN ignored): sorted distinct values and their counts, merged as values arrive."""
 

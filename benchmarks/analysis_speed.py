@@ -875,12 +875,12 @@ def check_reference(run_dir: Path, reference: Path) -> tuple[list[str], bool]:
     return lines, ok
 
 
-def write_reference(run_dir: Path, reference: Path, meta: dict[str, Any]) -> None:
-    """The run folder's summary.json as the reference, and its inputs described next to it."""
+def write_reference(run_dir: Path, reference: Path, meta: dict[str, Any], baseline: str | None) -> None:
+    """The run folder's summary.json as the reference (written by `baseline`'s analysis, or None: today's code),
+    and its inputs described next to it."""
     reference.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "summary.json", reference)
-    base = meta.get("analysis", "").removeprefix("the baseline, ")
-    again = f" --baseline {base}" if base and base != meta.get("analysis") else " --no-baseline"
+    again = f" --baseline {baseline}" if baseline else " --no-baseline"
     meta = {"summary": reference.name, **meta,
             "regenerate": f"{meta['command']}{again} --write-reference {reference}",
             "check": f"{meta['command']} --check-reference {reference}"}
@@ -1067,13 +1067,14 @@ def main(argv: list[str] | None = None) -> int:
             size = (run_dir / "records.jsonl").stat().st_size
             records = sum(1 for _ in open(run_dir / "records.jsonl", "rb")) if n is None else n
             use_base = base if records <= args.baseline_max else None
+            by = args.baseline if use_base is not None else None  # the baseline's revision when it ran here
             print(f"timing {run_dir} ({os.cpu_count()} CPUs) ...", file=sys.stderr, flush=True)
             t = time_run(run_dir, use_base, args.repeat)
             sizes.append((records, t))
             made = f", generated in {gen_s:.1f} s" if gen_s is not None else ""
             lines.append(f"records.jsonl      {size / 2**20:,.0f} MiB ({size / max(records, 1):,.0f} bytes a record)"
                          f"{made}")
-            lines += report_lines(run_dir, t, args.baseline if use_base is not None else None)
+            lines += report_lines(run_dir, t, by)
             if base is not None and use_base is None:
                 lines.append(f"baseline           skipped: more than --baseline-max {args.baseline_max:,} records")
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -1094,9 +1095,9 @@ def main(argv: list[str] | None = None) -> int:
                     if use_base is not None:  # the reference is the baseline's analysis
                         shutil.copyfile(run_dir / "summary.baseline.json", run_dir / "summary.json")
                     meta = generated_by(args, counts, input_hashes(run_dir))
-                    meta["analysis"] = f"the baseline, {args.baseline}" if use_base is not None else "today's code"
+                    meta["analysis"] = f"the baseline, {by}" if by else "today's code"
                     if args.write_reference:
-                        write_reference(run_dir, args.write_reference, meta)
+                        write_reference(run_dir, args.write_reference, meta, by)
                         lines.append(f"wrote              {args.write_reference} and "
                                      f"{inputs_path(args.write_reference)}")
                     if args.write_fixture:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import Any
 
 from ttformats.calls import call_ttft_ms, counts_as_attempt
@@ -45,7 +46,8 @@ class Bucket:
         self.last_end: float | None = None
         self.recent: deque[float] = deque(maxlen=window)
 
-    def add(self, rec: dict[str, Any], first_t_start: float | None = None, gaps: Any = None) -> None:
+    def add(self, rec: dict[str, Any], first_t_start: float | None = None,
+            gaps: Iterable[int] | None = None) -> None:
         """Fold one attempt record in; `first_t_start`: the start of its call's first attempt (default: its own);
         `gaps`: its chunk gaps in whole µs when already decoded."""
         kind = rec.get("error_kind")

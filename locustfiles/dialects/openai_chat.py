@@ -73,11 +73,6 @@ class Reader(BaseReader):
         if i < 0:
             return -1, -1
         i += len(_CONTENT)
-        j = data.find('"', i + 1) if data.startswith('"', i) else -1
-        if j < 0:
-            return -1, -1
-        if data.find("\\", i, j) < 0:  # no escape: the next quote ends it (what lies between is checked on decoding)
-            return i, j + 1
         m = _TOKEN.match(data, i)
         return (i, m.end()) if m else (-1, -1)
 
