@@ -92,9 +92,10 @@ class Scraper:
         return self._greenlet is not None and not self._greenlet.dead
 
     def start(self) -> None:
-        """Spawn the greenlet: a read of every target now, then every `every_s` seconds (no-op if running)."""
+        """Read every target now, before returning, then spawn the periodic greenlet (no-op if running)."""
         if self.running or not self.targets:
             return
+        self.scrape_all("start")  # the baseline: taken before test_start returns, so before any user's call
         self._greenlet = gevent.spawn(self._loop)
 
     def stop(self) -> None:
@@ -109,7 +110,6 @@ class Scraper:
             self._client = None
 
     def _loop(self) -> None:
-        self.scrape_all("start")
         while True:
             gevent.sleep(self.every_s)
             self.scrape_all("periodic")

@@ -37,7 +37,8 @@ def test_scraper_start_periodic_stop_and_deltas_equal_the_truth(make_sim, tmp_pa
     monkeypatch.delenv("TT_UNSET_9", raising=False)
     scraper = Scraper(spec, tmp_path, env={SIM_URL_ENV: sim.url}, timeout_s=2)
     scraper.start()
-    gevent.sleep(0.1)  # the start read
+    started = jsonl(tmp_path / "scrape.jsonl")  # the start read is taken before start() returns: no call races it
+    assert sorted((ln["target"], ln["phase"]) for ln in started) == sorted((t["name"], "start") for t in spec["targets"])
     for _ in range(4):
         assert chat(sim).status_code == 200
     gevent.sleep(0.75)  # two periodic reads at least
