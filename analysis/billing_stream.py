@@ -49,6 +49,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ttformats.prices import PriceSheet
 
@@ -180,9 +182,6 @@ def _arrow_texts(s: pd.Series) -> tuple[np.ndarray, np.ndarray] | None:
     pa_arr = getattr(s.array, "_pa_array", None)
     if pa_arr is None:
         return None
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     outs, valids = [], []
     for chunk in pa_arr.chunks:
         large = pa.types.is_large_string(chunk.type)
@@ -220,6 +219,19 @@ def _texts(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     arr = s.to_numpy(dtype=object)
     is_str = ~s.isna().to_numpy() if isinstance(s.dtype, pd.StringDtype) else _is_str_array(arr)
     return _encode(arr if is_str.all() else np.where(is_str, arr, "")), is_str
+
+
+def _isin(s: pd.Series, want: set[str], sets: dict[int, pa.Array]) -> np.ndarray:
+    """Which values are in `want` (a missing one is not): Arrow's is_in for an Arrow-backed string column, with
+    `want` as an Arrow array made once per set (kept in `sets`); Series.isin otherwise."""
+    pa_arr = getattr(s.array, "_pa_array", None)
+    if pa_arr is None or not (pa.types.is_string(pa_arr.type) or pa.types.is_large_string(pa_arr.type)):
+        return s.isin(want).to_numpy(dtype=bool)
+    values = sets.get(id(want))
+    if values is None or values.type != pa_arr.type:
+        values = sets[id(want)] = pa.array(sorted(want), type=pa_arr.type)
+    got = pc.is_in(pa_arr, value_set=values, skip_nulls=True)
+    return np.asarray(got.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _equals(s: pd.Series, value: str) -> np.ndarray:
@@ -534,7 +546,9 @@ def _csv_offsets(buf: bytes, nf: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     pad = np.zeros(len(a) + _PAD, np.uint8)
     pad[:len(a)] = a
     got = None
-    if not buf.startswith(b"\n") and b"\n\n" not in buf:  # no blank line: every line is a row
+    # every line a row: with several fields, the pattern check below fails on a blank line (its newline takes a
+    # comma's place); a single field needs the search
+    if nf > 1 or (not buf.startswith(b"\n") and b"\n\n" not in buf):
         seps = np.flatnonzero((a == 44) | (a == 10))
         if not buf.endswith(b"\n"):
             seps = np.append(seps, len(a))
@@ -587,8 +601,13 @@ def _gather(pad: np.ndarray, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, 
         for i, (x, y) in enumerate(zip(s.tolist(), e.tolist(), strict=True)):
             m[i, :y - x] = pad[x:y]
         return m, length
-    m = np.lib.stride_tricks.sliding_window_view(pad, w)[s]
-    m *= (np.arange(w) < length[:, None]).view(np.uint8)
+    # w bytes from each start (a view of pad as w-byte items at every offset), then the bytes past each end zeroed
+    m = np.ndarray((len(pad) - w + 1,), dtype=f"S{w}", buffer=pad, strides=(1,))[s].view(np.uint8).reshape(n, w)
+    short = np.flatnonzero(length < w)
+    if short.size * 4 > n:
+        m *= (np.arange(w) < length[:, None]).view(np.uint8)
+    elif short.size:
+        m[short] *= (np.arange(w) < length[short, None]).view(np.uint8)
     return m, length
 
 
@@ -2173,13 +2192,14 @@ class _Run:
                 if old is None or item < old:
                     table[v] = item
 
+            sets: dict[int, pa.Array] = {}  # each wanted set as an Arrow array, made once
             for df in self.held:
                 n = len(df)
                 cid = df["call_id"]
                 att = df["attempt"].to_numpy(dtype=np.int64)
 
                 def hits(col: pd.Series, want: set[str], cid: pd.Series = cid) -> list[tuple[int, Any, Any]]:
-                    idx = np.flatnonzero(col.isin(want).to_numpy(dtype=bool))
+                    idx = np.flatnonzero(_isin(col, want, sets))
                     return list(zip(idx.tolist(), col.array.take(idx), cid.array.take(idx), strict=True))
 
                 if need["rid"]:

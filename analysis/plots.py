@@ -5,19 +5,24 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 
-def _png(fig: Any) -> bytes:
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kw: Any) -> tuple[Figure, Any]:
+    """A figure on its own Agg canvas and its axes, as plt.subplots gives them (pyplot is never imported: no
+    global figure registry, and a quicker import)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -25,7 +30,7 @@ def ttft_cdf(cdfs: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> bytes | Non
     """CDF of TTFT per endpoint (successful streamed calls), from exact quantiles: {endpoint: (values, levels, n)}."""
     if not cdfs:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     for label, (values, levels, n) in cdfs.items():
         ax.plot(values, levels, label=f"{label} (n={n})")
     ax.set_xlabel("time to first token (ms)")
@@ -42,7 +47,7 @@ def _cdfs(series: list[tuple[str, Any]], xlabel: str, ylabel: str, title: str) -
     series = [(label, v) for label, v in series if v.size]
     if not series:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     for label, v in series:
         ax.plot(v, np.arange(1, v.size + 1) / v.size, label=f"{label} (n={v.size})")
     ax.set_xlabel(xlabel)
@@ -58,7 +63,7 @@ def over_time(ts: list[dict[str, Any]]) -> bytes | None:
     if not ts:
         return None
     df = pd.DataFrame(ts)
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    fig, (a1, a2) = _subplots(2, 1, figsize=(8, 5.5), sharex=True)
     for col, label in (("ttft_p50_ms", "TTFT p50"), ("ttft_p95_ms", "TTFT p95"), ("e2e_p50_ms", "E2E p50")):
         if df[col].notna().any():
             a1.plot(df["second"], df[col], label=label)
@@ -88,7 +93,7 @@ def tps_hist(edges: np.ndarray, counts: np.ndarray) -> bytes | None:
     """Histogram of output tokens/s per request (bin edges and counts)."""
     if counts is None or not counts.sum():
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _subplots(figsize=(7, 3.5))
     ax.stairs(counts, edges, fill=True)
     ax.set_xlabel("output tokens/s per request")
     ax.set_ylabel("calls")
@@ -104,7 +109,7 @@ def capacity_curve(cap: dict[str, Any] | None) -> bytes | None:
     if df.empty:
         return None
     x = df["offered_rps"].where(df["offered_rps"].notna(), df["users"]).astype(float)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     ax.plot(x, df["achieved_rps"], "o-", label="achieved req/s")
     ax.plot(x, x if df["offered_rps"].notna().all() else df["achieved_rps"], ":", color="grey", label="offered")
     ax.set_xlabel("offered req/s" if df["offered_rps"].notna().all() else "users")
@@ -125,7 +130,7 @@ def billing_findings(counts: dict[str, int] | None) -> bytes | None:
     """Billing findings per kind."""
     if not counts or not any(counts.values()):
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _subplots(figsize=(7, 3.5))
     kinds = list(counts)
     ax.barh(kinds, [counts[k] for k in kinds])
     ax.set_xlabel("findings")
@@ -138,7 +143,7 @@ def ttft_vs_input(calls: pd.DataFrame) -> bytes | None:
     okc = calls[calls["ok"] & calls["ttft_ms"].notna() & calls["u_input"].notna()]
     if okc.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     turn = okc["turn"].fillna(0).astype(int)
     sc = ax.scatter(okc["u_input"], okc["ttft_ms"], c=turn, cmap="viridis", s=10)
     fig.colorbar(sc, ax=ax, label="turn")
@@ -158,7 +163,7 @@ def ratelimit_remaining(replays: dict[str, Any]) -> bytes | None:
     if not shown:
         return None
     start = min(r.t0 for r in shown)
-    fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.6 * len(shown)), sharex=True, squeeze=False)
+    fig, axes = _subplots(len(shown), 1, figsize=(8, 2.6 * len(shown)), sharex=True, squeeze=False)
     for ax, r in zip(axes[:, 0], shown, strict=True):
         t, reported, model = (np.array(v) for v in zip(*r.remaining, strict=True))
         ax.step(t - start, model, where="post", color="grey", label="model (token bucket)")
@@ -177,7 +182,7 @@ def ratelimit_tokens(replays: dict[str, Any]) -> bytes | None:
     if not shown:
         return None
     start = min(r.t0 for r in shown)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = _subplots(figsize=(8, 4))
     for r in shown:
         t, cum = (np.array(v) for v in zip(*r.tokens, strict=True))
         (line,) = ax.step(t - start, cum, where="post", label=f"{r.label}: accepted")
@@ -210,7 +215,7 @@ def overhead_vs_load(stages: list[dict[str, Any]]) -> bytes | None:
     pts = [s for s in stages if s.get("offered_rps") is not None]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     for route, marker in (("gateway", "o"), ("baseline", "s")):
         mine = sorted((s for s in pts if s.get("route") == route), key=lambda s: s["offered_rps"])
         for key, label in (("added_ttft_p50_ms", "added TTFT p50"), ("added_e2e_p50_ms", "added E2E p50")):

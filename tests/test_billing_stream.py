@@ -508,6 +508,9 @@ def test_csv_rows_as_load_ledger_reads_them(tmp_path):
     same_rows(tmp_path, "b.csv", text.replace("\n", "\r\n"), **TT_SIM)  # CRLF
     same_rows(tmp_path, "c.csv", text.replace("\n", "\n\n", 5), **TT_SIM)  # blank lines
     lines = text.splitlines(keepends=True)
+    nf = lines[0].count(",") + 1  # blank lines as many as the fields: the separators still come in whole rows
+    for at in (1, 4, len(lines)):
+        same_rows(tmp_path, f"c{at}.csv", "".join(lines[:at] + ["\n"] * nf + lines[at:]), **TT_SIM)
     quoted = lines[:3] + ['1.0,charge,"r,q","k\nnew",,chat,gpt-4o-mini,1,2,0,0,0,0.5,USD\n'] + lines[3:]
     same_rows(tmp_path, "d.csv", "".join(quoted), **TT_SIM)  # a quoted comma and newline
     same_rows(tmp_path, "e.csv", "".join(lines[:4] + ["1.0,charge,short\n"] + lines[4:]), **TT_SIM)  # ragged
