@@ -188,15 +188,23 @@ class CallBatch:
     labels: np.ndarray
     attempts: pd.DataFrame  # the calls' counted-attempt columns, each with its call's label
     attempt_labels: np.ndarray
-    gaps_offsets: np.ndarray | None  # per call, into gaps_values
-    gaps_values: np.ndarray | None  # the calls' chunk deltas (µs)
+    gaps_starts: np.ndarray | None  # per call: its deltas are gaps_values[gaps_starts[i]:gaps_ends[i]]
+    gaps_ends: np.ndarray | None
+    gaps_values: np.ndarray | None  # chunk deltas (µs): the batch's own, other rows' among them
 
 
 def _deltas(b: Batch, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The chunk deltas of the given rows of a batch, as (offsets, values)."""
+    """The chunk deltas of the given rows of a batch, gathered, as (offsets, values)."""
     if b.chunk_offsets is None or b.chunk_values is None:
         return None
     return _take(b.chunk_values, b.chunk_offsets[rows], b.chunk_offsets[rows + 1])
+
+
+def _spans(b: Batch, rows: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Where the chunk deltas of the given rows of a batch are, as (starts, ends, the batch's values): no copy."""
+    if b.chunk_offsets is None or b.chunk_values is None:
+        return None, None, None
+    return b.chunk_offsets[rows], b.chunk_offsets[rows + 1], b.chunk_values
 
 
 def call_batches(source: Source, idx: CallIndex, columns: list[str],
@@ -239,8 +247,7 @@ def call_batches(source: Source, idx: CallIndex, columns: list[str],
             continue
         frame = indexed_calls(calls, calls["t_start"].to_numpy(), calls["attempt"].to_numpy())
         labels = np.asarray(_labels(frame), dtype=object)
-        d = _deltas(b, lone)
-        yield CallBatch(frame, labels, calls.reset_index(drop=True), labels, *(d if d else (None, None)))
+        yield CallBatch(frame, labels, calls.reset_index(drop=True), labels, *_spans(b, lone))
     if kept_frames:
         yield _multi_calls(pd.concat(kept_frames, ignore_index=True), kept_deltas if with_chunks else None, idx)
 
@@ -260,13 +267,13 @@ def _multi_calls(att: pd.DataFrame, deltas: list[tuple[np.ndarray, np.ndarray]] 
     mine = att_call >= 0
     attempts = att[mine].reset_index(drop=True)
     attempt_labels = labels[att_call[mine]]
-    offsets = values = None
+    starts = ends = values = None
     if deltas is not None:
         bases = np.cumsum([0] + [int(o[-1]) for o, _ in deltas[:-1]])
-        starts = np.concatenate([o[:-1] + base for (o, _), base in zip(deltas, bases, strict=True)])
-        ends = np.concatenate([o[1:] + base for (o, _), base in zip(deltas, bases, strict=True)])
-        offsets, values = _take(np.concatenate([v for _, v in deltas]), starts[final], ends[final])
-    return CallBatch(calls, labels, attempts, attempt_labels, offsets, values)
+        starts = np.concatenate([o[:-1] + base for (o, _), base in zip(deltas, bases, strict=True)])[final]
+        ends = np.concatenate([o[1:] + base for (o, _), base in zip(deltas, bases, strict=True)])[final]
+        values = np.concatenate([v for _, v in deltas])
+    return CallBatch(calls, labels, attempts, attempt_labels, starts, ends, values)
 
 
 def _take(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

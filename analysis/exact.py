@@ -402,12 +402,42 @@ class GroupedQuantiles:
             g, v = g[order], v[order]
             bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
             parts = {int(g[a]): v[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)}
+            if bounds.size - 1 > _MANY_GROUPS:  # every group but an overall group 0 at once
+                rest = bounds[:-1][g[bounds[:-1]] != 0] if zero else bounds[:-1]
+                self._many(g, v, rest, bounds)
+                parts = {0: parts[0]} if 0 in parts and zero else {}
         if zero:  # group 0: every value of an `overall` add, and any given as group 0 itself
             parts[0] = np.concatenate([*zero, *((parts[0],) if 0 in parts else ())])
         for grp, vals in parts.items():
             ordered = np.sort(vals)  # faster than selecting a dozen ranks (numpy sorts with SIMD)
             self._result[grp] = self._figures(vals.size, float(np.sum(vals)) / vals.size, ordered.__getitem__)
             self._n[grp] = vals.size
+
+    def _many(self, g: np.ndarray, v: np.ndarray, starts: np.ndarray, bounds: np.ndarray) -> None:
+        """_figures of the groups that start at `starts` in g and v (sorted by group, each group's values in the
+        order they came; `bounds` every group's start and the end): each group sorted in place, then every group's
+        order statistics selected at once."""
+        ends = bounds[np.searchsorted(bounds, starts) + 1]
+        ordered = v.copy()  # the same layout as g and v: group by group, each group's values sorted
+        sums = []
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            ordered[a:b].sort()
+            sums.append(float(np.sum(v[a:b])))
+        n = ends - starts
+        pcts = np.asarray(self.pcts, dtype=np.float64)
+        virtual = (n[:, None] - 1) * (pcts / 100)
+        r = np.floor(virtual)
+        lo = r.astype(np.int64)
+        at = starts[:, None] + lo
+        values = numpy_lerp(ordered[at], ordered[starts[:, None] + np.minimum(lo + 1, n[:, None] - 1)], virtual - r)
+        maxes = ordered[ends - 1].tolist()
+        names = [f"p{p:g}" for p in self.pcts]
+        for k, (a, b, grp) in enumerate(zip(starts.tolist(), ends.tolist(), g[starts].tolist(), strict=True)):
+            out: dict[str, Any] = {"n": b - a, "mean": sums[k] / (b - a)}
+            out.update(zip(names, values[k].tolist(), strict=True))
+            out["max"] = maxes[k]
+            self._result[int(grp)] = out
+            self._n[int(grp)] = b - a
 
     def _figures(self, n: int, mean: float, at: Any) -> dict[str, Any]:
         """n, mean, the percentiles (numpy's linear method) and max of a group of n values, `at(ranks)` giving
@@ -435,6 +465,7 @@ def _groups_of(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _DENSE_GROUPS = 1 << 22  # group numbers below this are counted, not sorted
+_MANY_GROUPS = 64  # direct figures of more groups than this are selected for all groups at once
 _DENSE_BINS = 1 << 20  # groups times bins in one add() counted in one table
 _SPAN_BINS = 1 << 16  # the widest range of bins a group's running counts cover (512 KiB)
 

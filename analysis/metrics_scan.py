@@ -179,8 +179,8 @@ class _Scan:
         # a summary-timing call: its figures as the worker computed them from the same deltas
         summ = sel & calls["gap_sum_us"].notna().to_numpy()
         lens = np.zeros(len(calls), dtype=np.int64)
-        if cb.gaps_offsets is not None and cb.gaps_values is not None:
-            lens = (cb.gaps_offsets[1:] - cb.gaps_offsets[:-1]).astype(np.int64)
+        if cb.gaps_starts is not None and cb.gaps_ends is not None and cb.gaps_values is not None:
+            lens = (cb.gaps_ends - cb.gaps_starts).astype(np.int64)
         full = sel & ~summ & (lens >= 2)
         rows = np.flatnonzero(full | summ)
         if not rows.size:
@@ -196,7 +196,7 @@ class _Scan:
         pooled: list[tuple[np.ndarray, np.ndarray]] | None = None
         fr = rows[~in_summ]
         if fr.size:
-            off, values = cb.gaps_offsets, cb.gaps_values
+            off, values = cb.gaps_starts, cb.gaps_values
             assert off is not None and values is not None
             n = lens[fr] - 1
             at = np.flatnonzero(~in_summ)
