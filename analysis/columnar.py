@@ -4,9 +4,10 @@ The copy is the folder `records.parquet/` next to `records.jsonl`: Parquet part 
 in the order of the lines they hold) and `_meta.json`. Its rows and values are exactly those `load_records`
 gives for the same file (the same parser does the reading: records.py's `_Reader`, part by part), except that the
 chunk times are stored decoded: instead of the base64 `chunks_us` text, `chunk_us` holds each record's uint32
-microsecond deltas (list<uint32>). `_meta.json` says which file the copy was made from (its size, mtime_ns and a
-hash of its first and last 64 KiB), the copy's format version and a hash of the code that made it, the rows of
-each part, the dtype every column is read back as, and what loading noticed (torn and bad lines, warnings).
+microsecond deltas (binary: their little-endian bytes). `_meta.json` says which file the copy was made from (its
+size, mtime_ns and a hash of its first and last 64 KiB), the copy's format version and a hash of the code that
+made it, the rows of each part, the dtype every column is read back as, and what loading noticed (torn and bad
+lines, warnings).
 
 `records.jsonl` stays the source: `ensure` reuses the copy while `_meta.json` matches the file (size, mtime_ns,
 the two hashes, the format version and the code hash) and otherwise builds it again, into a temporary folder in
@@ -50,12 +51,12 @@ from .helper import start as start_helper
 from .load import InputError, LoadReport, warn
 from .records import COLUMNS, COUNTS, FLAGS, NUMERIC, SHARED, _text_dtype, _v_of
 
-FORMAT = 2  # of the copy (2: _limits.json); a copy of another format is built again
+FORMAT = 3  # of the copy (2: _limits.json; 3: chunk_us as bytes); a copy of another format is built again
 SOURCE = "records.jsonl"
 COPY = "records.parquet"
 META = "_meta.json"
 LIMITS = "_limits.json"  # limits.read_headers' result for records.jsonl
-CHUNKS = "chunk_us"  # the decoded chunk deltas (list<uint32>), in place of chunks_us
+CHUNKS = "chunk_us"  # the decoded chunk deltas (little-endian uint32 bytes), in place of chunks_us
 #: the columns a copy holds: those of load_records, chunk_us in place of chunks_us
 STORED = (*(c for c in COLUMNS if c != "chunks_us"), CHUNKS)
 BATCH_ROWS = 262_144
@@ -268,8 +269,9 @@ def _arrow(col: _records._Column) -> tuple[pa.Array, dict[str, Any]]:
     return _cells(values), info
 
 
-def _chunk_lists(col: _records._Column) -> tuple[pa.Array, list[int]]:
-    """The chunks_us column decoded into lists of uint32 deltas; rows that cannot be decoded are null (listed)."""
+def _chunk_bytes(col: _records._Column) -> tuple[pa.Array, list[int]]:
+    """The chunks_us column decoded: each row's uint32 deltas as little-endian bytes (binary: Parquet reads it back
+    several times faster than a list<uint32>); rows that cannot be decoded are null (listed)."""
     vals = col.raw if col.raw is not None else (col.array[:col.n] if col.array is not None else [])
     a2b = binascii.a2b_base64
     bad: list[int] = []
@@ -294,11 +296,12 @@ def _chunk_lists(col: _records._Column) -> tuple[pa.Array, list[int]]:
     if bad:
         null[bad] = True
     offsets = np.zeros(len(raw) + 1, dtype=np.int64)
-    np.cumsum(size // 4, out=offsets[1:])
-    values = np.frombuffer(b"".join(raw), dtype="<u4").astype(np.uint32, copy=False)
-    kind = pa.int32() if offsets[-1] < 2**31 else pa.int64()
-    arr = (pa.ListArray if kind == pa.int32() else pa.LargeListArray).from_arrays(
-        pa.array(offsets, type=kind), pa.array(values, type=pa.uint32()), mask=pa.array(null))
+    np.cumsum(size, out=offsets[1:])
+    large = offsets[-1] >= 2**31
+    validity = pa.array(~null, type=pa.bool_()).buffers()[1] if null.any() else None
+    arr = pa.Array.from_buffers(pa.large_binary() if large else pa.binary(), len(raw),
+                                [validity, pa.py_buffer(offsets.astype(np.int64 if large else np.int32)),
+                                 pa.py_buffer(b"".join(raw))], null_count=int(null.sum()))
     return arr, bad
 
 
@@ -320,7 +323,7 @@ def _build_part(src: Path, start: int, end: int, origin: int, out: Path, codec: 
         if _length(col) != rows:
             raise RuntimeError(f"{src}: column {name} has {_length(col)} rows, not {rows}")
         if name == "chunks_us":
-            arr, info["bad_chunks"] = _chunk_lists(col)
+            arr, info["bad_chunks"] = _chunk_bytes(col)
             name = CHUNKS
         else:
             arr, info["columns"][name] = _arrow(col)
@@ -860,7 +863,7 @@ def _column(mode: str, cols: list[pa.ChunkedArray], n: int, dtype: Any) -> Any:
 
 
 def _chunk_arrays(cols: list[pa.ChunkedArray], n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (n + 1, from 0) and the concatenated uint32 deltas of the rows of list pieces."""
+    """Offsets (n + 1, from 0) and the concatenated uint32 deltas of the rows of binary pieces."""
     offsets = np.empty(n + 1, dtype=np.int64)
     offsets[0] = 0
     values = []
@@ -870,9 +873,13 @@ def _chunk_arrays(cols: list[pa.ChunkedArray], n: int) -> tuple[np.ndarray, np.n
             m = len(ch)
             if not m:
                 continue
-            off = np.asarray(ch.offsets, dtype=np.int64)
-            flat = ch.flatten().to_numpy(zero_copy_only=False)
-            offsets[at + 1:at + m + 1] = off[1:] - off[0] + base
+            ot = np.dtype(np.int64 if pa.types.is_large_binary(ch.type) else np.int32)
+            bufs = ch.buffers()
+            off = np.frombuffer(bufs[1], dtype=ot, count=m + 1, offset=ch.offset * ot.itemsize).astype(np.int64)
+            lo, hi = int(off[0]), int(off[-1])
+            flat = np.frombuffer(bufs[2], dtype="<u4", count=(hi - lo) // 4, offset=lo) if hi > lo \
+                else np.zeros(0, dtype=np.uint32)
+            offsets[at + 1:at + m + 1] = (off[1:] - lo) // 4 + base
             values.append(flat)
             at += m
             base += flat.size
