@@ -229,15 +229,14 @@ class GroupedQuantiles:
         self._result: dict[int, dict[str, Any]] | None = None
 
     @staticmethod
-    def _keys(groups: Any, values: np.ndarray, overall: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _values(groups: Any, values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(groups, values, bins) of the values that are not NaN."""
         v = np.asarray(values, dtype=np.float64)
         g = np.broadcast_to(np.asarray(groups, dtype=np.int64), v.shape)
         ok = ~np.isnan(v)
-        v, g = v[ok], g[ok]
-        bins = _bin_keys(v)
-        if overall:  # group 0 first, then each value's own group
-            return np.r_[np.zeros(v.size, dtype=np.int64), g], np.r_[v, v], np.r_[bins, (g << _BIN_BITS) | bins]
-        return g, v, (g << _BIN_BITS) | bins
+        if not ok.all():
+            v, g = v[ok], g[ok]
+        return g, v, _bin_keys(v)
 
     def replay(self) -> None:
         """The second pass, over the values the first kept (a spooled GroupedQuantiles, after
@@ -255,41 +254,54 @@ class GroupedQuantiles:
         if self.direct:
             self._hold(groups, values, overall)
             return
-        g, v, keys = self._keys(groups, values, overall)
+        g, v, bins = self._values(groups, values)
         if not v.size:
             return
+        keys = (g << _BIN_BITS) | bins
         if not self.second:
             if self._spool is not None:
-                n = v.size // 2 if overall else v.size
-                self._spool.write(g[n:] if overall else g, v[:n], np.array(overall))
-            ug, inv = _groups_of(g)
-            bins = keys & ((1 << _BIN_BITS) - 1)
-            lo = int(bins.min())
-            width = int(bins.max()) - lo + 1
-            if len(ug) * width <= _DENSE_BINS:  # every group's bins counted at once, without sorting
-                counts = np.bincount(inv * width + (bins - lo), minlength=len(ug) * width)
-                if len(ug) <= _FEW_GROUPS:  # into each group's running counts
-                    rows = counts.reshape(len(ug), width)
-                    for i, grp in enumerate(ug.tolist()):
-                        self._count_bins(grp, lo, rows[i])
-                else:
-                    nz = np.flatnonzero(counts)
-                    self._bins.add_counts(((ug[nz // width] << _BIN_BITS) | (nz % width + lo)).astype(np.float64),
-                                          counts[nz])
-            elif len(ug) <= _FEW_GROUPS:  # each group's bins counted without sorting
+                self._spool.write(np.asarray(g), v, np.array(overall))
+            self._first(g, v, bins, keys)
+            if overall:  # group 0 holds every value too: counted as a group of its own, not as copies
+                lo = int(bins.min())
+                self._count_bins(0, lo, np.bincount(bins - lo))
+                self._sum[0] = self._sum.get(0, 0.0) + float(np.bincount(np.zeros(v.size, np.intp), weights=v)[0])
+            return
+        if not self._keep.size:
+            return
+        if overall:
+            self._second(bins, v)  # group 0's keys are the bins themselves
+        self._second(keys, v)
+
+    def _first(self, g: np.ndarray, v: np.ndarray, bins: np.ndarray, keys: np.ndarray) -> None:
+        """The first pass over values of their groups: their bins counted, their sums added."""
+        ug, inv = _groups_of(g)
+        lo = int(bins.min())
+        width = int(bins.max()) - lo + 1
+        if len(ug) * width <= _DENSE_BINS:  # every group's bins counted at once, without sorting
+            counts = np.bincount(inv * width + (bins - lo), minlength=len(ug) * width)
+            if len(ug) <= _FEW_GROUPS:  # into each group's running counts
+                rows = counts.reshape(len(ug), width)
                 for i, grp in enumerate(ug.tolist()):
-                    b = bins[inv == i] if len(ug) > 1 else bins
-                    lo = int(b.min())
-                    self._count_bins(grp, lo, np.bincount(b - lo))
+                    self._count_bins(grp, lo, rows[i])
             else:
-                self._bins.add(keys.astype(np.float64))
-            sums = np.bincount(inv, weights=v)
-            for k, s in zip(ug.tolist(), sums.tolist(), strict=True):
-                self._sum[k] = self._sum.get(k, 0.0) + s
-            return
+                nz = np.flatnonzero(counts)
+                self._bins.add_counts(((ug[nz // width] << _BIN_BITS) | (nz % width + lo)).astype(np.float64),
+                                      counts[nz])
+        elif len(ug) <= _FEW_GROUPS:  # each group's bins counted without sorting
+            for i, grp in enumerate(ug.tolist()):
+                b = bins[inv == i] if len(ug) > 1 else bins
+                blo = int(b.min())
+                self._count_bins(grp, blo, np.bincount(b - blo))
+        else:
+            self._bins.add(keys.astype(np.float64))
+        sums = np.bincount(inv, weights=v)
+        for k, x in zip(ug.tolist(), sums.tolist(), strict=True):
+            self._sum[k] = self._sum.get(k, 0.0) + x
+
+    def _second(self, keys: np.ndarray, v: np.ndarray) -> None:
+        """The second pass over values with these keys: those in a wanted bin are kept."""
         keep = self._keep
-        if not keep.size:
-            return
         maybe = np.flatnonzero(self._keep_table[_slot(keys, self._keep_table.size)])  # rules out most values
         if not maybe.size:
             return
