@@ -51,7 +51,7 @@ from .helper import start as start_helper
 from .load import InputError, LoadReport, warn
 from .records import COLUMNS, COUNTS, FLAGS, NUMERIC, SHARED, _text_dtype, _v_of
 
-FORMAT = 3  # of the copy (2: _limits.json; 3: chunk_us as bytes); a copy of another format is built again
+FORMAT = 3  # of the copy (2: _limits.json; 3: chunk_us as bytes, text as large_string); another format is built again
 SOURCE = "records.jsonl"
 COPY = "records.parquet"
 META = "_meta.json"
@@ -241,7 +241,7 @@ def _arrow(col: _records._Column) -> tuple[pa.Array, dict[str, Any]]:
         return pa.array(arr), info
     if kind == "text":
         arr = col.array[:col.n] if col.array is not None else np.empty(0, dtype=object)
-        out = pa.array(arr, type=pa.string(), from_pandas=False)
+        out = pa.array(arr, type=pa.large_string(), from_pandas=False)  # as pandas holds it: read back, no cast
         if col.name in SHARED:
             out = out.dictionary_encode()
         kinds = (["str"] if col.has_str else []) + (["none"] if out.null_count else [])
