@@ -141,6 +141,16 @@ def _hash_s(a: np.ndarray, salt: int) -> np.ndarray:
     return h
 
 
+def _first_look(hashes: np.ndarray) -> tuple[np.ndarray, np.uint64]:
+    """A table of which top-bit slots these 64-bit hashes take (about 16 slots a hash), and the shift to a slot: a
+    hash whose slot is empty is none of them."""
+    bits = max(12, min(22, int(len(hashes) * 16).bit_length()))
+    shift = np.uint64(64 - bits)
+    table = np.zeros(1 << bits, dtype=bool)
+    table[(hashes >> shift).astype(np.intp)] = True
+    return table, shift
+
+
 def _encode(vals: np.ndarray) -> np.ndarray:
     """Python strings as UTF-8 byte strings (an S array); a NUL cannot be kept in one: _Unsupported."""
     if not len(vals):
@@ -2271,6 +2281,7 @@ class _Run:
         assert self.store is not None
         want = {k: np.sort(_hash_s(_encode(np.array(sorted(v), dtype=object)), self.salt)) if v else None
                 for k, v in need.items()}
+        looks = {k: _first_look(w) for k, w in want.items() if w is not None}
 
         def texts(blk: _Block, name: str) -> np.ndarray:
             col = blk.cols[name]
@@ -2295,8 +2306,11 @@ class _Run:
             if w is None or not len(present):
                 return np.zeros(0, np.int64)
             h = _hash_s(ids[present], self.salt)
+            table, shift = looks[which]
+            maybe = np.flatnonzero(table[(h >> shift).astype(np.intp)])  # rules out most rows at once
+            h = h[maybe]
             i = np.minimum(np.searchsorted(w, h), len(w) - 1)
-            return present[w[i] == h]
+            return present[maybe[w[i] == h]]
 
         def best(table: dict[str, tuple[Any, ...]], v: str, item: tuple[Any, ...]) -> None:
             old = table.get(v)
