@@ -221,10 +221,15 @@ def test_generated_records_read_back_as_load_records_gives_them(generated, tmp_p
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("records", ["generated", "fuzzed"])
+@pytest.mark.parametrize("records", ["generated", "fuzzed", "from a folder with another analysis package"])
 def test_parts_built_by_two_processes_read_back_the_same(generated, tmp_path, monkeypatch, records):
-    run = copy_run(generated, tmp_path / "run") if records == "generated" else \
+    run = copy_run(generated, tmp_path / "run") if records != "fuzzed" else \
         write_lines(tmp_path / "run", fuzz_lines(4, 1500), torn='{"v":')
+    if records.startswith("from"):  # the helper is to import this project's package, not the working folder's
+        decoy = tmp_path / "elsewhere" / "analysis"
+        decoy.mkdir(parents=True)
+        (decoy / "__init__.py").write_text("raise ImportError('not the analysis package of ttbench')\n")
+        monkeypatch.chdir(decoy.parent)
     size = (run / "records.jsonl").stat().st_size
     small_parts(monkeypatch, size // 9, size // 37)
     monkeypatch.setattr(columnar, "HELPER_BYTES", 0)
