@@ -32,6 +32,7 @@ Source = Callable[[list[str]], Iterator[Batch]]
 
 INDEX_COLUMNS = ["call_id", "attempt", "final", "t_start"]
 _BITS = 1 << 23  # is_multi's first look: hashes by their low 23 bits
+HASHES_KEPT_ROWS = 2_000_000  # the narrow pass keeps its hashes for the next pass up to this many records (8 B each)
 
 
 _FNV_BASIS, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
@@ -99,12 +100,15 @@ class CallIndex:
     first_start: float  # the first start of the calls kept (after the warm-up)
     cut: float  # calls that start before this are the warm-up's
     rows: int
+    #: each batch's hashes of its call ids (the rows that have one), as the narrow pass read them; None for a run
+    #: of more than HASHES_KEPT_ROWS records (call_batches then hashes them again)
+    batch_hashes: list[np.ndarray] | None = field(default=None, repr=False)
     _hash_set: np.ndarray | None = field(default=None, repr=False)  # hashes of multi_ids and dup_hashes, sorted
     _hash_bits: np.ndarray | None = field(default=None, repr=False)  # their low bits
 
-    def is_multi(self, ids: pd.Series) -> np.ndarray:
+    def is_multi(self, ids: pd.Series, hashes: np.ndarray | None = None) -> np.ndarray:
         """Rows whose call has (or may have: two ids can share a 64-bit hash) more than one attempt; a lone call
-        taken for one is assembled as the one-attempt call it is."""
+        taken for one is assembled as the one-attempt call it is. `hashes`: the ids' _hashes, when known."""
         if self._hash_set is None:
             multi = _hashes(pd.Series(sorted(self.multi_ids, key=str), dtype=object)) if self.multi_ids \
                 else np.empty(0, dtype=np.uint64)
@@ -114,7 +118,7 @@ class CallIndex:
         keys = self._hash_set
         if not keys.size or not len(ids):
             return np.zeros(len(ids), dtype=bool)
-        h = _hashes(ids)
+        h = _hashes(ids) if hashes is None else hashes
         assert self._hash_bits is not None
         out = self._hash_bits[(h & np.uint64(_BITS - 1)).astype(np.int64)]
         maybe = np.flatnonzero(out)
@@ -127,12 +131,18 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
     multi: set[str] = set()
     singles: list[np.ndarray] = []
     starts: list[np.ndarray] = []
+    kept: list[np.ndarray] | None = []
     gmin = np.inf
     rows = 0
     for b in source(INDEX_COLUMNS):
         f = b.frame
         rows += len(f)
         f = f[f["call_id"].notna()]
+        h = _hashes(f["call_id"])
+        if kept is not None:
+            kept.append(h)
+            if rows > HASHES_KEPT_ROWS:
+                kept = None
         if not len(f):
             continue
         ts = f["t_start"].to_numpy(dtype=np.float64)
@@ -145,7 +155,7 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
         lone = (f["attempt"].to_numpy() == 1) & is_final
         if (~lone).any():
             multi.update(f.loc[~lone, "call_id"].tolist())
-        singles.append(_hashes(f.loc[lone, "call_id"]))
+        singles.append(h[lone])
         if warmup_s > 0:  # only a warm-up needs each lone record's start after this pass
             starts.append(ts[lone])
     hashes = np.concatenate(singles) if singles else np.empty(0, dtype=np.uint64)
@@ -159,7 +169,7 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
         lone_ok = ~np.isin(hashes, dup) & (ts >= cut)
         first = float(ts[lone_ok].min()) if lone_ok.any() else np.inf
     del hashes, starts, singles
-    idx = CallIndex(multi, dup, first, cut, rows)
+    idx = CallIndex(multi, dup, first, cut, rows, kept)
     if warmup_s > 0 and (multi or dup.size):
         firsts = multi_first_starts(source, idx)
         kept = [t for t in firsts.values() if t >= cut]
@@ -219,11 +229,13 @@ def call_batches(source: Source, idx: CallIndex, columns: list[str],
     kept_frames: list[pd.DataFrame] = []
     kept_deltas: list[tuple[np.ndarray, np.ndarray]] = []
     with_chunks = True
-    for b in source(read):
+    known = idx.batch_hashes
+    for k, b in enumerate(source(read)):
         f = b.frame
         has_id = f["call_id"].notna().to_numpy()
         multi = np.zeros(len(f), dtype=bool)
-        multi[has_id] = idx.is_multi(f.loc[has_id, "call_id"])
+        h = known[k] if known is not None and k < len(known) and len(known[k]) == int(has_id.sum()) else None
+        multi[has_id] = idx.is_multi(f.loc[has_id, "call_id"], h)
         if each is not None:
             each(f, multi)
         if len(read) > len(want):  # the calls (and the attempts kept for the end) without `each`'s columns
