@@ -142,8 +142,8 @@ def _hash_s(a: np.ndarray, salt: int) -> np.ndarray:
 
 
 def _first_look(hashes: np.ndarray) -> tuple[np.ndarray, np.uint64]:
-    """A table of which top-bit slots these 64-bit hashes take (about 16 slots a hash), and the shift to a slot: a
-    hash whose slot is empty is none of them."""
+    """A table of which top-bit slots these 64-bit hashes take (about 16 slots a hash, at most 2**22 slots), and the
+    shift to a slot: a hash whose slot is empty is none of them."""
     bits = max(12, min(22, int(len(hashes) * 16).bit_length()))
     shift = np.uint64(64 - bits)
     table = np.zeros(1 << bits, dtype=bool)

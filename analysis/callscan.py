@@ -234,8 +234,11 @@ def call_batches(source: Source, idx: CallIndex, columns: list[str],
         f = b.frame
         has_id = f["call_id"].notna().to_numpy()
         multi = np.zeros(len(f), dtype=bool)
-        h = known[k] if known is not None and k < len(known) and len(known[k]) == int(has_id.sum()) else None
-        multi[has_id] = idx.is_multi(f.loc[has_id, "call_id"], h)
+        ids = f.loc[has_id, "call_id"]
+        h = known[k] if known is not None and k < len(known) and len(known[k]) == len(ids) else None
+        if h is not None and len(h) and not np.array_equal(_hashes(ids.iloc[[0, -1]]), h[[0, -1]]):
+            h = None  # not the rows the narrow pass read in this batch: hashed again
+        multi[has_id] = idx.is_multi(ids, h)
         if each is not None:
             each(f, multi)
         if len(read) > len(want):  # the calls (and the attempts kept for the end) without `each`'s columns

@@ -231,7 +231,7 @@ class GroupedQuantiles:
     @staticmethod
     def _values(groups: Any, values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(groups, values, bins) of the values that are not NaN."""
-        v = np.asarray(values, dtype=np.float64)
+        v = np.atleast_1d(np.asarray(values, dtype=np.float64))
         g = np.broadcast_to(np.asarray(groups, dtype=np.int64), v.shape)
         ok = ~np.isnan(v)
         if not ok.all():
@@ -264,7 +264,10 @@ class GroupedQuantiles:
             self._first(g, v, bins, keys)
             if overall:  # group 0 holds every value too: counted as a group of its own, not as copies
                 lo = int(bins.min())
-                self._count_bins(0, lo, np.bincount(bins - lo))
+                if int(bins.max()) - lo < _SPAN_BINS:
+                    self._count_bins(0, lo, np.bincount(bins - lo))
+                else:  # values of both signs, or of many magnitudes: group 0's keys are the bins themselves
+                    self._bins.add(bins.astype(np.float64))
                 self._sum[0] = self._sum.get(0, 0.0) + float(np.bincount(np.zeros(v.size, np.intp), weights=v)[0])
             return
         if not self._keep.size:

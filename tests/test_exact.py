@@ -79,6 +79,30 @@ def test_two_passes_give_each_groups_exact_figures(values, groups, cut):
         assert gq.dist(k)["max"] == v[g == k].max()
 
 
+def test_two_passes_take_a_single_value_and_an_overall_group_of_both_signs():
+    """A value given alone (not in an array) counts like any other; `overall` adds of values of both signs and many
+    magnitudes (too wide for group 0's running counts) keep group 0's figures numpy's own."""
+    from analysis.exact import GroupedQuantiles
+
+    rng = np.random.default_rng(3)
+    v = rng.permutation(np.r_[-rng.lognormal(2, 3, 500), rng.lognormal(2, 3, 500), 0.0])
+    g = rng.integers(1, 4, v.size)
+    gq = GroupedQuantiles(spool=True)
+    for lo in range(0, v.size, 100):
+        gq.add(g[lo:lo + 100], v[lo:lo + 100], overall=True)
+    gq.add(7, 2.5, overall=True)
+    gq.start_second_pass()
+    gq.replay()
+    every, groups = np.r_[v, 2.5], np.r_[g, 7]
+    assert gq.groups() == [0, 1, 2, 3, 7]
+    for k in gq.groups():
+        mine = every if k == 0 else every[groups == k]
+        d = gq.dist(k)
+        assert d["n"] == mine.size and d["max"] == mine.max()
+        assert d["mean"] == pytest.approx(mine.mean(), rel=1e-12, abs=1e-9)
+        assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(mine, PCTS).tolist()
+
+
 def test_two_passes_keep_only_a_few_values_of_millions():
     from analysis.exact import GroupedQuantiles
 
