@@ -30,6 +30,22 @@ def _ms(t: float | None, t0: float) -> float | None:
     return None if t is None else round((t - t0) * 1000.0, 3)
 
 
+
+#: a clock pair read further apart than this was interrupted (the OS, or a garbage collection) and is read again
+PAIR_SPAN_S = 0.0002
+
+
+def clock_pair() -> tuple[float, float]:
+    """(time.time(), time.perf_counter()) of the same moment, to within PAIR_SPAN_S: an attempt's wall-clock start
+    and the reference its chunk offsets are measured from (a pause between the two reads would shift every chunk's
+    wall-clock time by that pause)."""
+    for _ in range(4):
+        p0 = time.perf_counter()
+        epoch = time.time()
+        if time.perf_counter() - p0 <= PAIR_SPAN_S:
+            return epoch, p0
+    return epoch, p0
+
 class Caller:
     """Runs logical calls for one process and hands their records to a sink."""
 
@@ -102,8 +118,7 @@ class Caller:
                 reader = dialect.Reader(stream_format)
                 if answer is not None:
                     reader.text_parts = []
-                epoch0 = time.time()
-                t0 = time.perf_counter()
+                epoch0, t0 = clock_pair()
                 rec = self._record(spec, call_id, attempt_id, attempt, epoch0, scheduled, stage, arrival, label)
                 rec["traceparent"] = traceparent
                 rec["route"], rec["marker"] = route, marker
@@ -144,7 +159,7 @@ class Caller:
                 except gevent.GreenletExit:
                     # the run stopped while the call waited to retry: a marker closes the call as cancelled
                     # (never sent, so no attempt); its last error is not the call's outcome
-                    epoch0, t0 = time.time(), time.perf_counter()
+                    epoch0, t0 = clock_pair()
                     rec = self._record(spec, call_id, f"{call_id}-a{attempt + 1}", attempt + 1, epoch0, scheduled,
                                        stage, arrival, label)
                     marker = Outcome(error_kind="cancelled", error="the run stopped while the call waited to retry",

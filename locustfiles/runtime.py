@@ -143,6 +143,7 @@ class Runtime:
         self.workers = Workers(runner) if self.role == "master" else None
         self.cpu = CpuMeter()
         self.scraper: Scraper | None = None  # `scrape:` targets, read by the local or master process
+        self.pending_at_stop = 0  # master: records the workers still held when the users had stopped
         self.report_running = False
         self._report_at = 0.0
         self._started_once = False
@@ -584,6 +585,7 @@ class Runtime:
         assert self.workers is not None
         said = False
         last, seen = time.time(), self.sink.written if self.sink else 0
+        self.pending_at_stop = self.workers.pending()
         while (pending := self.workers.pending()) > 0:
             if not said:
                 print(f"ttbench: the workers still hold {pending} records the master has not taken; waiting for them",
@@ -656,6 +658,7 @@ class Runtime:
             "resplits": self.workers.resplits if self.workers else [],
             "lost_workers": self.workers.lost if self.workers else [],
             "shipping": {**self.workers.held(), "left_on_workers": self.workers.pending(),
+                         "pending_at_stop": self.pending_at_stop,
                          "queue_s": QUEUE_S, "master_us_per_record": None if self.s_per_record is None
                          else round(self.s_per_record * 1e6, 1)} if self.workers else None,
             "run_id": self.run_id, "role": self.role, "records": self.sink.written if self.sink else 0,

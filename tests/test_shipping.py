@@ -141,8 +141,10 @@ def test_a_master_offered_more_than_it_takes_ends_on_time_and_loses_nothing(tmp_
     assert made >= 0.3 * users / pace * duration, made
     starts = [r["t_start"] for r in records(out)]
     assert max(starts) - min(starts) < duration + 1.5, max(starts) - min(starts)
-    # the master fell behind, the workers held records for it, and it said so
+    # the master fell behind and the workers held records for it; it says so when they still hold some once the
+    # users have stopped (a fast machine's master may have caught up by then: then it says nothing)
     assert harness["shipping"]["held_peak"] > 0
-    assert "the workers still hold" in proc.stderr and "records the master has not taken; waiting" in proc.stderr
+    said = "the workers still hold" in proc.stderr and "records the master has not taken; waiting" in proc.stderr
+    assert said == (harness["shipping"]["pending_at_stop"] > 0), (harness["shipping"], proc.stderr[-2000:])
     print(f"{made} records in {took:.1f} s, held peak {harness['shipping']['held_peak']}")
     assert took < duration + 100
