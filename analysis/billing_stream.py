@@ -63,6 +63,7 @@ from .billing import (
     audit,
     audit_call,
 )
+from .firstlook import FirstLook
 from .helper import claim as _claim
 from .helper import cpus
 from .helper import start as start_helper
@@ -139,16 +140,6 @@ def _hash_s(a: np.ndarray, salt: int) -> np.ndarray:
         h *= _P3
         h ^= h >> np.uint64(31)
     return h
-
-
-def _first_look(hashes: np.ndarray) -> tuple[np.ndarray, np.uint64]:
-    """A table of which top-bit slots these 64-bit hashes take (about 16 slots a hash, at most 2**22 slots), and the
-    shift to a slot: a hash whose slot is empty is none of them."""
-    bits = max(12, min(22, int(len(hashes) * 16).bit_length()))
-    shift = np.uint64(64 - bits)
-    table = np.zeros(1 << bits, dtype=bool)
-    table[(hashes >> shift).astype(np.intp)] = True
-    return table, shift
 
 
 def _encode(vals: np.ndarray) -> np.ndarray:
@@ -2281,7 +2272,7 @@ class _Run:
         assert self.store is not None
         want = {k: np.sort(_hash_s(_encode(np.array(sorted(v), dtype=object)), self.salt)) if v else None
                 for k, v in need.items()}
-        looks = {k: _first_look(w) for k, w in want.items() if w is not None}
+        looks = {k: FirstLook(w) for k, w in want.items() if w is not None}
 
         def texts(blk: _Block, name: str) -> np.ndarray:
             col = blk.cols[name]
@@ -2306,8 +2297,7 @@ class _Run:
             if w is None or not len(present):
                 return np.zeros(0, np.int64)
             h = _hash_s(ids[present], self.salt)
-            table, shift = looks[which]
-            maybe = np.flatnonzero(table[(h >> shift).astype(np.intp)])  # rules out most rows at once
+            maybe = np.flatnonzero(looks[which].maybe(h))  # rules out most rows at once
             h = h[maybe]
             i = np.minimum(np.searchsorted(w, h), len(w) - 1)
             return present[maybe[w[i] == h]]

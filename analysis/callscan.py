@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .firstlook import FirstLook
 from .metrics import _labels, _plan, indexed_calls
 
 
@@ -31,7 +32,6 @@ class Batch(Protocol):
 Source = Callable[[list[str]], Iterator[Batch]]
 
 INDEX_COLUMNS = ["call_id", "attempt", "final", "t_start"]
-_BITS = 1 << 23  # is_multi's first look: hashes by their low 23 bits
 HASHES_KEPT_ROWS = 2_000_000  # the narrow pass keeps its hashes for the next pass up to this many records (8 B each)
 
 
@@ -104,7 +104,7 @@ class CallIndex:
     #: of more than HASHES_KEPT_ROWS records (call_batches then hashes them again)
     batch_hashes: list[np.ndarray] | None = field(default=None, repr=False)
     _hash_set: np.ndarray | None = field(default=None, repr=False)  # hashes of multi_ids and dup_hashes, sorted
-    _hash_bits: np.ndarray | None = field(default=None, repr=False)  # their low bits
+    _first: FirstLook | None = field(default=None, repr=False)  # their slots: a first look that rules out most rows
 
     def is_multi(self, ids: pd.Series, hashes: np.ndarray | None = None) -> np.ndarray:
         """Rows whose call has (or may have: two ids can share a 64-bit hash) more than one attempt; a lone call
@@ -113,14 +113,13 @@ class CallIndex:
             multi = _hashes(pd.Series(sorted(self.multi_ids, key=str), dtype=object)) if self.multi_ids \
                 else np.empty(0, dtype=np.uint64)
             self._hash_set = np.unique(np.r_[multi, self.dup_hashes])
-            self._hash_bits = np.zeros(_BITS, dtype=bool)  # a first look that rules out most rows
-            self._hash_bits[(self._hash_set & np.uint64(_BITS - 1)).astype(np.int64)] = True
+            self._first = FirstLook(self._hash_set)
         keys = self._hash_set
         if not keys.size or not len(ids):
             return np.zeros(len(ids), dtype=bool)
         h = _hashes(ids) if hashes is None else hashes
-        assert self._hash_bits is not None
-        out = self._hash_bits[(h & np.uint64(_BITS - 1)).astype(np.int64)]
+        assert self._first is not None
+        out = self._first.maybe(h)
         maybe = np.flatnonzero(out)
         out[maybe] = keys[np.minimum(np.searchsorted(keys, h[maybe]), keys.size - 1)] == h[maybe]
         return out
@@ -131,7 +130,7 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
     multi: set[str] = set()
     singles: list[np.ndarray] = []
     starts: list[np.ndarray] = []
-    kept: list[np.ndarray] | None = []
+    batch_hashes: list[np.ndarray] | None = []
     gmin = np.inf
     rows = 0
     for b in source(INDEX_COLUMNS):
@@ -139,10 +138,10 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
         rows += len(f)
         f = f[f["call_id"].notna()]
         h = _hashes(f["call_id"])
-        if kept is not None:
-            kept.append(h)
+        if batch_hashes is not None:
+            batch_hashes.append(h)
             if rows > HASHES_KEPT_ROWS:
-                kept = None
+                batch_hashes = None
         if not len(f):
             continue
         ts = f["t_start"].to_numpy(dtype=np.float64)
@@ -169,7 +168,7 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
         lone_ok = ~np.isin(hashes, dup) & (ts >= cut)
         first = float(ts[lone_ok].min()) if lone_ok.any() else np.inf
     del hashes, starts, singles
-    idx = CallIndex(multi, dup, first, cut, rows, kept)
+    idx = CallIndex(multi, dup, first, cut, rows, batch_hashes)
     if warmup_s > 0 and (multi or dup.size):
         firsts = multi_first_starts(source, idx)
         kept = [t for t in firsts.values() if t >= cut]

@@ -16,6 +16,8 @@ import numpy as np
 
 from ttformats.records import numpy_lerp
 
+from .firstlook import FirstLook
+
 PCTS = (50, 90, 95, 99, 99.9)
 _MERGE_AT = 1 << 20  # pending values merged into the table once this many wait
 DENSE_INTS = 1 << 20  # whole numbers below this are counted in place (chunk gaps under a second, in µs)
@@ -162,13 +164,6 @@ def _bin_keys(values: np.ndarray) -> np.ndarray:
     return (u >> np.uint64(_SHIFT)).astype(np.int64)
 
 
-def _slot(keys: np.ndarray, size: int) -> np.ndarray:
-    """A slot in a table of `size` (a power of two) for each key: the top bits of the key times an odd constant."""
-    return ((keys.astype(np.uint64) * _MULT) >> np.uint64(64 - (size.bit_length() - 1))).astype(np.int64)
-
-
-_MULT = np.uint64(0x9E3779B97F4A7C15)
-_SLOT_BITS = 22  # the widest first-look table of a second pass (4 MiB)
 _SHIFT = 44  # 64 - 20: sign, exponent and 8 bits of mantissa
 _FEW_GROUPS = 64  # up to this many groups in one add(): counted group by group
 _BIN_BITS = 64 - _SHIFT
@@ -222,7 +217,7 @@ class GroupedQuantiles:
         self._sum: dict[int, float] = {}
         self._wanted: dict[int, dict[int, tuple[int, int]]] = {}  # group -> {rank: (key, offset in its bin)}
         self._keep: np.ndarray = np.empty(0, dtype=np.int64)
-        self._keep_table = np.zeros(1, dtype=bool)  # the slots (_slot) of the keys in _keep: a first look
+        self._keep_look: FirstLook | None = None  # the slots of the keys in _keep: a first look
         self._kept_keys: list[np.ndarray] = []
         self._kept_vals: list[np.ndarray] = []
         self._n: dict[int, int] = {}
@@ -305,7 +300,8 @@ class GroupedQuantiles:
     def _second(self, keys: np.ndarray, v: np.ndarray) -> None:
         """The second pass over values with these keys: those in a wanted bin are kept."""
         keep = self._keep
-        maybe = np.flatnonzero(self._keep_table[_slot(keys, self._keep_table.size)])  # rules out most values
+        assert self._keep_look is not None
+        maybe = np.flatnonzero(self._keep_look.maybe(keys))  # rules out most values
         if not maybe.size:
             return
         keys, v = keys[maybe], v[maybe]
@@ -374,9 +370,7 @@ class GroupedQuantiles:
                     keep.append(int(keys[lo + i]))
                 self._wanted[g] = wanted
         self._keep = np.unique(np.array(keep, dtype=np.int64))
-        size = 1 << max(12, min(_SLOT_BITS, int(self._keep.size * 16).bit_length()))
-        self._keep_table = np.zeros(size, dtype=bool)
-        self._keep_table[_slot(self._keep, size)] = True
+        self._keep_look = FirstLook(self._keep)
         self._bins = ValueCounts()
         self.second = True
 

@@ -30,7 +30,6 @@ def _ms(t: float | None, t0: float) -> float | None:
     return None if t is None else round((t - t0) * 1000.0, 3)
 
 
-
 #: a clock pair read further apart than this was interrupted (the OS, or a garbage collection) and is read again
 PAIR_SPAN_S = 0.0002
 
@@ -45,6 +44,7 @@ def clock_pair() -> tuple[float, float]:
         if time.perf_counter() - p0 <= PAIR_SPAN_S:
             return epoch, p0
     return epoch, p0
+
 
 class Caller:
     """Runs logical calls for one process and hands their records to a sink."""
