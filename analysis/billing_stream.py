@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 
 from ttformats.prices import PriceSheet
 
+from . import trim
 from .billing import (
     FINDING_KINDS,
     JOINS,
@@ -92,7 +93,7 @@ _LOW_CARD = ("endpoint", "model", "error_kind", "finish_reason", "image_size", "
 
 BATCH_ROWS = 1 << 16  # ledger rows per batch (about; a CSV chunk is CHUNK_BYTES)
 CHUNK_BYTES = 8 << 20  # ledger bytes read at a time
-PART_ROWS = 600_000  # attempt records per partition (when there is more than one)
+PART_ROWS = 400_000  # attempt records per partition (when there is more than one)
 RAW_ROWS = 1_500_000  # up to this many records: one partition, kept in memory
 MIN_BLOCK = 32_768  # smaller attempt batches are joined up to this many rows
 _BIG = float(2 ** 53)  # counts from here on are not exact in a float: the per-call path takes them
@@ -2419,6 +2420,7 @@ class _Run:
         self.exact += other["exact"]
 
     def _partition(self, blocks: list[_Block], charges: list[dict[str, np.ndarray]]) -> None:
+        trim.release()  # the last partition's arrays
         self._lap("partitions")
         A = {name: np.concatenate([getattr(b, name) for b in blocks]) for name in _Block._ARRAYS}
         offsets = np.cumsum([0] + [len(b.g) for b in blocks])
@@ -2688,6 +2690,7 @@ class _Run:
     def run(self) -> dict[str, Any]:
         self._t, self._c = time.perf_counter(), time.process_time()
         self.pass1()
+        trim.release()
         self._lap("records")
         if isinstance(self.ledger, LedgerStream):
             self.scale = self.ledger.amount_scale
@@ -2698,6 +2701,7 @@ class _Run:
             return {"calls": 0, "accuracy": None, "findings": [], "counts": dict.fromkeys(FINDING_KINDS, 0),
                     "charges": int(n), "charges_joined": 0, "joins": dict.fromkeys(JOINS, 0)}
         self.ledger_pass()
+        trim.release()
         self._lap("ledger")
         self.resolve_side()
         self._lap("side")

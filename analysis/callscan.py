@@ -32,6 +32,7 @@ class Batch(Protocol):
 Source = Callable[[list[str]], Iterator[Batch]]
 
 INDEX_COLUMNS = ["call_id", "attempt", "final", "t_start"]
+MULTI_ROWS = 65_536  # multi-attempt calls handed out at a time, at the end of a pass
 HASHES_KEPT_ROWS = 2_000_000  # the narrow pass keeps its hashes for the next pass up to this many records (8 B each)
 
 
@@ -263,12 +264,17 @@ def call_batches(source: Source, idx: CallIndex, columns: list[str],
         labels = np.asarray(_labels(frame), dtype=object)
         yield CallBatch(frame, labels, calls.reset_index(drop=True), labels, *_spans(b, lone))
     if kept_frames:
-        yield _multi_calls(pd.concat(kept_frames, ignore_index=True), kept_deltas if with_chunks else None, idx)
+        att = pd.concat(kept_frames, ignore_index=True)
+        kept_frames.clear()  # the pieces go as soon as they are joined
+        yield from _multi_calls(att, kept_deltas if with_chunks else None, idx)
 
 
 def _multi_calls(att: pd.DataFrame, deltas: list[tuple[np.ndarray, np.ndarray]] | None,
-                 idx: CallIndex) -> CallBatch:
-    """The multi-attempt calls, assembled as build_calls does (the last attempt by number, the first start)."""
+                 idx: CallIndex, rows: int | None = None) -> Iterator[CallBatch]:
+    """The multi-attempt calls, assembled as build_calls does (the last attempt by number, the first start), `rows`
+    (MULTI_ROWS) calls at a time, each batch with its calls' attempts; `deltas`, the attempts' chunk deltas, is
+    emptied once they are joined."""
+    rows = rows or MULTI_ROWS
     plan = _plan(att, 0.0)
     assert plan is not None  # call ids are strings here
     keep = plan.first_start >= idx.cut if np.isfinite(idx.cut) else np.ones(len(plan.final), dtype=bool)
@@ -276,18 +282,24 @@ def _multi_calls(att: pd.DataFrame, deltas: list[tuple[np.ndarray, np.ndarray]] 
     row_of_call = np.full(len(plan.final), -1, dtype=np.int64)
     row_of_call[np.flatnonzero(keep)] = np.arange(int(keep.sum()))
     att_call = row_of_call[plan.rows]
-    calls = indexed_calls(att.take(final), first_start, n_att)
-    labels = np.asarray(_labels(calls), dtype=object)
-    mine = att_call >= 0
-    attempts = att[mine].reset_index(drop=True)
-    attempt_labels = labels[att_call[mine]]
+    del plan
     starts = ends = values = None
     if deltas is not None:
         bases = np.cumsum([0] + [int(o[-1]) for o, _ in deltas[:-1]])
         starts = np.concatenate([o[:-1] + base for (o, _), base in zip(deltas, bases, strict=True)])[final]
         ends = np.concatenate([o[1:] + base for (o, _), base in zip(deltas, bases, strict=True)])[final]
         values = np.concatenate([v for _, v in deltas])
-    return CallBatch(calls, labels, attempts, attempt_labels, starts, ends, values)
+        deltas.clear()
+    whole = len(final) <= rows
+    for c0 in range(0, len(final), rows):
+        c1 = min(c0 + rows, len(final))
+        calls = indexed_calls(att.take(final[c0:c1]), first_start[c0:c1], n_att[c0:c1])
+        labels = np.asarray(_labels(calls), dtype=object)
+        mine = (att_call >= c0) & (att_call < c1)
+        attempts = att if whole and mine.all() else att[mine].reset_index(drop=True)
+        yield CallBatch(calls, labels, attempts, labels[att_call[mine] - c0],
+                        None if starts is None else starts[c0:c1], None if ends is None else ends[c0:c1], values)
+        del calls, attempts
 
 
 def _take(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

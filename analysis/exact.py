@@ -214,6 +214,7 @@ class GroupedQuantiles:
         self._spool = Spool() if spool and not direct else None
         self._bins = ValueCounts()  # pass 1: keys (group << _BIN_BITS | bin) as floats (exact below 2**53)
         self._dense_bins: dict[int, tuple[int, np.ndarray]] = {}  # pass 1, a few groups: group -> (first bin, counts)
+        self._dense_n: dict[int, int] = {}  # the values counted in each group's running counts
         self._sum: dict[int, float] = {}
         self._wanted: dict[int, dict[int, tuple[int, int]]] = {}  # group -> {rank: (key, offset in its bin)}
         self._keep: np.ndarray = np.empty(0, dtype=np.int64)
@@ -312,22 +313,27 @@ class GroupedQuantiles:
 
     def _count_bins(self, grp: int, lo: int, counts: np.ndarray) -> None:
         """Add the counts of bins lo, lo + 1, ... of a group to its running counts (a dense array over the bins it
-        has seen, up to _SPAN_BINS wide; a wider group's counts go to the sparse table)."""
+        has seen, up to _SPAN_BINS wide, of _SMALL_COUNTS while the group has fewer values than that holds; a wider
+        group's counts go to the sparse table)."""
         have = self._dense_bins.get(grp)
         hi = lo + counts.size
+        n = self._dense_n.get(grp, 0) + int(counts.sum())
+        dtype = _SMALL_COUNTS if n <= np.iinfo(_SMALL_COUNTS).max else np.int64
         if have is not None:
             glo, arr = have
             nlo, nhi = min(glo, lo), max(glo + arr.size, hi)
             if nhi - nlo <= _SPAN_BINS:
-                if (nlo, nhi) != (glo, glo + arr.size):
-                    grown = np.zeros(nhi - nlo, dtype=np.int64)
+                if (nlo, nhi) != (glo, glo + arr.size) or arr.dtype != dtype:
+                    grown = np.zeros(nhi - nlo, dtype=dtype)
                     grown[glo - nlo:glo - nlo + arr.size] = arr
                     arr = grown
                     self._dense_bins[grp] = (nlo, arr)
-                arr[lo - nlo:hi - nlo] += counts
+                arr[lo - nlo:hi - nlo] += counts.astype(dtype, copy=False)
+                self._dense_n[grp] = n
                 return
         elif counts.size <= _SPAN_BINS:
-            self._dense_bins[grp] = (lo, counts.astype(np.int64, copy=True))
+            self._dense_bins[grp] = (lo, counts.astype(dtype, copy=True))
+            self._dense_n[grp] = n
             return
         nz = np.flatnonzero(counts)
         self._bins.add_counts(((grp << _BIN_BITS) | (nz + lo)).astype(np.float64), counts[nz])
@@ -347,32 +353,74 @@ class GroupedQuantiles:
         if self.direct:
             self.second = True
             return
-        for grp, (lo, arr) in sorted(self._dense_bins.items()):  # the running counts join the sparse table
-            nz = np.flatnonzero(arr)
-            self._bins.add_counts(((grp << _BIN_BITS) | (nz + lo)).astype(np.float64), arr[nz])
-        self._dense_bins = {}
         keys = self._bins.values.astype(np.int64) if self._bins.n else np.empty(0, dtype=np.int64)
         counts = self._bins.counts
+        self._bins = ValueCounts()
         groups = keys >> _BIN_BITS
-        keep = []
+        if keys.size and self._dense_bins:  # a group's bins in the table join its running counts when they fit
+            left = np.ones(keys.size, dtype=bool)
+            bounds = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
+            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                g = int(groups[a])
+                have = self._dense_bins.get(g)
+                if have is None:
+                    continue
+                lo, arr = have
+                bins = keys[a:b] - (g << _BIN_BITS)
+                nlo, nhi = min(lo, int(bins[0])), max(lo + arr.size, int(bins[-1]) + 1)
+                if nhi - nlo <= _SPAN_BINS:
+                    grown = np.zeros(nhi - nlo, dtype=np.int64)
+                    grown[lo - nlo:lo - nlo + arr.size] = arr
+                    grown[bins - nlo] += counts[a:b]  # the table's keys are distinct
+                    self._dense_bins[g] = (nlo, grown)
+                    left[a:b] = False
+            keys, counts = keys[left], counts[left]
+            groups = keys >> _BIN_BITS
+        in_table = set(np.unique(groups).tolist())
+        own = {}  # groups whose bins are all in their running counts: read there, not merged into the table
+        join = []  # groups with bins in both, too far apart for one array: their running counts join the table
+        for grp, (lo, arr) in sorted(self._dense_bins.items()):
+            if grp in in_table:
+                nz = np.flatnonzero(arr)
+                join.append((((grp << _BIN_BITS) | (nz + lo)).astype(np.float64), arr[nz]))
+            else:
+                own[grp] = (lo, arr)
+        self._dense_bins = {}
+        self._dense_n = {}
+        if join:
+            table = ValueCounts()
+            table.add_counts(keys.astype(np.float64), counts)
+            for k, c in join:
+                table.add_counts(k, c)
+            keys = table.values.astype(np.int64) if table.n else np.empty(0, dtype=np.int64)
+            counts = table.counts
+            del table, join
+        groups = keys >> _BIN_BITS
+        keep: list[int] = []
         if keys.size:
             bounds = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
             for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-                g = int(groups[lo])
-                cum = np.cumsum(counts[lo:hi])
-                n = int(cum[-1])
-                self._n[g] = n
-                wanted = {}
-                for r in sorted(_ranks(n, self.pcts)):
-                    i = int(np.searchsorted(cum, r, side="right"))
-                    before = int(cum[i - 1]) if i else 0
-                    wanted[r] = (int(keys[lo + i]), r - before)
-                    keep.append(int(keys[lo + i]))
-                self._wanted[g] = wanted
+                self._want(int(groups[lo]), np.cumsum(counts[lo:hi]), keys[lo:hi].__getitem__, keep)
+        for grp, (lo, arr) in own.items():
+            self._want(grp, np.cumsum(arr, dtype=np.int64), lambda i, g=grp, b=lo: (g << _BIN_BITS) | (b + i), keep)
         self._keep = np.unique(np.array(keep, dtype=np.int64))
         self._keep_look = FirstLook(self._keep)
         self._bins = ValueCounts()
         self.second = True
+
+    def _want(self, g: int, cum: np.ndarray, key_at: Any, keep: list[int]) -> None:
+        """The bins of group g that hold its wanted order statistics, from the running total of its bins' counts
+        (`key_at(i)`: the key of bin i)."""
+        n = int(cum[-1])
+        self._n[g] = n
+        wanted = {}
+        for r in sorted(_ranks(n, self.pcts)):
+            i = int(np.searchsorted(cum, r, side="right"))
+            before = int(cum[i - 1]) if i else 0
+            key = int(key_at(i))
+            wanted[r] = (key, r - before)
+            keep.append(key)
+        self._wanted[g] = wanted
 
     def groups(self) -> list[int]:
         """The groups that got values."""
@@ -426,16 +474,27 @@ class GroupedQuantiles:
             g, v = g[order], v[order]
             bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
             parts = {int(g[a]): v[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)}
-            if bounds.size - 1 > _MANY_GROUPS:  # every group but an overall group 0 at once
-                rest = bounds[:-1][g[bounds[:-1]] != 0] if zero else bounds[:-1]
-                self._many(g, v, rest, bounds)
-                parts = {0: parts[0]} if 0 in parts and zero else {}
+        # group 0 is exactly the union of the other groups when every add was an `overall` one without group 0
+        union = bool(zero) and 0 not in parts and all(h[2] for h in held) and 0 < len(parts) <= _MANY_GROUPS
+        if g.size and bounds.size - 1 > _MANY_GROUPS:  # every group but an overall group 0 at once
+            rest = bounds[:-1][g[bounds[:-1]] != 0] if zero else bounds[:-1]
+            self._many(g, v, rest, bounds)
+            parts = {0: parts[0]} if 0 in parts and zero else {}
         if zero:  # group 0: every value of an `overall` add, and any given as group 0 itself
             parts[0] = np.concatenate([*zero, *((parts[0],) if 0 in parts else ())])
+        ordered_parts = []
         for grp, vals in parts.items():
+            if grp == 0 and union:
+                continue
             ordered = np.sort(vals)  # faster than selecting a dozen ranks (numpy sorts with SIMD)
+            ordered_parts.append(ordered)
             self._result[grp] = self._figures(vals.size, float(np.sum(vals)) / vals.size, ordered.__getitem__)
             self._n[grp] = vals.size
+        if union:  # its order statistics selected from the groups' sorted values, not sorted again
+            vals = parts[0]
+            self._result[0] = self._figures(vals.size, float(np.sum(vals)) / vals.size,
+                                            lambda ranks: select_union(ordered_parts, ranks))
+            self._n[0] = vals.size
 
     def _many(self, g: np.ndarray, v: np.ndarray, starts: np.ndarray, bounds: np.ndarray) -> None:
         """_figures of the groups that start at `starts` in g and v (sorted by group, each group's values in the
@@ -477,6 +536,36 @@ class GroupedQuantiles:
         return out
 
 
+def _float_keys(x: np.ndarray) -> np.ndarray:
+    """int64 keys in the order of the floats (no NaN): -inf < ... < -0.0 < 0.0 < ... < inf."""
+    k = np.asarray(x, dtype=np.float64).view(np.int64)
+    return k ^ ((k >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))
+
+
+def _key_floats(k: np.ndarray) -> np.ndarray:
+    """The floats of _float_keys' keys."""
+    return (k ^ ((k >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+
+
+def select_union(parts: list[np.ndarray], ranks: np.ndarray) -> np.ndarray:
+    """The order statistics of these ranks (0-based) of the union of sorted float arrays (no NaN): for each rank
+    the smallest value that at least rank + 1 values are at most, by bisecting the floats' order."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    parts = [p for p in parts if p.size]
+    lo = np.full(ranks.shape, int(_float_keys(np.array([min(p[0] for p in parts)]))[0]), dtype=np.int64)
+    hi = np.full(ranks.shape, int(_float_keys(np.array([max(p[-1] for p in parts)]))[0]), dtype=np.int64)
+    while (lo < hi).any():  # invariant: the answer's key is in [lo, hi]
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
+        x = _key_floats(mid)
+        count = np.zeros(ranks.shape, dtype=np.int64)
+        for p in parts:
+            count += np.searchsorted(p, x, side="right")
+        enough = count >= ranks + 1
+        hi = np.where(enough, mid, hi)
+        lo = np.where(enough, lo, mid + 1)
+    return _key_floats(lo) + 0.0  # -0.0 and 0.0 are one value to a sort
+
+
 def _groups_of(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """np.unique(g, return_inverse=True) for group numbers, counted instead of sorted when they are small."""
     if g.size and g.min() >= 0 and g.max() < _DENSE_GROUPS:
@@ -491,7 +580,8 @@ def _groups_of(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _DENSE_GROUPS = 1 << 22  # group numbers below this are counted, not sorted
 _MANY_GROUPS = 64  # direct figures of more groups than this are selected for all groups at once
 _DENSE_BINS = 1 << 20  # groups times bins in one add() counted in one table
-_SPAN_BINS = 1 << 16  # the widest range of bins a group's running counts cover (512 KiB)
+_SMALL_COUNTS: Any = np.int32  # running counts' type while a group has fewer values than it holds (then int64)
+_SPAN_BINS = 1 << 16  # the widest range of bins a group's running counts cover (256 KiB in int32)
 
 
 def _ranks(n: int, pcts: tuple[float, ...]) -> set[int]:

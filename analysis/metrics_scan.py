@@ -15,7 +15,7 @@ import pandas as pd
 from ttformats.calls import counts_as_attempt
 from ttformats.records import sorted_gap_figures
 
-from . import exact
+from . import exact, trim
 from .attempt_facts import COLUMNS as FACT_COLUMNS
 from .callscan import CallBatch, CallIndex, Source, call_batches, index_calls
 from .exact import GroupedQuantiles, Spool, ValueCounts
@@ -35,6 +35,7 @@ CALL_COLUMNS = ["call_id", "attempt", "final", "t_start", "endpoint", "model", "
 #: the levels (%) at which each endpoint's TTFT CDF is drawn: exact quantiles, never every call
 CDF_LEVELS = tuple(float(x) for x in np.linspace(0.0, 100.0, 201))
 TPS_BINS = 40
+TRIM_BATCHES = 16  # batches between two hand-backs of freed memory (trim.release)
 _COUNTS = ("attempts", "calls", "cancelled_calls", "successes", "retries", "replays", "dry_runs_ignored",
            "framing_mismatches", "good", "summary_timing_calls")
 
@@ -301,10 +302,14 @@ def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[
     if not np.isfinite(idx.first_start):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}
     scan = _Scan(idx.first_start, opts.slo, direct=idx.rows <= exact.DIRECT_ROWS)
-    for cb in call_batches(source, idx, CALL_COLUMNS, each=None if also is None else also.batch,
-                           each_columns=None if also is None else FACT_COLUMNS):
+    for k, cb in enumerate(call_batches(source, idx, CALL_COLUMNS, each=None if also is None else also.batch,
+                                        each_columns=None if also is None else FACT_COLUMNS)):
         if len(cb.calls):
             scan.batch(cb)
+        if k % TRIM_BATCHES == TRIM_BATCHES - 1:
+            trim.release()
+        del cb  # the last batch (the multi-attempt calls, the largest) is not held through finish()
+    trim.release()
     scan.finish()
     if not math.isfinite(scan.first):
         return {"empty": True, "overall": None, "groups": {}, "timeseries": [], "duration_s": 0.0}

@@ -257,3 +257,38 @@ def test_gap_figures_are_numpys_percentiles_bit_for_bit(rows, width, top, seed):
     assert figs["p99_us"].tolist() == np.percentile(gaps, 99, axis=1).tolist()
     assert figs["max_us"].tolist() == gaps.max(axis=1).tolist() and figs["sum_us"].tolist() == gaps.sum(axis=1).tolist()
     assert figs["max_at"].tolist() == gaps.argmax(axis=1).tolist() and figs["first_us"].tolist() == d[:, 0].tolist()
+
+
+@pytest.mark.parametrize("small", [np.int32, np.int8])
+def test_two_passes_join_a_groups_running_counts_and_its_table_bins(small, monkeypatch):
+    """A per-second series read batch by batch (each add a few groups: their running counts), then one add that
+    spans every group (its bins go to the table, as the multi-attempt calls at the end of a pass do), and one
+    group far wider than running counts hold: every group's figures are numpy's own; also when the running
+    counts outgrow int32 (int8 stands in for it: hundreds of equal values in a bin)."""
+    from analysis import exact
+
+    monkeypatch.setattr(exact, "_SMALL_COUNTS", small)
+    rng = np.random.default_rng(21)
+    n = 40_000
+    seconds = 400 if small == np.int32 else 40  # (int8: a thousand values a second, hundreds in a bin)
+    g = np.sort(rng.integers(1, seconds, n))  # in order of time: a batch holds a few seconds
+    v = np.round(rng.lognormal(3, 1, n), 3) if small == np.int32 else rng.integers(1, 4, n).astype(float)
+    tail_g = rng.integers(1, seconds, 3_000)  # every second again, in one add
+    tail_v = np.round(rng.lognormal(3, 1, 3_000), 3)
+    wide_g = np.full(50, 401)
+    wide_v = rng.lognormal(0, 30, 50)  # magnitudes far apart: more bins than running counts cover
+    gq = exact.GroupedQuantiles(spool=True)
+    for lo in range(0, n, 1_000):
+        gq.add(g[lo:lo + 1_000], v[lo:lo + 1_000])
+    gq.add(tail_g, tail_v)
+    gq.add(wide_g[:25], wide_v[:25])
+    gq.add(wide_g[25:], wide_v[25:])
+    gq.start_second_pass()
+    gq.replay()
+    every_g, every_v = np.r_[g, tail_g, wide_g], np.r_[v, tail_v, wide_v]
+    assert gq.groups() == sorted(set(every_g.tolist()))
+    for k in gq.groups():
+        mine = every_v[every_g == k]
+        d = gq.dist(k)
+        assert d["n"] == mine.size and d["max"] == mine.max()
+        assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(mine, PCTS).tolist()

@@ -47,14 +47,17 @@ def reference_attempts(tmp_path_factory):
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["values-in-memory", "two-passes"])
-@pytest.mark.parametrize("rows,warmup", [(1000, 0.0), (97, 0.0), (4096, 30.0), (333, 120.0)])
-def test_batched_metrics_equal_the_whole_frames_on_the_reference_run(reference_attempts, rows, warmup, direct,
-                                                                    monkeypatch):
+@pytest.mark.parametrize("rows,warmup,multi_rows", [(1000, 0.0, None), (97, 0.0, 7), (4096, 30.0, 50),
+                                                     (333, 120.0, None)])
+def test_batched_metrics_equal_the_whole_frames_on_the_reference_run(reference_attempts, rows, warmup, multi_rows,
+                                                                    direct, monkeypatch):
     """Both ways to exact distributions: every value in memory (a run of up to DIRECT_ROWS records) and the two
-    passes of bounded memory (a larger run)."""
-    from analysis import exact
+    passes of bounded memory (a larger run); the multi-attempt calls handed out all at once or a few at a time."""
+    from analysis import callscan, exact
 
     monkeypatch.setattr(exact, "DIRECT_ROWS", 10**9 if direct else 0)
+    if multi_rows:
+        monkeypatch.setattr(callscan, "MULTI_ROWS", multi_rows)
     att = reference_attempts
     opts = Options(warmup_s=warmup, slo=SLO(ttft_ms=400.0, e2e_ms=2500.0, tpot_ms=30.0))
     whole = compute(att, opts, dropped=5)
