@@ -206,7 +206,7 @@ class _Scan:
             # deltas after the first (which is from the attempt's start); its figures as the worker computes them
             for m in np.unique(n).tolist():
                 same = n == m
-                gaps = values[off[fr[same]][:, None] + np.arange(1, m + 1)]
+                gaps = _rows(values, off[fr[same]] + 1, m)
                 sums[at[same]] = gaps.sum(axis=1, dtype=np.int64)
                 ordered = np.sort(gaps, axis=1)
                 for k, v in sorted_gap_figures(ordered).items():
@@ -323,6 +323,14 @@ def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[
               if scan.groups[gid].n["calls"] + scan.groups[gid].n["cancelled_calls"]}
     return {"empty": False, "start": start, "end": end, "duration_s": duration, "overall": overall,
             "groups": groups, "timeseries": _series(scan)}
+
+
+def _rows(values: np.ndarray, starts: np.ndarray, m: int) -> np.ndarray:
+    """values[s:s + m] for each start s, as the rows of a new array (copied row by row from a sliding view: no
+    index array of every element)."""
+    window = np.lib.stride_tricks.as_strided(values, shape=(values.size - m + 1, m),
+                                             strides=(values.strides[0], values.strides[0]), writeable=False)
+    return window[starts]
 
 
 def _group_figures(scan: _Scan, gid: int, d: float) -> dict[str, Any]:
