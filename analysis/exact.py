@@ -475,7 +475,10 @@ class GroupedQuantiles:
             bounds = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True])
             parts = {int(g[a]): v[a:b] for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)}
         # group 0 is exactly the union of the other groups when every add was an `overall` one without group 0
-        union = bool(zero) and 0 not in parts and all(h[2] for h in held) and 0 < len(parts) <= _MANY_GROUPS
+        # (values that hold a zero are sorted: a sort leaves -0.0 and 0.0 in the order it happens to, which
+        # selecting from the union cannot repeat)
+        union = bool(zero) and 0 not in parts and all(h[2] for h in held) and 0 < len(parts) <= _MANY_GROUPS \
+            and not any((h[1] == 0.0).any() for h in held)
         if g.size and bounds.size - 1 > _MANY_GROUPS:  # every group but an overall group 0 at once
             rest = bounds[:-1][g[bounds[:-1]] != 0] if zero else bounds[:-1]
             self._many(g, v, rest, bounds)
@@ -548,8 +551,9 @@ def _key_floats(k: np.ndarray) -> np.ndarray:
 
 
 def select_union(parts: list[np.ndarray], ranks: np.ndarray) -> np.ndarray:
-    """The order statistics of these ranks (0-based) of the union of sorted float arrays (no NaN): for each rank
-    the smallest value that at least rank + 1 values are at most, by bisecting the floats' order."""
+    """The order statistics of these ranks (0-based) of the union of sorted float arrays (no NaN; -0.0 and 0.0 are
+    one value to it): for each rank the smallest value that at least rank + 1 values are at most, by bisecting the
+    floats' order."""
     ranks = np.asarray(ranks, dtype=np.int64)
     parts = [p for p in parts if p.size]
     lo = np.full(ranks.shape, int(_float_keys(np.array([min(p[0] for p in parts)]))[0]), dtype=np.int64)
@@ -563,7 +567,7 @@ def select_union(parts: list[np.ndarray], ranks: np.ndarray) -> np.ndarray:
         enough = count >= ranks + 1
         hi = np.where(enough, mid, hi)
         lo = np.where(enough, lo, mid + 1)
-    return _key_floats(lo) + 0.0  # -0.0 and 0.0 are one value to a sort
+    return _key_floats(lo)
 
 
 def _groups_of(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

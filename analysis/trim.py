@@ -5,6 +5,7 @@ keeps the high-water mark of every batch; malloc_trim (glibc) releases the free 
 from __future__ import annotations
 
 import ctypes
+import sys
 from typing import Any
 
 _LIBC: Any = None
@@ -15,10 +16,12 @@ def _libc() -> Any:
     global _LIBC, _TRIED
     if not _TRIED:
         _TRIED = True
-        try:
-            lib = ctypes.CDLL(None)  # the symbols the process has loaded: the C library's among them
-        except OSError:
-            lib = None
+        lib = None
+        if sys.platform.startswith("linux"):
+            try:
+                lib = ctypes.CDLL(None)  # the symbols the process has loaded: the C library's among them
+            except (OSError, TypeError):
+                lib = None
         _LIBC = lib if lib is not None and hasattr(lib, "malloc_trim") else None
     return _LIBC
 

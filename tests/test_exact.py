@@ -292,3 +292,25 @@ def test_two_passes_join_a_groups_running_counts_and_its_table_bins(small, monke
         d = gq.dist(k)
         assert d["n"] == mine.size and d["max"] == mine.max()
         assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(mine, PCTS).tolist()
+
+
+def test_direct_mode_keeps_the_sign_of_a_zero_in_the_overall_group():
+    """Group 0 of a small run is selected from its groups' sorted values, unless a zero is among them: a sort keeps
+    -0.0 as numpy gives it, and group 0 agrees with its only group."""
+    import math
+
+    from analysis import exact
+
+    gq = exact.GroupedQuantiles(direct=True)
+    gq.add(1, np.array([-0.0, -1.0]), overall=True)
+    for k in (0, 1):
+        d = gq.dist(k)
+        assert d["max"] == 0.0 and math.copysign(1.0, d["max"]) == -1.0
+        assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(np.array([-0.0, -1.0]), PCTS).tolist()
+    gq = exact.GroupedQuantiles(direct=True)  # -0.0 in one group, 0.0 in another: group 0 as a sort orders them
+    both = np.array([-0.0, 0.0])
+    gq.add(np.array([1, 2]), both, overall=True)
+    d = gq.dist(0)
+    assert math.copysign(1.0, d["max"]) == math.copysign(1.0, np.sort(both)[-1])
+    assert [math.copysign(1.0, d[f"p{p:g}"]) for p in PCTS] == \
+        [math.copysign(1.0, x) for x in np.percentile(both, PCTS).tolist()]
