@@ -2045,14 +2045,14 @@ class _Run:
                         g += len(old)
                 continue
             self._put(df, g0)
-        if self.store is None:
+        if self.store is None:  # one partition in memory: its records as one frame, one block
             self.store = _Store(1, self.tmp_dir)
             assert self.held is not None
-            g = 0
+            if len(self.held) > 1:
+                self.held = [pd.concat(self.held, ignore_index=True)]
             for df in self.held:
-                blk, _ = self._block(df, g, encode=False)
+                blk, _ = self._block(df, 0, encode=False)
                 self.store.put(0, 0, blk)
-                g += len(df)
         self.rid_table.build()
         self.att_rows = np.concatenate(self.att_part) if self.att_part else np.zeros(0, np.int64)
         self.att_part = []
@@ -2422,7 +2422,8 @@ class _Run:
     def _partition(self, blocks: list[_Block], charges: list[dict[str, np.ndarray]]) -> None:
         trim.release()  # the last partition's arrays
         self._lap("partitions")
-        A = {name: np.concatenate([getattr(b, name) for b in blocks]) for name in _Block._ARRAYS}
+        A = {name: getattr(blocks[0], name) if len(blocks) == 1 else np.concatenate([getattr(b, name) for b in blocks])
+             for name in _Block._ARRAYS}
         offsets = np.cumsum([0] + [len(b.g) for b in blocks])
         n = len(A["g"])
         # calls in the order they first appear (their hashes, checked against the call ids themselves)
@@ -2550,11 +2551,18 @@ class _Run:
         rep = A["rep"][fr]
         match = ~rep & (rid_c != _MISSING) & (rid_c == A["rid"][fr])
         same = match.copy()
-        for k in np.flatnonzero(rep).tolist():  # a replay's billing id is the original request's
-            r = int(fr[k])
-            b = int(np.searchsorted(offsets, r, side="right") - 1)
-            orig = _values(blocks[b], "original_request_id", np.array([r - offsets[b]]), self.cats)[0]
-            match[k] = isinstance(orig, str) and rid_c[k] != _MISSING and _decode(rid_c[k]) == orig
+        reps = np.flatnonzero(rep)
+        if len(reps):  # a replay's billing id is the original request's (read block by block, all at once)
+            rows = fr[reps]
+            b_of = np.searchsorted(offsets, rows, side="right") - 1
+            origs: list[Any] = [None] * len(reps)
+            for b in np.unique(b_of).tolist():
+                sel = np.flatnonzero(b_of == b)
+                for i, v in zip(sel.tolist(), _values(blocks[b], "original_request_id", rows[sel] - offsets[b],
+                                                      self.cats), strict=True):
+                    origs[i] = v
+            for k, orig in zip(reps.tolist(), origs, strict=True):
+                match[k] = isinstance(orig, str) and rid_c[k] != _MISSING and _decode(rid_c[k]) == orig
         def whole(u: np.ndarray) -> np.ndarray:
             t = np.trunc(u)
             t[np.isnan(u)] = 0.0

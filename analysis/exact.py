@@ -21,6 +21,7 @@ from .firstlook import FirstLook
 PCTS = (50, 90, 95, 99, 99.9)
 _MERGE_AT = 1 << 20  # pending values merged into the table once this many wait
 DENSE_INTS = 1 << 20  # whole numbers below this are counted in place (chunk gaps under a second, in µs)
+_CLIP_INTS = 1 << 16  # of those, the ones from here up are counted apart when few (add_ints)
 SPOOL_MEMORY = 4 << 20  # bytes a spool holds in memory before it moves to a temporary file
 #: runs of up to this many records keep every distribution's values in memory (GroupedQuantiles' `direct`: about
 #: 200 bytes a record over all the report's distributions) and sort them; larger runs take the two passes
@@ -57,14 +58,24 @@ class ValueCounts:
             return
         lo, hi = int(a.min()), int(a.max())
         if lo >= 0 and hi < DENSE_INTS:  # into the running counts of 0 .. DENSE_INTS - 1
-            counts = np.bincount(a)
             have = self._dense.size if self._dense is not None else 0
-            if have < counts.size:
-                grown = np.zeros(min(DENSE_INTS, max(counts.size, 2 * have)), dtype=np.int64)
+            if have <= hi:
+                grown = np.zeros(min(DENSE_INTS, max(hi + 1, 2 * have)), dtype=np.int64)
                 if self._dense is not None:
                     grown[:have] = self._dense
                 self._dense = grown
             assert self._dense is not None
+            if hi >= _CLIP_INTS:  # the few large values apart: a table of every value up to the largest is slow
+                counts = np.bincount(np.minimum(a, _CLIP_INTS), minlength=_CLIP_INTS + 1)
+                self._dense[:_CLIP_INTS] += counts[:_CLIP_INTS]
+                big = a[a >= _CLIP_INTS]
+                if big.size * 16 <= a.size:
+                    np.add.at(self._dense, big, 1)
+                else:
+                    wide = np.bincount(big - _CLIP_INTS)
+                    self._dense[_CLIP_INTS:_CLIP_INTS + wide.size] += wide
+                return
+            counts = np.bincount(a)
             self._dense[:counts.size] += counts
             return
         if hi - lo >= 1 << 24:  # too wide to count densely

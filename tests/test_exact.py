@@ -129,6 +129,26 @@ def test_whole_numbers_counted_without_sorting_equal_numpy(values):
     _close(vc.dist(), dist(a.astype(np.float64)))
 
 
+@pytest.mark.parametrize("big_share", [0.0, 0.01, 0.5])
+def test_whole_numbers_with_a_few_or_many_large_ones_are_counted_exactly(big_share):
+    """Chunk gaps in µs: mostly short, some (or many) long ones up to a second; counted in place batch by batch,
+    the large ones apart: the same figures as numpy over every value."""
+    rng = np.random.default_rng(int(big_share * 100))
+    batches = []
+    for _ in range(3):
+        small = rng.integers(0, 1 << 16, 20_000)
+        big = rng.integers(1 << 16, 1 << 20, int(20_000 * big_share))
+        batches.append(rng.permutation(np.r_[small, big]).astype(np.uint32))
+    vc = ValueCounts()
+    for b in batches:
+        vc.add_ints(b)
+    every = np.concatenate(batches).astype(np.float64)
+    d = vc.dist()
+    assert d["n"] == every.size and d["max"] == every.max()
+    assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(every, PCTS).tolist()
+    assert vc.total() == every.sum()
+
+
 def test_many_groups_at_once_take_the_sorting_path_and_agree():
     from analysis.exact import GroupedQuantiles
 
