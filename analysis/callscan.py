@@ -159,8 +159,9 @@ def index_calls(source: Source, warmup_s: float) -> CallIndex:
         if warmup_s > 0:  # only a warm-up needs each lone record's start after this pass
             starts.append(ts[lone])
     hashes = np.concatenate(singles) if singles else np.empty(0, dtype=np.uint64)
-    uniq, counts = np.unique(hashes, return_counts=True)
-    dup = uniq[counts > 1]
+    ordered = np.sort(hashes)  # the hashes seen more than once: neighbours once sorted (np.unique counts every one)
+    dup = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
     cut = gmin + warmup_s if warmup_s > 0 else -np.inf
     first = gmin
     if warmup_s > 0 and np.isfinite(gmin):

@@ -267,7 +267,7 @@ class GroupedQuantiles:
         keys = (g << _BIN_BITS) | bins
         if not self.second:
             if self._spool is not None:
-                self._spool.write(np.asarray(g), v, np.array(overall))
+                self._spool.write(_narrow(g), v, np.array(overall))
             self._first(g, v, bins, keys)
             if overall:  # group 0 holds every value too: counted as a group of its own, not as copies
                 lo = int(bins.min())
@@ -548,6 +548,18 @@ class GroupedQuantiles:
             out[f"p{p:g}"] = x
         out["max"] = float(at(np.array([n - 1]))[0])
         return out
+
+
+def _narrow(g: np.ndarray) -> np.ndarray:
+    """Group numbers in the smallest of int16, int32 and int64 that holds them (a spool writes fewer bytes)."""
+    g = np.asarray(g)
+    if not g.size:
+        return g
+    lo, hi = int(g.min()), int(g.max())
+    for t in (np.int16, np.int32):
+        if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
+            return g.astype(t)
+    return g
 
 
 def _float_keys(x: np.ndarray) -> np.ndarray:
