@@ -125,12 +125,17 @@ class _Scan:
 
     def _figures(self, calls: pd.DataFrame, ok: np.ndarray) -> None:
         """What the report's figures draw: TTFT per endpoint (ok calls), output tokens/s per request (ok calls)."""
-        ends = calls["endpoint"].to_numpy(dtype=object)[ok]
-        inv, uniq = pd.factorize(ends)
-        if (inv < 0).any():
+        codes, uniq = pd.factorize(calls["endpoint"])  # on the column as held (Arrow's, without a str per row)
+        inv = codes[ok]
+        if (inv < 0).any():  # a missing endpoint: named as str() names it
+            ends = calls["endpoint"].to_numpy(dtype=object)[ok]
             uniq, inv = np.unique(ends.astype(str), return_inverse=True)
-        eid = np.array([self.endpoints.setdefault(str(u), len(self.endpoints)) for u in uniq.tolist()],
-                       dtype=np.int64)
+            used = np.arange(len(uniq))
+        else:
+            used = np.unique(inv)  # the endpoints of the ok calls only
+        eid = np.full(len(uniq), -1, dtype=np.int64)
+        for u in used.tolist():
+            eid[u] = self.endpoints.setdefault(str(uniq[u]), len(self.endpoints))
         self.ttft_cdf.add(eid[inv], calls["ttft_ms"].to_numpy(dtype=np.float64)[ok])
         tps = calls["out_tps"].to_numpy(dtype=np.float64)[ok]
         tps = tps[~np.isnan(tps)]

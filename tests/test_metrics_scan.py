@@ -181,3 +181,29 @@ def test_call_id_hashes_are_the_same_however_the_ids_are_held():
         [pa.array(ids[:5], pa.large_string()), pa.array(ids[5:], pa.large_string())], type=pa.large_string())))
     assert (_hashes(chunked) == want).all()
     assert _hashes(pd.Series([7, "7", None], dtype=object)).tolist()[:2] == _hashes(pd.Series(["7", "7"])).tolist()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["values-in-memory", "two-passes"])
+def test_the_ttft_cdf_per_endpoint_is_numpys_over_each_endpoints_successful_calls(reference_attempts, direct,
+                                                                                  monkeypatch):
+    """What the report's TTFT CDF draws: per endpoint, numpy's percentiles at every level over the TTFT of its
+    successful calls (the whole frame's calls), and nothing for an endpoint without one."""
+    from analysis import exact
+    from analysis.metrics_scan import CDF_LEVELS
+
+    monkeypatch.setattr(exact, "DIRECT_ROWS", 10**9 if direct else 0)
+    att = reference_attempts
+    opts = Options(slo=SLO(ttft_ms=400.0))
+    calls = compute(att, opts)["calls_frame"]
+    figures: dict = {}
+    compute_scan(frame_batches(att, 333), opts, figures=figures)
+    ok = calls[calls["ok"].astype(bool)]
+    want = {name: grp["ttft_ms"].dropna().to_numpy(dtype=float) for name, grp in ok.groupby("endpoint")}
+    want = {name: v for name, v in want.items() if v.size}
+    assert len(want) >= 2
+    cdfs = figures["ttft_cdf"]
+    assert sorted(cdfs) == sorted(want)
+    for name, (values, levels, n) in cdfs.items():
+        assert n == want[name].size
+        assert values.tolist() == np.percentile(want[name], CDF_LEVELS).tolist()
+        assert levels.tolist() == (np.array(CDF_LEVELS) / 100.0).tolist()
