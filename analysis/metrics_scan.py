@@ -313,7 +313,7 @@ def compute_scan(source: Source, opts: Options, dropped: int = 0, figures: dict[
             scan.batch(cb)
         if k % TRIM_BATCHES == TRIM_BATCHES - 1:
             trim.release()
-        del cb  # the last batch (the multi-attempt calls, the largest) is not held through finish()
+        del cb  # the last batch is not held through finish()
     trim.release()
     scan.finish()
     if not math.isfinite(scan.first):
