@@ -2525,10 +2525,8 @@ class _Run:
             if len(sel) and not (C[probe][sel] == A["rid"][row[sel]]).all():
                 raise _Collision()
         for code, probe in ((2, "rid"), (4, "up")):
-            for c in np.flatnonzero(chk == code).tolist():
-                r = int(row[c])
-                b = int(np.searchsorted(offsets, r, side="right") - 1)
-                ids = _values(blocks[b], "ids", np.array([r - offsets[b]]), self.cats)[0]
+            sel = np.flatnonzero(chk == code)
+            for c, ids in zip(sel.tolist(), self._field(blocks, offsets, row[sel], "ids"), strict=True):
                 want = _decode(C[probe][c])
                 if not (isinstance(ids, dict) and any(v == want for v in ids.values() if isinstance(v, str))):
                     raise _Collision()
@@ -2551,18 +2549,9 @@ class _Run:
         rep = A["rep"][fr]
         match = ~rep & (rid_c != _MISSING) & (rid_c == A["rid"][fr])
         same = match.copy()
-        reps = np.flatnonzero(rep)
-        if len(reps):  # a replay's billing id is the original request's (read block by block, all at once)
-            rows = fr[reps]
-            b_of = np.searchsorted(offsets, rows, side="right") - 1
-            origs: list[Any] = [None] * len(reps)
-            for b in np.unique(b_of).tolist():
-                sel = np.flatnonzero(b_of == b)
-                for i, v in zip(sel.tolist(), _values(blocks[b], "original_request_id", rows[sel] - offsets[b],
-                                                      self.cats), strict=True):
-                    origs[i] = v
-            for k, orig in zip(reps.tolist(), origs, strict=True):
-                match[k] = isinstance(orig, str) and rid_c[k] != _MISSING and _decode(rid_c[k]) == orig
+        reps = np.flatnonzero(rep)  # a replay's billing id is the original request's
+        for k, orig in zip(reps.tolist(), self._field(blocks, offsets, fr[reps], "original_request_id"), strict=True):
+            match[k] = isinstance(orig, str) and rid_c[k] != _MISSING and _decode(rid_c[k]) == orig
         def whole(u: np.ndarray) -> np.ndarray:
             t = np.trunc(u)
             t[np.isnan(u)] = 0.0
@@ -2591,17 +2580,21 @@ class _Run:
         slack = 1e-12 * (np.abs(a) + np.abs(e)) + 1e-300
         return ok & (np.abs(a - e) + slack < tol * (1 - 1e-12)), same
 
-    def _rows(self, blocks: list[_Block], offsets: np.ndarray, rows: np.ndarray) -> list[Any]:
-        """The attempt rows (audit's itertuples values) at these partition rows."""
+    def _field(self, blocks: list[_Block], offsets: np.ndarray, rows: np.ndarray, name: str) -> list[Any]:
+        """A field's values at these partition rows, read block by block (a take per row from a column of many
+        Arrow chunks would read the whole column each time)."""
         out: list[Any] = [None] * len(rows)
         b_of = np.searchsorted(offsets, rows, side="right") - 1
         for b in np.unique(b_of).tolist():
             sel = np.flatnonzero(b_of == b)
-            local = rows[sel] - offsets[b]
-            fields = [_values(blocks[b], name, local, self.cats) for name in _FIELDS]
-            for k, vals in zip(sel.tolist(), zip(*fields, strict=True), strict=True):
-                out[k] = _AttRow(*vals)
+            for k, v in zip(sel.tolist(), _values(blocks[b], name, rows[sel] - offsets[b], self.cats), strict=True):
+                out[k] = v
         return out
+
+    def _rows(self, blocks: list[_Block], offsets: np.ndarray, rows: np.ndarray) -> list[Any]:
+        """The attempt rows (audit's itertuples values) at these partition rows."""
+        fields = [self._field(blocks, offsets, rows, name) for name in _FIELDS]
+        return [_AttRow(*vals) for vals in zip(*fields, strict=True)]
 
     def _amounts(self, C: dict[str, np.ndarray], idx: np.ndarray) -> list[Decimal]:
         out = []

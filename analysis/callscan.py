@@ -291,13 +291,12 @@ def _multi_calls(att: pd.DataFrame, deltas: list[tuple[np.ndarray, np.ndarray]] 
         ends = np.concatenate([o[1:] + base for (o, _), base in zip(deltas, bases, strict=True)])[final]
         values = np.concatenate([v for _, v in deltas])
         deltas.clear()
-    whole = len(final) <= rows
     for c0 in range(0, len(final), rows):
         c1 = min(c0 + rows, len(final))
         calls = indexed_calls(att.take(final[c0:c1]), first_start[c0:c1], n_att[c0:c1])
         labels = np.asarray(_labels(calls), dtype=object)
         mine = (att_call >= c0) & (att_call < c1)
-        attempts = att if whole and mine.all() else att[mine].reset_index(drop=True)
+        attempts = att if mine.all() else att[mine].reset_index(drop=True)
         yield CallBatch(calls, labels, attempts, labels[att_call[mine] - c0],
                         None if starts is None else starts[c0:c1], None if ends is None else ends[c0:c1], values)
         del calls, attempts

@@ -166,13 +166,24 @@ class ValueCounts:
                    + (self._dense.nbytes if self._dense is not None else 0))
 
 
+_TOP = np.uint64(1 << 63)
+
+
+def _sortable(values: np.ndarray) -> np.ndarray:
+    """Each float's IEEE 754 pattern made to sort (as uint64) as the floats do: -inf < ... < -0.0 < 0.0 < ... < inf."""
+    u = np.asarray(values, dtype=np.float64).view(np.uint64)
+    return np.where((u >> np.uint64(63)).astype(bool), ~u, u | _TOP)
+
+
+def _unsortable(keys: np.ndarray) -> np.ndarray:
+    """The floats of _sortable's keys."""
+    return np.where((keys >> np.uint64(63)).astype(bool), keys & ~_TOP, ~keys).view(np.float64)
+
+
 def _bin_keys(values: np.ndarray) -> np.ndarray:
-    """A bin of each float, monotone in the value: the top bits of its IEEE 754 pattern made sortable (1/256 of a
-    doubling wide)."""
-    u = values.view(np.uint64)
-    neg = (u >> np.uint64(63)).astype(bool)
-    u = np.where(neg, ~u, u | np.uint64(1 << 63))
-    return (u >> np.uint64(_SHIFT)).astype(np.int64)
+    """A bin of each float, monotone in the value: the top bits of its sortable pattern (1/256 of a doubling
+    wide)."""
+    return (_sortable(values) >> np.uint64(_SHIFT)).astype(np.int64)
 
 
 _SHIFT = 44  # 64 - 20: sign, exponent and 8 bits of mantissa
@@ -356,8 +367,7 @@ class GroupedQuantiles:
         if not ok.all():
             v, g = v[ok], g[ok]
         if v.size:
-            small = g.size and g.min() >= np.iinfo(np.int32).min and g.max() <= np.iinfo(np.int32).max
-            self._held.append((g.astype(np.int32) if small else g.astype(np.int64), v.copy(), overall))
+            self._held.append((_narrow(g), v.copy(), overall))
 
     def start_second_pass(self) -> None:
         """After every value went through add() once: find the bins each wanted order statistic is in."""
@@ -551,26 +561,13 @@ class GroupedQuantiles:
 
 
 def _narrow(g: np.ndarray) -> np.ndarray:
-    """Group numbers in the smallest of int16, int32 and int64 that holds them (a spool writes fewer bytes)."""
+    """Group numbers (a copy) in the smallest of int16, int32 and int64 that holds them: less to spool or hold."""
     g = np.asarray(g)
-    if not g.size:
-        return g
-    lo, hi = int(g.min()), int(g.max())
+    lo, hi = (int(g.min()), int(g.max())) if g.size else (0, 0)
     for t in (np.int16, np.int32):
         if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
             return g.astype(t)
-    return g
-
-
-def _float_keys(x: np.ndarray) -> np.ndarray:
-    """int64 keys in the order of the floats (no NaN): -inf < ... < -0.0 < 0.0 < ... < inf."""
-    k = np.asarray(x, dtype=np.float64).view(np.int64)
-    return k ^ ((k >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))
-
-
-def _key_floats(k: np.ndarray) -> np.ndarray:
-    """The floats of _float_keys' keys."""
-    return (k ^ ((k >> 63) & np.int64(0x7FFFFFFFFFFFFFFF))).view(np.float64)
+    return g.astype(np.int64)
 
 
 def select_union(parts: list[np.ndarray], ranks: np.ndarray) -> np.ndarray:
@@ -579,18 +576,18 @@ def select_union(parts: list[np.ndarray], ranks: np.ndarray) -> np.ndarray:
     floats' order."""
     ranks = np.asarray(ranks, dtype=np.int64)
     parts = [p for p in parts if p.size]
-    lo = np.full(ranks.shape, int(_float_keys(np.array([min(p[0] for p in parts)]))[0]), dtype=np.int64)
-    hi = np.full(ranks.shape, int(_float_keys(np.array([max(p[-1] for p in parts)]))[0]), dtype=np.int64)
+    lo = np.full(ranks.shape, _sortable(np.array([min(p[0] for p in parts)]))[0], dtype=np.uint64)
+    hi = np.full(ranks.shape, _sortable(np.array([max(p[-1] for p in parts)]))[0], dtype=np.uint64)
     while (lo < hi).any():  # invariant: the answer's key is in [lo, hi]
-        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # floor((lo + hi) / 2) without overflow
-        x = _key_floats(mid)
+        mid = lo + (hi - lo) // np.uint64(2)
+        x = _unsortable(mid)
         count = np.zeros(ranks.shape, dtype=np.int64)
         for p in parts:
             count += np.searchsorted(p, x, side="right")
         enough = count >= ranks + 1
         hi = np.where(enough, mid, hi)
-        lo = np.where(enough, lo, mid + 1)
-    return _key_floats(lo)
+        lo = np.where(enough, lo, mid + np.uint64(1))
+    return _unsortable(lo)
 
 
 def _groups_of(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
