@@ -22,6 +22,12 @@ Then, each in a child process of its own, it times three steps on the same folde
   columnar copy     analysis.columnar.build(): records.parquet/, what a run's own report makes at its end;
   report            analysis.report.analyze() of today's code, reading the copy (--repeat N: the fastest of N).
 
+Both reports read the same records.jsonl: for a size the baseline times, the generator writes the newest record
+version the baseline reads (found in its analysis/records.py: 4 for 66f5fba, the same records under that number,
+as version 5 added only summary timing); otherwise version 5 (--record-version sets it). A baseline that still
+cannot read the records gives no speed-up. The baseline's summary is of an earlier summary version: the keys
+today's adds are listed, not counted as differences, and every figure both have is compared.
+
 For each it prints the time, the CPU time of the step and its helper processes, and the peak RSS of that process
 tree (sampled); then the speed-up, whether today's summary.json equals the baseline's (counts exact, floats within
 1e-9: benchmarks/summary_compare.py) and the billing findings against the planted errors. Several --records
@@ -34,6 +40,7 @@ Usage:
     python benchmarks/analysis_speed.py [--records 1000000 [10000000 ...]] [--keep | --out DIR]
                                         [--run-dir DIR [DIR ...]] [--repeat N] [--baseline REV | --no-baseline]
                                         [--baseline-max N] [--duration-s 3600] [--seed 1] [--no-ledger]
+                                        [--record-version 4|5]
                                         [--plant-share 0.002] [--check-reference SUMMARY]
                                         [--write-reference SUMMARY] [--write-fixture DIR]
 
@@ -64,6 +71,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -86,6 +94,7 @@ from locustfiles.records import RECORD_VERSION, encode_chunks  # noqa: E402
 
 BASELINE = "66f5fba"  # the analysis before the rewrite for scale (issue 15): every record in memory
 BASELINE_MAX = 2_000_000  # records: the baseline needs about 1.9 GiB a million
+OLDEST_VERSION = 4  # the generator's records mean the same under 4 (5 added only summary timing, not written here)
 GENERATED = "generated.json"  # the generator's figures (and planted errors), kept in the run folder
 RUN_ID = "chat-mix-bench"
 CHUNKS = 64
@@ -194,7 +203,7 @@ def _usage(endpoint: str, inp: int, out: int, cached: int = 0, reasoning: int = 
 class Generator:
     """Draws calls of the chat-mix shape and turns each into its attempt records."""
 
-    def __init__(self, n_records: int, duration_s: float, seed: int) -> None:
+    def __init__(self, n_records: int, duration_s: float, seed: int, version: int = RECORD_VERSION) -> None:
         self.rng = np.random.default_rng(seed)
         self.n_records = n_records
         self.duration_s = duration_s
@@ -205,7 +214,7 @@ class Generator:
         self.cum_plain = _cum([k[1] for k in self.kinds_all])
         self.cum_stream = _cum([k[1] for k in ERROR_KINDS])
         self.base = dict.fromkeys(KEYS)
-        self.base.update(v=RECORD_VERSION, run_id=RUN_ID, final=True, replayed=False, dry_run=False)
+        self.base.update(v=version, run_id=RUN_ID, final=True, replayed=False, dry_run=False)
         self.seq = [0, 0]
         self.written = 0
         self.calls = 0
@@ -615,12 +624,14 @@ class LedgerWriter:
 
 
 def write_run(run_dir: Path, n: int, duration_s: float, seed: int, sample: int = 1000, ledger: bool = True,
-              plant_share: float = PLANT_SHARE) -> dict[str, Any]:
+              plant_share: float = PLANT_SHARE, version: int = RECORD_VERSION) -> dict[str, Any]:
     """records.jsonl and scenario.yaml; with `ledger`, also ledger.csv (LedgerWriter), prices.yaml (the
     simulator's default sheet) and a scenario.yaml that points the analysis at the ledger. Every shape of record
     (the first few of each) and a spread sample are checked against the schema and against the harness's own
     encoder (json.dumps, compact): the file is written with orjson, which gives the same bytes for these records.
-    Returns figures about the records (with a ledger: `planted`, the errors planted by kind, and `charges`)."""
+    `version` 4 writes the same records under that number: version 5 added only summary timing, and the generator
+    writes every chunk's time. Returns figures about the records (with a ledger: `planted`, the errors planted by
+    kind, and `charges`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     scenario = "name: chat-mix\n"
     book = None
@@ -629,13 +640,17 @@ def write_run(run_dir: Path, n: int, duration_s: float, seed: int, sample: int =
         shutil.copyfile(PRICES, run_dir / "prices.yaml")
         book = LedgerWriter(run_dir / "ledger.csv", seed, plant_share)
     (run_dir / "scenario.yaml").write_text(scenario)
-    gen = Generator(n, duration_s, seed)
+    if not OLDEST_VERSION <= version <= RECORD_VERSION:
+        raise SystemExit(f"--record-version {version}: the generator writes versions {OLDEST_VERSION} to "
+                         f"{RECORD_VERSION}")
+    gen = Generator(n, duration_s, seed, version)
     call: list[dict[str, Any]] = []
     validator = None
     try:
         import jsonschema
 
         schema = json.loads((ROOT / "locustfiles" / "record.schema.json").read_text())
+        schema["properties"]["v"] = {"const": version}  # the same keys and values under an earlier number
         validator = jsonschema.Draft202012Validator(schema)
     except ImportError:
         print("jsonschema is not installed: records are not checked against the schema", file=sys.stderr)
@@ -770,6 +785,15 @@ def baseline_code(rev: str, into: Path) -> Path:
     return into
 
 
+def newest_read(code: Path) -> int:
+    """The newest record version the generator can write that the analysis in `code` reads (its
+    analysis/records.py RECORD_VERSIONS; RECORD_VERSION when that names none)."""
+    found = re.search(r"^RECORD_VERSIONS = \(([\d, ]+)\)", (code / "analysis" / "records.py").read_text(), re.M)
+    reads = [int(v) for v in found.group(1).split(",") if v.strip()] if found else []
+    fits = [v for v in reads if OLDEST_VERSION <= v <= RECORD_VERSION]
+    return max(fits) if fits else RECORD_VERSION
+
+
 def time_run(run_dir: Path, base: Path | None, repeat: int) -> dict[str, Any]:
     """The baseline's report (its summary kept as summary.baseline.json), the columnar copy built afresh, then the
     report of today's code (fastest of `repeat`); the figures of each step and the summaries' differences."""
@@ -789,8 +813,9 @@ def time_run(run_dir: Path, base: Path | None, repeat: int) -> dict[str, Any]:
     out["runs"] = runs
     out["report"] = dict(min(runs, key=lambda r: r["total_s"]))
     out["report"]["tree_peak_bytes"] = max(r["tree_peak_bytes"] for r in runs)
-    out["diffs"] = compare_files(run_dir / "summary.baseline.json", run_dir / "summary.json", limit=10) \
-        if base is not None else None
+    out["added"] = []  # keys a later summary version adds: not differences in the figures both have
+    out["diffs"] = compare_files(run_dir / "summary.baseline.json", run_dir / "summary.json", limit=10,
+                                 added=out["added"]) if base is not None else None
     if base is not None and out["baseline_read"][0] < _attempts_read(run_dir / "summary.json")[0]:
         out["baseline_unread"] = out["baseline_read"][1] or "it analysed fewer records than today's code"
     return out
@@ -838,6 +863,8 @@ def command_of(args: argparse.Namespace) -> str:
         cmd += " --no-ledger"
     elif args.plant_share != PLANT_SHARE:
         cmd += f" --plant-share {args.plant_share:g}"
+    if getattr(args, "version", RECORD_VERSION) != RECORD_VERSION:
+        cmd += f" --record-version {args.version}"
     return cmd
 
 
@@ -952,9 +979,15 @@ def report_lines(run_dir: Path, t: dict[str, Any], base_rev: str | None) -> list
         lines += ["", f"speed-up           {base['total_s'] / rep['total_s']:.1f}x the baseline's time "
                       f"({base['total_s'] / alone:.1f}x counting the copy); peak memory "
                       f"{rep['tree_peak_bytes'] / base['tree_peak_bytes']:.2f}x the baseline's"]
-        diffs = t["diffs"]
-        lines.append("same figures       " + ("yes: summary.json equals the baseline's (counts exact, floats within "
-                                               "1e-9)" if not diffs else f"NO, {len(diffs)} differences:"))
+        diffs, added = t["diffs"], t.get("added") or []
+        more = ""
+        if added:
+            names = sorted({a.rsplit(".", 1)[-1] for a in added})
+            more = (f"; today's summary version adds {len(added)} keys the baseline's lacks: "
+                    + ", ".join(names[:6]) + (", ..." if len(names) > 6 else ""))
+        lines.append("same figures       " + ("yes: summary.json equals the baseline's in every key it has (counts "
+                                               f"exact, floats within 1e-9){more}" if not diffs
+                                               else f"NO, {len(diffs)} differences:"))
         lines += [f"  {d}" for d in diffs or []]
     return lines
 
@@ -1015,6 +1048,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=positive_float, default=3600.0,
                         help="the synthetic run's length in seconds (default 3600)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the synthetic records (default 1)")
+    parser.add_argument("--record-version", type=int, choices=range(OLDEST_VERSION, RECORD_VERSION + 1),
+                        help=f"the records' version (default {RECORD_VERSION}, or, for a size the baseline "
+                             "times, the newest it reads)")
     parser.add_argument("--no-ledger", action="store_true", help="no ledger.csv (and so no billing audit)")
     parser.add_argument("--plant-share", type=non_negative_float, default=PLANT_SHARE,
                         help=f"billing errors planted: the chance per call and kind, times the kind's weight "
@@ -1061,15 +1097,20 @@ def main(argv: list[str] | None = None) -> int:
             counts: dict[str, Any] = {}
             lines = []
             if n is not None:
-                print(f"generating {n:,} records in {run_dir} ...", file=sys.stderr, flush=True)
+                version = args.record_version or (
+                    newest_read(base) if base is not None and n <= args.baseline_max else RECORD_VERSION)
+                print(f"generating {n:,} records (version {version}) in {run_dir} ...", file=sys.stderr,
+                      flush=True)
                 t0 = time.perf_counter()
                 counts = write_run(run_dir, n, args.duration_s, args.seed, ledger=not args.no_ledger,
-                                   plant_share=args.plant_share)
+                                   plant_share=args.plant_share, version=version)
+                counts["version"] = args.version = version
                 gen_s = time.perf_counter() - t0
                 (run_dir / GENERATED).write_text(json.dumps(counts, indent=2) + "\n")
                 lines += [
                     f"analysis speed: synthetic chat-mix run, {args.duration_s:,.0f} s long, seed {args.seed}",
-                    f"records            {counts['records']:,} attempts, {counts['calls']:,} calls "
+                    f"records            {counts['records']:,} attempts (version {version}), "
+                    f"{counts['calls']:,} calls "
                     f"({counts['streamed'] / counts['records']:.1%} streamed x {CHUNKS} chunks, "
                     f"{counts['failed'] / counts['records']:.1%} failed, {counts['retries']:,} retries; "
                     f"{counts['checked']:,} of them, every one of {counts['shapes']} shapes, checked against the "

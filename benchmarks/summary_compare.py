@@ -36,9 +36,12 @@ def _short(v: Any) -> str:
 
 
 def differences(ref: Any, new: Any, rel_tol: float = REL_TOL, abs_tol: float = ABS_TOL,
-                skip: dict[tuple[Any, ...], str] | None = None, limit: int | None = None) -> list[str]:
+                skip: dict[tuple[Any, ...], str] | None = None, limit: int | None = None,
+                added: list[str] | None = None) -> list[str]:
     """Every difference between the reference and the new document (one line each, at most `limit`), under the
-    comparison rule above; key paths in `skip` (default VOLATILE) are not compared."""
+    comparison rule above; key paths in `skip` (default VOLATILE) are not compared. With `added` (a list), keys
+    only the new document has are put there (as paths) instead of counted as differences: a later summary version
+    adds keys to the same figures."""
     skip = VOLATILE if skip is None else skip
     out: list[str] = []
 
@@ -57,7 +60,10 @@ def differences(ref: Any, new: Any, rel_tol: float = REL_TOL, abs_tol: float = A
                     out.append(f"{at}: key {k!r} missing from the new summary")
             for k in b:
                 if k not in a:
-                    out.append(f"{at}: new key {k!r} not in the reference")
+                    if added is not None:
+                        added.append(_where((*path, k)))
+                    else:
+                        out.append(f"{at}: new key {k!r} not in the reference")
             for k in a:
                 if k in b:
                     walk(a[k], b[k], (*path, k))
@@ -91,8 +97,16 @@ def differences(ref: Any, new: Any, rel_tol: float = REL_TOL, abs_tol: float = A
     return out
 
 
-def compare_files(ref_path: str | Path, new_path: str | Path, limit: int | None = 20) -> list[str]:
-    """differences() between two summary.json files."""
+def compare_files(ref_path: str | Path, new_path: str | Path, limit: int | None = 20,
+                  added: list[str] | None = None) -> list[str]:
+    """differences() between two summary.json files. With `added` (a list) and a reference of an earlier summary
+    version, the `version` itself and the keys the new version adds (put in `added`) are not differences."""
     ref = json.loads(Path(ref_path).read_text())
     new = json.loads(Path(new_path).read_text())
-    return differences(ref, new, limit=limit)
+    earlier = added is not None and isinstance(ref, dict) and isinstance(new, dict) \
+        and isinstance(ref.get("version"), int) and isinstance(new.get("version"), int) \
+        and ref["version"] < new["version"]
+    if not earlier:
+        return differences(ref, new, limit=limit)
+    return differences(ref, new, limit=limit, skip={**VOLATILE, ("version",): "the summary versions differ"},
+                       added=added)

@@ -103,3 +103,50 @@ def test_comparison_rule():
     assert differences(ref, {k: v for k, v in ref.items() if k != "s"})
     assert differences(ref, {**ref, "extra": 1})
     assert differences(ref, {**ref, "none": 0})
+
+
+def test_a_later_summary_version_may_add_keys(tmp_path):
+    """Against a reference of an earlier summary version, the keys the new version adds (and `version`) are listed,
+    not counted as differences; every figure both have is still compared, and a key the new one lacks still counts."""
+    ref = {"version": 3, "metrics": {"n": 3, "x": 1.5}}
+    new = {"version": 4, "timing": {}, "metrics": {"n": 3, "x": 1.5, "itl_per_request_p50_ms": 2.0}}
+    paths = {}
+    for name, doc in (("ref", ref), ("new", new), ("new_n", {**new, "metrics": {**new["metrics"], "n": 4}}),
+                      ("new_x", {**new, "metrics": {"n": 3, "itl_per_request_p50_ms": 2.0}}),
+                      ("same_version", {**new, "version": 3})):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(doc))
+    added: list[str] = []
+    assert summary_compare.compare_files(paths["ref"], paths["new"], added=added) == []
+    assert sorted(added) == ["metrics.itl_per_request_p50_ms", "timing"]
+    assert summary_compare.compare_files(paths["ref"], paths["new"])  # without `added`: differences
+    assert summary_compare.compare_files(paths["ref"], paths["new_n"], added=[]) == ["metrics.n: count: reference 3, new 4"]
+    assert summary_compare.compare_files(paths["ref"], paths["new_x"], added=[]) == \
+        ["metrics: key 'x' missing from the new summary"]
+    assert len(summary_compare.compare_files(paths["ref"], paths["same_version"], added=[])) == 2  # no later version
+
+
+def test_the_generator_writes_the_baselines_record_version(tmp_path):
+    """--record-version 4 (the newest record version the baseline, 66f5fba, reads): the same lines but for `v`, the
+    same ledger, and the same summary from today's analysis; the version a baseline reads is found in its code."""
+    from .test_columnar import _bench
+
+    bench = _bench()
+    v5, v4 = tmp_path / "v5", tmp_path / "v4"
+    bench.write_run(v5, 2000, 200.0, 3, sample=50)
+    bench.write_run(v4, 2000, 200.0, 3, sample=50, version=4)
+    lines5 = (v5 / "records.jsonl").read_bytes().splitlines()
+    lines4 = (v4 / "records.jsonl").read_bytes().splitlines()
+    assert len(lines5) == len(lines4) == 2000
+    assert all(a.startswith(b'{"v":5,') and b == b'{"v":4,' + a[len(b'{"v":5,'):] for a, b in zip(lines5, lines4, strict=True))
+    assert (v5 / "ledger.csv").read_bytes() == (v4 / "ledger.csv").read_bytes()
+    for run in (v5, v4):
+        assert analyze(run)[1] == 0
+    assert summary_compare.compare_files(v5 / "summary.json", v4 / "summary.json") == []
+    with pytest.raises(SystemExit, match="--record-version 3"):
+        bench.write_run(tmp_path / "v3", 10, 10.0, 3, version=3)
+    code = tmp_path / "code"
+    (code / "analysis").mkdir(parents=True)
+    for reads, newest in (("(1, 2, 3, 4)", 4), ("(1, 2, 3, 4, 5)", 5), ("(1, 2, 3)", bench.RECORD_VERSION)):
+        (code / "analysis" / "records.py").write_text(f"X = 1\nRECORD_VERSIONS = {reads}  # which\n")
+        assert bench.newest_read(code) == newest
