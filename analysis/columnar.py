@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 
 from . import limits as _limits
 from . import records as _records
+from . import trim
 from .helper import claim as _claim
 from .helper import cpus
 from .helper import finish as finish_helper
@@ -585,6 +586,7 @@ def _build_in(run: Path, src: Path, keep: bool = True) -> dict[str, Any]:
     """Build the copy in a temporary folder of the run folder, then put it in place (see _place); its meta
     data."""
     _clear_leftovers(run)
+    trim.system_pool()
     tmp = Path(tempfile.mkdtemp(prefix=f".{COPY}.new-", dir=run))
     try:
         return _place(tmp, run / COPY, _build_folder(src, tmp), keep)

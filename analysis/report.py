@@ -14,7 +14,7 @@ import yaml
 
 from ttformats.prices import PriceError, PriceSheet, load_price_sheet
 
-from . import columnar, jsonfile, overhead, settings, trust
+from . import columnar, jsonfile, overhead, settings, trim, trust
 from .attempt_facts import AttemptFacts, FactsScan
 from .billing import Policy
 from .billing_job import AuditJob
@@ -172,6 +172,7 @@ def analyze(run_dir: str | Path, ledger: str | None = None, prices: str | None =
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a run folder")
+    trim.system_pool()
     scenario_path = run_dir / "scenario.yaml"
     try:
         scenario = yaml.safe_load(scenario_path.read_text()) if scenario_path.exists() else {}
