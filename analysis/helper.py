@@ -16,15 +16,15 @@ def cpus() -> int:
 
 
 def start(module: str, function: str, *args: str) -> subprocess.Popen[bytes] | None:
-    """`analysis.<module>.<function>(list(args))` in a new process (no stdin/stdout/stderr), Arrow allocating as
-    the report's own process does (trim.system_pool); None if none starts.
+    """`analysis.<module>.<function>(list(args))` in a new process (no stdin/stdout/stderr), with this process's
+    environment (Arrow's pool among it: see analysis/__init__.py); None if none starts.
 
     The helper imports this very package: its folder goes first on the helper's path (`python -c` would put the
     working folder there, and another `analysis` package in it would be imported instead)."""
     if not sys.executable:
         return None
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from analysis import trim; trim.system_pool(); "
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); "
             f"from analysis.{module} import {function}; {function}(sys.argv[1:])")
     try:
         return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdin=subprocess.DEVNULL,

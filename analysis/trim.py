@@ -2,7 +2,8 @@
 (its heap grows in pieces it cannot hand back while a live block sits above them), so the process's resident size
 keeps the high-water mark of every batch; malloc_trim (glibc) releases the free pages in the middle of the heap.
 
-Arrow's buffers come from the same C allocator (system_pool): Arrow's bundled mimalloc maps its memory in 1 GiB
+Arrow's buffers come from the same C allocator (ARROW_DEFAULT_MEMORY_POOL, set when this package is imported;
+system_pool where pyarrow was loaded first): Arrow's bundled mimalloc maps its memory in 1 GiB
 areas marked for huge pages and hands freed pages back within milliseconds, so each batch's buffers are faulted in
 and zeroed afresh, 2 MiB at a time. Measured on the 1M-record benchmark run: 1.5-2.3 s more system CPU per report,
 most of it on a machine that had been idle, and a process tree 300 MiB bigger (1,650 against 1,340 MiB)."""
@@ -43,15 +44,25 @@ def release() -> bool:
 
 
 def system_pool() -> str:
-    """Arrow's allocations from the C library's allocator from now on, unless ARROW_DEFAULT_MEMORY_POOL names a
-    pool; the name of the pool in use."""
+    """Arrow's allocations made through pyarrow from the C library's allocator from now on, unless
+    ARROW_DEFAULT_MEMORY_POOL names another pool; the name of the pool in use. (Where pyarrow was in use before this
+    package set that variable, Arrow's C++ readers keep its first pool for their own buffers.)"""
     import pyarrow as pa
 
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
         pa.set_memory_pool(pa.system_memory_pool())
     return str(pa.default_memory_pool().backend_name)
 
 
 def _main(argv: list[str]) -> None:
-    """A helper process's entry: the name of its Arrow pool written to argv[0]."""
-    Path(argv[0]).write_text(str(__import__("pyarrow").default_memory_pool().backend_name))
+    """A helper process's entry: its Arrow pool's name, and the bytes Arrow's bundled mimalloc ever held after a
+    Parquet file (argv[1]) is read, written to argv[0]."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.read_table(argv[1])
+    try:
+        held = pa.mimalloc_memory_pool().max_memory()
+    except NotImplementedError:  # a build without it
+        held = 0
+    Path(argv[0]).write_text(f"{pa.default_memory_pool().backend_name} {held}")

@@ -45,30 +45,48 @@ def test_freed_heap_blocks_between_live_ones_leave_the_resident_size():
     assert int(out[1]) > 80 * 2**20  # of the 114 MB freed
 
 
-def test_arrow_allocates_from_the_c_library_in_the_report_and_its_helpers(tmp_path):
-    """system_pool() puts Arrow on the C library's allocator (unless ARROW_DEFAULT_MEMORY_POOL names a pool), and
-    every helper process starts that way; an Arrow array made afterwards comes from that pool."""
-    code = textwrap.dedent("""
-        import os, sys
+def test_arrow_allocates_from_the_c_library_in_the_report_and_its_helpers(tmp_path, monkeypatch):
+    """Importing the analysis puts Arrow on the C library's allocator before pyarrow loads (unless
+    ARROW_DEFAULT_MEMORY_POOL names a pool): a Parquet read takes nothing from Arrow's bundled mimalloc, here or in a
+    helper process; where pyarrow was loaded first, system_pool() still moves what pyarrow allocates."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    table = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"n": list(range(100_000)), "s": [f"id-{i}" for i in range(100_000)]}), table)
+    probe = textwrap.dedent("""
+        import sys
         sys.path.insert(0, sys.argv[1])
-        import pyarrow as pa
-        from analysis import trim
-        before = pa.default_memory_pool().backend_name
-        name = trim.system_pool()
-        arr = pa.array(range(100_000))
-        print(before, name, pa.system_memory_pool().bytes_allocated() >= arr.nbytes)
+        if sys.argv[3] == "analysis first":
+            import analysis
+        import pyarrow as pa, pyarrow.parquet as pq
+        first = pa.default_memory_pool().backend_name
+        if sys.argv[3] == "pyarrow first":
+            from analysis import trim
+            trim.system_pool()
+        pq.read_table(sys.argv[2])
+        try:
+            held = pa.mimalloc_memory_pool().max_memory()
+        except NotImplementedError:  # a build without it
+            held = 0
+        print(first, pa.default_memory_pool().backend_name, held)
     """)
-    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True,
-                         timeout=50, env=env).stdout.split()
-    assert out[1:] == ["system", "True"]
-    chosen = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True,
-                            timeout=50, env={**env, "ARROW_DEFAULT_MEMORY_POOL": "jemalloc"}).stdout.split()
+
+    def run(order: str, **env: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", probe, str(ROOT), str(table), order], capture_output=True,
+                              text=True, check=True, timeout=50, env={**os.environ, **env}).stdout.split()
+
+    assert run("analysis first") == ["system", "system", "0"]
+    chosen = run("analysis first", ARROW_DEFAULT_MEMORY_POOL="jemalloc")
     assert chosen[0] == chosen[1] != "system"  # the user's choice stands (jemalloc, or what this build has)
+    first, then, _ = run("pyarrow first")
+    assert then == "system" and first != "system"
+    assert run("pyarrow first", ARROW_DEFAULT_MEMORY_POOL="jemalloc")[1] != "system"
     from analysis import helper
 
     out_file = tmp_path / "pool"
-    proc = helper.start("trim", "_main", str(out_file))
+    proc = helper.start("trim", "_main", str(out_file), str(table))
     assert proc is not None
     assert proc.wait(timeout=50) == 0
-    assert out_file.read_text() == "system"
+    assert out_file.read_text() == "system 0"
