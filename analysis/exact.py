@@ -24,7 +24,8 @@ DENSE_INTS = 1 << 20  # whole numbers below this are counted in place (chunk gap
 _CLIP_INTS = 1 << 16  # of those, the ones from here up are counted apart when few (add_ints)
 SPOOL_MEMORY = 4 << 20  # bytes a spool holds in memory before it moves to a temporary file
 #: runs of up to this many records keep every distribution's values in memory (GroupedQuantiles' `direct`: about
-#: 200 bytes a record over all the report's distributions) and sort them; larger runs take the two passes
+#: 200 bytes a record over all the report's distributions) and select their order statistics at the end (_ordered_at);
+#: larger runs take the two passes
 DIRECT_ROWS = 2_000_000
 
 
@@ -573,8 +574,9 @@ _SPAN_BINS = 1 << 16  # the widest range of bins a group's running counts cover 
 
 def _ordered_at(vals: np.ndarray, pcts: tuple[float, ...]) -> np.ndarray:
     """vals with the order statistics _figures reads (_ranks) each at its place in sorted order: partitioned at
-    those ranks (a third of a sort's time for the usual dozen), sorted when there are many."""
-    ranks = _ranks(vals.size, pcts)
+    those ranks and rank 0, as numpy.percentile partitions (so a zero's sign is numpy's too; a third of a sort's
+    time for the usual dozen ranks), sorted when there are many."""
+    ranks = _ranks(vals.size, pcts) | {0}
     return np.partition(vals, sorted(ranks)) if len(ranks) <= _PARTITION_RANKS else np.sort(vals)
 
 

@@ -236,6 +236,8 @@ def test_direct_mode_gives_numpys_figures_bit_for_bit(values, groups, cuts, over
         assert d["n"] == mine.size and d["max"] == mine.max()
         assert d["mean"] == pytest.approx(mine.mean(), rel=1e-12, abs=1e-9)
         assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(mine, PCTS).tolist()
+        got = np.array([d[f"p{p:g}"] for p in PCTS])
+        assert got.view(np.uint64).tolist() == np.percentile(mine, PCTS).view(np.uint64).tolist()  # -0.0 too
 
 
 def test_direct_mode_many_groups_and_many_levels_equal_the_two_passes():
@@ -314,9 +316,9 @@ def test_two_passes_join_a_groups_running_counts_and_its_table_bins(small, monke
         assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(mine, PCTS).tolist()
 
 
-def test_direct_mode_keeps_the_sign_of_a_zero_in_the_overall_group():
-    """Group 0 of a small run is selected from its groups' sorted values, unless a zero is among them: a sort keeps
-    -0.0 as numpy gives it, and group 0 agrees with its only group."""
+def test_direct_mode_keeps_numpys_sign_of_a_zero():
+    """The order statistics of a small run's groups, group 0 among them, keep the sign of a zero as numpy gives
+    it, and group 0 agrees with its only group."""
     import math
 
     from analysis import exact
@@ -327,10 +329,19 @@ def test_direct_mode_keeps_the_sign_of_a_zero_in_the_overall_group():
         d = gq.dist(k)
         assert d["max"] == 0.0 and math.copysign(1.0, d["max"]) == -1.0
         assert [d[f"p{p:g}"] for p in PCTS] == np.percentile(np.array([-0.0, -1.0]), PCTS).tolist()
-    gq = exact.GroupedQuantiles(direct=True)  # -0.0 in one group, 0.0 in another: group 0 as a sort orders them
+    gq = exact.GroupedQuantiles(direct=True)  # -0.0 in one group, 0.0 in another: group 0 as numpy orders them
     both = np.array([-0.0, 0.0])
     gq.add(np.array([1, 2]), both, overall=True)
     d = gq.dist(0)
     assert math.copysign(1.0, d["max"]) == math.copysign(1.0, np.sort(both)[-1])
     assert [math.copysign(1.0, d[f"p{p:g}"]) for p in PCTS] == \
         [math.copysign(1.0, x) for x in np.percentile(both, PCTS).tolist()]
+    rng = np.random.default_rng(3)  # runs of signed zeros (and a few other values): numpy's signs, bit for bit
+    for n in (2, 3, 5, 17, 64, 301):
+        for _ in range(25):
+            v = np.where(rng.random(n) < 0.5, -0.0, 0.0)
+            v[rng.random(n) < 0.1] = rng.normal()
+            gq = exact.GroupedQuantiles(direct=True)
+            gq.add(1, v)
+            got = np.array([gq.dist(1)[f"p{p:g}"] for p in PCTS])
+            assert got.view(np.uint64).tolist() == np.percentile(v, PCTS).view(np.uint64).tolist(), v.tolist()
