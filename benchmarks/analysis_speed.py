@@ -66,12 +66,12 @@ and check a (rewritten) analysis against the 300k reference with
 from __future__ import annotations
 
 import argparse
+import ast
 import gzip
 import hashlib
 import json
 import math
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -786,12 +786,25 @@ def baseline_code(rev: str, into: Path) -> Path:
 
 
 def newest_read(code: Path) -> int:
-    """The newest record version the generator can write that the analysis in `code` reads (its
-    analysis/records.py RECORD_VERSIONS; RECORD_VERSION when that names none)."""
-    found = re.search(r"^RECORD_VERSIONS = \(([\d, ]+)\)", (code / "analysis" / "records.py").read_text(), re.M)
-    reads = [int(v) for v in found.group(1).split(",") if v.strip()] if found else []
+    """The newest record version the generator can write that the analysis in `code` reads: its
+    analysis/records.py RECORD_VERSIONS (a literal tuple, read with ast); RECORD_VERSION, with a warning, when that
+    names none the generator writes or cannot be read."""
+    path = code / "analysis" / "records.py"
+    reads: list[int] = []
+    try:
+        for node in ast.walk(ast.parse(path.read_text())):
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else \
+                node.target if isinstance(node, ast.AnnAssign) else None
+            if isinstance(target, ast.Name) and target.id == "RECORD_VERSIONS" and node.value is not None:
+                reads = [v for v in ast.literal_eval(node.value) if isinstance(v, int)]
+    except (OSError, SyntaxError, ValueError, TypeError):
+        reads = []
     fits = [v for v in reads if OLDEST_VERSION <= v <= RECORD_VERSION]
-    return max(fits) if fits else RECORD_VERSION
+    if not fits:
+        print(f"warning: {path} names no record version from {OLDEST_VERSION} to {RECORD_VERSION} in "
+              f"RECORD_VERSIONS; writing version {RECORD_VERSION}", file=sys.stderr)
+        return RECORD_VERSION
+    return max(fits)
 
 
 def time_run(run_dir: Path, base: Path | None, repeat: int) -> dict[str, Any]:

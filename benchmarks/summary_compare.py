@@ -11,6 +11,7 @@ of the project.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from pathlib import Path
@@ -35,13 +36,21 @@ def _short(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+#: the keys each summary version added (analysis/report.py SUMMARY_VERSION), as key paths where "*" stands for any
+#: text: a summary of an earlier version lacks them, and a comparison with one lists them instead of counting them
+ADDED_BY_VERSION: dict[int, tuple[str, ...]] = {
+    4: ("timing", "metrics.overall.itl_per_request_*_ms", "metrics.groups.*.itl_per_request_*_ms",
+        "metrics.overall.summary_timing_calls", "metrics.groups.*.summary_timing_calls"),
+}
+
+
 def differences(ref: Any, new: Any, rel_tol: float = REL_TOL, abs_tol: float = ABS_TOL,
                 skip: dict[tuple[Any, ...], str] | None = None, limit: int | None = None,
-                added: list[str] | None = None) -> list[str]:
+                added: list[str] | None = None, may_add: tuple[str, ...] = ()) -> list[str]:
     """Every difference between the reference and the new document (one line each, at most `limit`), under the
-    comparison rule above; key paths in `skip` (default VOLATILE) are not compared. With `added` (a list), keys
-    only the new document has are put there (as paths) instead of counted as differences: a later summary version
-    adds keys to the same figures."""
+    comparison rule above; key paths in `skip` (default VOLATILE) are not compared. A key only the new document
+    has whose path matches a pattern of `may_add` (a later summary version's key) is put in `added` (a list)
+    instead of counted as a difference."""
     skip = VOLATILE if skip is None else skip
     out: list[str] = []
 
@@ -60,8 +69,9 @@ def differences(ref: Any, new: Any, rel_tol: float = REL_TOL, abs_tol: float = A
                     out.append(f"{at}: key {k!r} missing from the new summary")
             for k in b:
                 if k not in a:
-                    if added is not None:
-                        added.append(_where((*path, k)))
+                    where = _where((*path, k))
+                    if added is not None and any(fnmatch.fnmatchcase(where, pat) for pat in may_add):
+                        added.append(where)
                     else:
                         out.append(f"{at}: new key {k!r} not in the reference")
             for k in a:
@@ -100,7 +110,8 @@ def differences(ref: Any, new: Any, rel_tol: float = REL_TOL, abs_tol: float = A
 def compare_files(ref_path: str | Path, new_path: str | Path, limit: int | None = 20,
                   added: list[str] | None = None) -> list[str]:
     """differences() between two summary.json files. With `added` (a list) and a reference of an earlier summary
-    version, the `version` itself and the keys the new version adds (put in `added`) are not differences."""
+    version, the `version` itself and the keys the later versions added (ADDED_BY_VERSION; put in `added`) are not
+    differences."""
     ref = json.loads(Path(ref_path).read_text())
     new = json.loads(Path(new_path).read_text())
     earlier = added is not None and isinstance(ref, dict) and isinstance(new, dict) \
@@ -108,5 +119,6 @@ def compare_files(ref_path: str | Path, new_path: str | Path, limit: int | None 
         and ref["version"] < new["version"]
     if not earlier:
         return differences(ref, new, limit=limit)
+    may_add = tuple(p for v, pats in ADDED_BY_VERSION.items() if ref["version"] < v <= new["version"] for p in pats)
     return differences(ref, new, limit=limit, skip={**VOLATILE, ("version",): "the summary versions differ"},
-                       added=added)
+                       added=added, may_add=may_add)

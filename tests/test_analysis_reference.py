@@ -105,25 +105,38 @@ def test_comparison_rule():
     assert differences(ref, {**ref, "none": 0})
 
 
-def test_a_later_summary_version_may_add_keys(tmp_path):
-    """Against a reference of an earlier summary version, the keys the new version adds (and `version`) are listed,
-    not counted as differences; every figure both have is still compared, and a key the new one lacks still counts."""
-    ref = {"version": 3, "metrics": {"n": 3, "x": 1.5}}
-    new = {"version": 4, "timing": {}, "metrics": {"n": 3, "x": 1.5, "itl_per_request_p50_ms": 2.0}}
+def test_a_later_summary_version_may_add_its_keys(tmp_path):
+    """Against a reference of an earlier summary version, the keys the later version added (and `version`) are
+    listed, not counted as differences; any other new key (a group, an error kind) still counts, every figure both
+    have is still compared, and a key the new one lacks still counts."""
+    group = {"n": 3, "x": 1.5}
+    ref = {"version": 3, "metrics": {"overall": dict(group), "groups": {"chat a": dict(group)}}}
+    more = {"itl_per_request_p50_ms": 2.0, "summary_timing_calls": 0}
+    new = {"version": 4, "timing": {}, "metrics": {"overall": {**group, **more}, "groups": {"chat a": {**group, **more}}}}
     paths = {}
-    for name, doc in (("ref", ref), ("new", new), ("new_n", {**new, "metrics": {**new["metrics"], "n": 4}}),
-                      ("new_x", {**new, "metrics": {"n": 3, "itl_per_request_p50_ms": 2.0}}),
-                      ("same_version", {**new, "version": 3})):
+    for name, doc in (
+            ("ref", ref), ("new", new),
+            ("new_n", {**new, "metrics": {**new["metrics"], "overall": {**group, **more, "n": 4}}}),
+            ("new_x", {**new, "metrics": {**new["metrics"], "overall": {"n": 3, **more}}}),
+            ("new_group", {**new, "metrics": {**new["metrics"], "groups": {**new["metrics"]["groups"], "chat b": {}}}}),
+            ("new_key", {**new, "metrics": {**new["metrics"], "overall": {**group, **more, "x2": 1.0}}}),
+            ("same_version", {**new, "version": 3})):
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(doc))
     added: list[str] = []
     assert summary_compare.compare_files(paths["ref"], paths["new"], added=added) == []
-    assert sorted(added) == ["metrics.itl_per_request_p50_ms", "timing"]
+    assert sorted(added) == ["metrics.groups.chat a.itl_per_request_p50_ms", "metrics.groups.chat a.summary_timing_calls",
+                             "metrics.overall.itl_per_request_p50_ms", "metrics.overall.summary_timing_calls", "timing"]
     assert summary_compare.compare_files(paths["ref"], paths["new"])  # without `added`: differences
-    assert summary_compare.compare_files(paths["ref"], paths["new_n"], added=[]) == ["metrics.n: count: reference 3, new 4"]
+    assert summary_compare.compare_files(paths["ref"], paths["new_n"], added=[]) == \
+        ["metrics.overall.n: count: reference 3, new 4"]
     assert summary_compare.compare_files(paths["ref"], paths["new_x"], added=[]) == \
-        ["metrics: key 'x' missing from the new summary"]
-    assert len(summary_compare.compare_files(paths["ref"], paths["same_version"], added=[])) == 2  # no later version
+        ["metrics.overall: key 'x' missing from the new summary"]
+    assert summary_compare.compare_files(paths["ref"], paths["new_group"], added=[]) == \
+        ["metrics.groups: new key 'chat b' not in the reference"]
+    assert summary_compare.compare_files(paths["ref"], paths["new_key"], added=[]) == \
+        ["metrics.overall: new key 'x2' not in the reference"]
+    assert len(summary_compare.compare_files(paths["ref"], paths["same_version"], added=[])) == 5  # no later version
 
 
 def test_the_generator_writes_the_baselines_record_version(tmp_path):
@@ -147,6 +160,11 @@ def test_the_generator_writes_the_baselines_record_version(tmp_path):
         bench.write_run(tmp_path / "v3", 10, 10.0, 3, version=3)
     code = tmp_path / "code"
     (code / "analysis").mkdir(parents=True)
-    for reads, newest in (("(1, 2, 3, 4)", 4), ("(1, 2, 3, 4, 5)", 5), ("(1, 2, 3)", bench.RECORD_VERSION)):
-        (code / "analysis" / "records.py").write_text(f"X = 1\nRECORD_VERSIONS = {reads}  # which\n")
-        assert bench.newest_read(code) == newest
+    for text, newest in (("RECORD_VERSIONS = (1, 2, 3, 4)  # which", 4), ("RECORD_VERSIONS = (1, 2, 3, 4, 5)", 5),
+                         ("RECORD_VERSIONS: tuple[int, ...] = (\n    1, 2,\n    3, 4,\n)", 4),
+                         ("RECORD_VERSIONS = (1, 2, 3)", bench.RECORD_VERSION),
+                         ("RECORD_VERSIONS = tuple(range(1, 5))", bench.RECORD_VERSION)):
+        (code / "analysis" / "records.py").write_text(f"X = 1\n{text}\n")
+        assert bench.newest_read(code) == newest, text
+    (code / "analysis" / "records.py").unlink()
+    assert bench.newest_read(code) == bench.RECORD_VERSION  # no such file: a warning, not a crash
