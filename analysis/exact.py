@@ -519,7 +519,8 @@ class GroupedQuantiles:
         r = np.floor(virtual)
         lo = r.astype(np.int64)
         at = starts[:, None] + lo
-        values = numpy_lerp(ordered[at], ordered[starts[:, None] + np.minimum(lo + 1, n[:, None] - 1)], virtual - r)
+        values = numpy_lerp(ordered[at], ordered[starts[:, None] + np.minimum(lo + 1, n[:, None] - 1)],
+                            _weight(virtual, r, n[:, None]))
         maxes = ordered[ends - 1].tolist()
         names = [f"p{p:g}" for p in self.pcts]
         for k, (a, b, grp) in enumerate(zip(starts.tolist(), ends.tolist(), g[starts].tolist(), strict=True)):
@@ -536,7 +537,7 @@ class GroupedQuantiles:
         virtual = (n - 1) * (np.asarray(self.pcts, dtype=np.float64) / 100)
         r = np.floor(virtual)
         lo = r.astype(np.int64)
-        values = numpy_lerp(at(lo), at(np.minimum(lo + 1, n - 1)), virtual - r)
+        values = numpy_lerp(at(lo), at(np.minimum(lo + 1, n - 1)), _weight(virtual, r, n))
         for p, x in zip(self.pcts, values.tolist(), strict=True):
             out[f"p{p:g}"] = x
         out["max"] = float(at(np.array([n - 1]))[0])
@@ -572,10 +573,17 @@ _SMALL_COUNTS: Any = np.int32  # running counts' type while a group has fewer va
 _SPAN_BINS = 1 << 16  # the widest range of bins a group's running counts cover (256 KiB in int32)
 
 
+def _weight(virtual: np.ndarray, r: np.ndarray, n: Any) -> np.ndarray:
+    """numpy.percentile's interpolation weight between the order statistics r and r + 1 at these virtual ranks:
+    the fraction, or virtual + 1 at and past the last value (numpy reads the last value twice there; it matters
+    only to the sign of a zero)."""
+    return np.where(virtual >= n - 1, virtual + 1, virtual - r)
+
+
 def _ordered_at(vals: np.ndarray, pcts: tuple[float, ...]) -> np.ndarray:
     """vals with the order statistics _figures reads (_ranks) each at its place in sorted order: partitioned at
-    those ranks and rank 0, as numpy.percentile partitions (so a zero's sign is numpy's too; a third of a sort's
-    time for the usual dozen ranks), sorted when there are many."""
+    those ranks and rank 0, as numpy.percentile partitions (so a zero's sign is numpy's too, where a group is not
+    sorted; a third of a sort's time for the usual dozen ranks), sorted when there are many."""
     ranks = _ranks(vals.size, pcts) | {0}
     return np.partition(vals, sorted(ranks)) if len(ranks) <= _PARTITION_RANKS else np.sort(vals)
 
