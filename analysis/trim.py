@@ -49,7 +49,7 @@ def system_pool() -> str:
     package set that variable, Arrow's C++ readers keep its first pool for their own buffers.)"""
     import pyarrow as pa
 
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
+    if (os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or "system") == "system":
         pa.set_memory_pool(pa.system_memory_pool())
     return str(pa.default_memory_pool().backend_name)
 

@@ -78,6 +78,7 @@ def test_arrow_allocates_from_the_c_library_in_the_report_and_its_helpers(tmp_pa
                               text=True, check=True, timeout=50, env={**os.environ, **env}).stdout.split()
 
     assert run("analysis first") == ["system", "system", "0"]
+    assert run("analysis first", ARROW_DEFAULT_MEMORY_POOL="") == ["system", "system", "0"]  # empty: not chosen
     chosen = run("analysis first", ARROW_DEFAULT_MEMORY_POOL="jemalloc")
     assert chosen[0] == chosen[1] != "system"  # the user's choice stands (jemalloc, or what this build has)
     first, then, _ = run("pyarrow first")
