@@ -11,7 +11,6 @@ of the project.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import math
 from pathlib import Path
@@ -36,21 +35,29 @@ def _short(v: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-#: the keys each summary version added (analysis/report.py SUMMARY_VERSION), as key paths where "*" stands for any
-#: text: a summary of an earlier version lacks them, and a comparison with one lists them instead of counting them
-ADDED_BY_VERSION: dict[int, tuple[str, ...]] = {
-    4: ("timing", "metrics.overall.itl_per_request_*_ms", "metrics.groups.*.itl_per_request_*_ms",
-        "metrics.overall.summary_timing_calls", "metrics.groups.*.summary_timing_calls"),
+#: the keys each summary version added (analysis/report.py SUMMARY_VERSION), as key paths, "*" standing for any one
+#: key (a group's name): a summary of an earlier version lacks them, and a comparison with one lists them instead
+#: of counting them
+ADDED_BY_VERSION: dict[int, tuple[tuple[str, ...], ...]] = {
+    4: (("timing",),
+        *((*where, key) for where in (("metrics", "overall"), ("metrics", "groups", "*"))
+          for key in ("itl_per_request_p50_ms", "itl_per_request_p99_ms", "itl_per_request_max_ms",
+                      "summary_timing_calls"))),
 }
+
+
+def _matches(path: tuple[Any, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether a key path is the pattern's, "*" matching any one key."""
+    return len(path) == len(pattern) and all(p == "*" or p == k for k, p in zip(path, pattern, strict=True))
 
 
 def differences(ref: Any, new: Any, rel_tol: float = REL_TOL, abs_tol: float = ABS_TOL,
                 skip: dict[tuple[Any, ...], str] | None = None, limit: int | None = None,
-                added: list[str] | None = None, may_add: tuple[str, ...] = ()) -> list[str]:
+                added: list[str] | None = None, may_add: tuple[tuple[str, ...], ...] = ()) -> list[str]:
     """Every difference between the reference and the new document (one line each, at most `limit`), under the
     comparison rule above; key paths in `skip` (default VOLATILE) are not compared. A key only the new document
-    has whose path matches a pattern of `may_add` (a later summary version's key) is put in `added` (a list)
-    instead of counted as a difference."""
+    has whose path is one of `may_add` (a later summary version's keys, as ADDED_BY_VERSION) is put in `added` (a
+    list) instead of counted as a difference."""
     skip = VOLATILE if skip is None else skip
     out: list[str] = []
 
@@ -69,9 +76,8 @@ def differences(ref: Any, new: Any, rel_tol: float = REL_TOL, abs_tol: float = A
                     out.append(f"{at}: key {k!r} missing from the new summary")
             for k in b:
                 if k not in a:
-                    where = _where((*path, k))
-                    if added is not None and any(fnmatch.fnmatchcase(where, pat) for pat in may_add):
-                        added.append(where)
+                    if added is not None and any(_matches((*path, k), pat) for pat in may_add):
+                        added.append(_where((*path, k)))
                     else:
                         out.append(f"{at}: new key {k!r} not in the reference")
             for k in a:

@@ -120,6 +120,10 @@ def test_a_later_summary_version_may_add_its_keys(tmp_path):
             ("new_x", {**new, "metrics": {**new["metrics"], "overall": {"n": 3, **more}}}),
             ("new_group", {**new, "metrics": {**new["metrics"], "groups": {**new["metrics"]["groups"], "chat b": {}}}}),
             ("new_key", {**new, "metrics": {**new["metrics"], "overall": {**group, **more, "x2": 1.0}}}),
+            ("new_mean", {**new, "metrics": {**new["metrics"], "overall": {**group, **more,
+                                                                        "itl_per_request_mean_ms": 1.0}}}),
+            ("dotted_group", {**new, "metrics": {**new["metrics"], "groups": {**new["metrics"]["groups"],
+                                                                             "x.summary_timing_calls": 0}}}),
             ("same_version", {**new, "version": 3})):
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(doc))
@@ -136,6 +140,10 @@ def test_a_later_summary_version_may_add_its_keys(tmp_path):
         ["metrics.groups: new key 'chat b' not in the reference"]
     assert summary_compare.compare_files(paths["ref"], paths["new_key"], added=[]) == \
         ["metrics.overall: new key 'x2' not in the reference"]
+    assert summary_compare.compare_files(paths["ref"], paths["new_mean"], added=[]) == \
+        ["metrics.overall: new key 'itl_per_request_mean_ms' not in the reference"]  # version 3 had it already
+    assert summary_compare.compare_files(paths["ref"], paths["dotted_group"], added=[]) == \
+        ["metrics.groups: new key 'x.summary_timing_calls' not in the reference"]  # a group, whatever its name
     assert len(summary_compare.compare_files(paths["ref"], paths["same_version"], added=[])) == 5  # no later version
 
 
