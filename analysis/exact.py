@@ -137,12 +137,7 @@ class ValueCounts:
         n = int(self.counts.sum())
         if n == 0:
             return np.full(len(qs), np.nan)
-        q = np.asarray(qs, dtype=np.float64)
-        virtual = (n - 1) * q
-        lo = np.floor(virtual)
-        t = virtual - lo
-        lo_i = lo.astype(np.int64)
-        hi_i = np.minimum(lo_i + 1, n - 1)
+        lo_i, hi_i, t = _interpolation(n, np.asarray(qs, dtype=np.float64))
         cum = np.cumsum(self.counts)
         a = self.values[np.searchsorted(cum, lo_i, side="right")]
         b = self.values[np.searchsorted(cum, hi_i, side="right")]
@@ -167,19 +162,13 @@ class ValueCounts:
                    + (self._dense.nbytes if self._dense is not None else 0))
 
 
-_TOP = np.uint64(1 << 63)
-
-
-def _sortable(values: np.ndarray) -> np.ndarray:
-    """Each float's IEEE 754 pattern made to sort (as uint64) as the floats do: -inf < ... < -0.0 < 0.0 < ... < inf."""
-    u = np.asarray(values, dtype=np.float64).view(np.uint64)
-    return np.where((u >> np.uint64(63)).astype(bool), ~u, u | _TOP)
-
-
 def _bin_keys(values: np.ndarray) -> np.ndarray:
-    """A bin of each float, monotone in the value: the top bits of its sortable pattern (1/256 of a doubling
-    wide)."""
-    return (_sortable(values) >> np.uint64(_SHIFT)).astype(np.int64)
+    """A bin of each float, monotone in the value: the top bits of its IEEE 754 pattern made sortable (1/256 of a
+    doubling wide)."""
+    u = values.view(np.uint64)
+    neg = (u >> np.uint64(63)).astype(bool)
+    u = np.where(neg, ~u, u | np.uint64(1 << 63))
+    return (u >> np.uint64(_SHIFT)).astype(np.int64)
 
 
 _SHIFT = 44  # 64 - 20: sign, exponent and 8 bits of mantissa
@@ -514,13 +503,8 @@ class GroupedQuantiles:
             ordered[a:b].sort()
             sums.append(float(np.sum(v[a:b])))
         n = ends - starts
-        pcts = np.asarray(self.pcts, dtype=np.float64)
-        virtual = (n[:, None] - 1) * (pcts / 100)
-        r = np.floor(virtual)
-        lo = r.astype(np.int64)
-        at = starts[:, None] + lo
-        values = numpy_lerp(ordered[at], ordered[starts[:, None] + np.minimum(lo + 1, n[:, None] - 1)],
-                            _weight(virtual, r, n[:, None]))
+        lo, hi, t = _interpolation(n[:, None], np.asarray(self.pcts, dtype=np.float64) / 100)
+        values = numpy_lerp(ordered[starts[:, None] + lo], ordered[starts[:, None] + hi], t)
         maxes = ordered[ends - 1].tolist()
         names = [f"p{p:g}" for p in self.pcts]
         for k, (a, b, grp) in enumerate(zip(starts.tolist(), ends.tolist(), g[starts].tolist(), strict=True)):
@@ -534,10 +518,8 @@ class GroupedQuantiles:
         """n, mean, the percentiles (numpy's linear method) and max of a group of n values, `at(ranks)` giving
         the order statistics of those ranks (0-based)."""
         out: dict[str, Any] = {"n": n, "mean": mean}
-        virtual = (n - 1) * (np.asarray(self.pcts, dtype=np.float64) / 100)
-        r = np.floor(virtual)
-        lo = r.astype(np.int64)
-        values = numpy_lerp(at(lo), at(np.minimum(lo + 1, n - 1)), _weight(virtual, r, n))
+        lo, hi, t = _interpolation(n, np.asarray(self.pcts, dtype=np.float64) / 100)
+        values = numpy_lerp(at(lo), at(hi), t)
         for p, x in zip(self.pcts, values.tolist(), strict=True):
             out[f"p{p:g}"] = x
         out["max"] = float(at(np.array([n - 1]))[0])
@@ -573,11 +555,14 @@ _SMALL_COUNTS: Any = np.int32  # running counts' type while a group has fewer va
 _SPAN_BINS = 1 << 16  # the widest range of bins a group's running counts cover (256 KiB in int32)
 
 
-def _weight(virtual: np.ndarray, r: np.ndarray, n: Any) -> np.ndarray:
-    """numpy.percentile's interpolation weight between the order statistics r and r + 1 at these virtual ranks:
-    the fraction, or virtual + 1 at and past the last value (numpy reads the last value twice there; it matters
-    only to the sign of a zero)."""
-    return np.where(virtual >= n - 1, virtual + 1, virtual - r)
+def _interpolation(n: Any, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where numpy.percentile's linear method reads n values (n an int or a column of them) at the quantiles q
+    (0..1): the two order statistics (0-based) and the weight between them, virtual + 1 at and past the last value
+    (numpy reads the last value twice there; it matters only to the sign of a zero)."""
+    virtual = (n - 1) * q
+    r = np.floor(virtual)
+    lo = r.astype(np.int64)
+    return lo, np.minimum(lo + 1, n - 1), np.where(virtual >= n - 1, virtual + 1, virtual - r)
 
 
 def _ordered_at(vals: np.ndarray, pcts: tuple[float, ...]) -> np.ndarray:
@@ -590,8 +575,5 @@ def _ordered_at(vals: np.ndarray, pcts: tuple[float, ...]) -> np.ndarray:
 
 def _ranks(n: int, pcts: tuple[float, ...]) -> set[int]:
     """The order statistics (0-based) the percentiles of n values interpolate between, and the largest."""
-    out = {n - 1}
-    for p in pcts:
-        r = int(np.floor((n - 1) * (p / 100)))
-        out.update((r, min(r + 1, n - 1)))
-    return out
+    lo, hi, _ = _interpolation(n, np.asarray(pcts, dtype=np.float64) / 100)
+    return {n - 1, *lo.tolist(), *hi.tolist()}

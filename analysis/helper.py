@@ -24,8 +24,8 @@ def start(module: str, function: str, *args: str) -> subprocess.Popen[bytes] | N
     if not sys.executable:
         return None
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH")))))
-    code = (f"import sys; sys.path.insert(0, {ROOT!r}); "
-            f"from analysis.{module} import {function}; {function}(sys.argv[1:])")
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from analysis.{module} import {function}; "
+            f"{function}(sys.argv[1:])")
     try:
         return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
